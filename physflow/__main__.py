@@ -1,0 +1,3 @@
+from physflow.cli import main
+
+main()

@@ -1,0 +1,202 @@
+"""Model clients: one OpenAI-compatible code path, plus a scripted replay for tests.
+
+``embedded`` talks to the llama.cpp server physflow starts (``serving.llama_cpp``); ``openai``
+and ``vllm`` to any OpenAI-compatible endpoint; ``replay`` to AutoGen's
+ReplayChatCompletionClient fed from a JSONL script.
+
+The llama.cpp server lacks three things AutoGen relies on: the ``json_schema`` response format
+(HTTP 500), tool calls when ``tool_choice`` is ``auto`` (tools are only called when named), and
+it returns a legacy ``function_call`` field AutoGen rejects. ``LlamaCppBridgeClient`` bridges all
+three without weakening anything: structured output becomes ``json_object`` with the same
+schema as a grammar; a turn with tools becomes one grammar-constrained choice between "call this
+tool with these arguments" and "answer", turned back into AutoGen FunctionCalls; tool history is
+sent as plain text so no tool fields reach the server at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from autogen_core import CancellationToken, FunctionCall
+from autogen_core.models import (
+    AssistantMessage,
+    ChatCompletionClient,
+    CreateResult,
+    FunctionExecutionResultMessage,
+    LLMMessage,
+    ModelFamily,
+    ModelInfo,
+    RequestUsage,
+    SystemMessage,
+    UserMessage,
+)
+from autogen_core.tools import Tool, ToolSchema
+from autogen_ext.models.openai import OpenAIChatCompletionClient
+from autogen_ext.models.replay import ReplayChatCompletionClient
+from pydantic import BaseModel
+
+from physflow.errors import SpecError
+from physflow.workflows.spec import LLMSpec
+
+LOCAL_MODEL_INFO = ModelInfo(vision=False, function_calling=True, json_output=True, family=ModelFamily.UNKNOWN,
+                             structured_output=True, multiple_system_messages=True)
+
+
+def _schema_of(tool: Tool | ToolSchema) -> ToolSchema:
+    return tool.schema if isinstance(tool, Tool) else tool
+
+
+def tool_choice_schema(tools: Sequence[ToolSchema], answer: dict[str, Any]) -> dict[str, Any]:
+    """One JSON object that is either a call of one of ``tools`` or the final ``answer``."""
+    defs: dict[str, Any] = {}
+    options: list[dict[str, Any]] = []
+    for t in tools:
+        params = dict(t.get("parameters") or {"type": "object", "properties": {}})
+        defs.update(params.pop("$defs", {}))
+        options.append({"type": "object", "properties": {"tool": {"const": t["name"]}, "arguments": params},
+                        "required": ["tool", "arguments"]})
+    answer = dict(answer)
+    defs.update(answer.pop("$defs", {}))  # "$ref"s point at the root: hoist the definitions there
+    options.append({"type": "object", "properties": {"answer": answer}, "required": ["answer"]})
+    schema: dict[str, Any] = {"anyOf": options}
+    if defs:
+        schema["$defs"] = defs
+    return schema
+
+
+def _as_text(messages: Sequence[LLMMessage]) -> list[LLMMessage]:
+    """Tool calls and tool results as plain text: the server's chat templates know no tool roles."""
+    out: list[LLMMessage] = []
+    for m in messages:
+        if isinstance(m, AssistantMessage) and isinstance(m.content, list):
+            calls = [{"tool": c.name, "arguments": json.loads(c.arguments or "{}")} for c in m.content]
+            out.append(AssistantMessage(content=json.dumps(calls[0] if len(calls) == 1 else calls), source=m.source))
+        elif isinstance(m, FunctionExecutionResultMessage):
+            text = "\n".join(f"Result of {r.name}: {r.content}" for r in m.content)
+            out.append(UserMessage(content=text, source="tools"))
+        else:
+            out.append(m)
+    return out
+
+
+class LlamaCppBridgeClient(OpenAIChatCompletionClient):
+    """OpenAIChatCompletionClient for a llama.cpp server (see the module docstring)."""
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        schemas = [_schema_of(t) for t in tools] if tool_choice != "none" else []
+        if isinstance(tool_choice, Tool):
+            schemas = [tool_choice.schema]
+        if isinstance(json_output, type) and issubclass(json_output, BaseModel):
+            answer: dict[str, Any] = json_output.model_json_schema()
+        else:
+            answer = {"type": "string"}
+        if schemas:
+            listing = "\n".join(f"- {s['name']}: {s.get('description', '')}" for s in schemas)
+            hint = SystemMessage(content=(
+                "You may call one tool by replying {\"tool\": NAME, \"arguments\": {...}}, or give your final "
+                "reply as {\"answer\": ...}. Tools:\n" + listing))
+            schema = tool_choice_schema(schemas, answer)
+            msgs = [hint, *_as_text(messages)]
+        elif json_output is not None and json_output is not False:
+            schema = answer if answer.get("type") != "string" else {"type": "object"}
+            msgs = _as_text(messages)
+        else:
+            return await super().create(_as_text(messages), extra_create_args=extra_create_args,
+                                        cancellation_token=cancellation_token)
+        args = {**extra_create_args, "response_format": {"type": "json_object", "schema": schema}}
+        result = await super().create(msgs, extra_create_args=args, cancellation_token=cancellation_token)
+        if not schemas or not isinstance(result.content, str):
+            return result
+        try:
+            choice = json.loads(result.content)
+        except ValueError:
+            return result  # cut off at max_tokens: the agent sees the broken text and the error
+        if isinstance(choice, dict) and "tool" in choice:
+            call = FunctionCall(id=f"call_{uuid.uuid4().hex[:12]}", name=str(choice["tool"]),
+                                arguments=json.dumps(choice.get("arguments", {})))
+            return CreateResult(finish_reason="function_calls", content=[call], usage=result.usage, cached=False)
+        if isinstance(choice, dict) and "answer" in choice:
+            value = choice["answer"]
+            text = value if isinstance(value, str) else json.dumps(value)
+            return CreateResult(finish_reason="stop", content=text, usage=result.usage, cached=False)
+        return result
+
+
+class PacedReplayClient(ReplayChatCompletionClient):
+    """A replay model whose every turn takes ``delay`` seconds, like a real model's would."""
+
+    def __init__(self, chat_completions: Sequence[str | CreateResult], delay: float = 0.0) -> None:
+        super().__init__(chat_completions, model_info=LOCAL_MODEL_INFO)
+        self.delay = delay
+
+    async def create(self, messages: Sequence[LLMMessage], **kwargs: Any) -> CreateResult:  # type: ignore[override]
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return await super().create(messages, **kwargs)
+
+
+def load_replay_script(path: Path) -> list[str | CreateResult]:
+    """A JSONL script: a string line is a text reply; ``{"tool": ..., "arguments": ...}`` a tool
+    call; ``{"content": ...}`` a reply whose content (any JSON) is sent as text."""
+    responses: list[str | CreateResult] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SpecError(f"cannot read replay script: {exc}", str(path)) from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise SpecError(f"not JSON: {exc}", str(path), number) from None
+        if isinstance(item, dict) and "tool" in item:
+            call = FunctionCall(id=f"call_{number}", name=str(item["tool"]),
+                                arguments=json.dumps(item.get("arguments", {})))
+            usage = RequestUsage(prompt_tokens=0, completion_tokens=len(line) // 4)
+            responses.append(CreateResult(finish_reason="function_calls", content=[call], usage=usage, cached=False))
+        elif isinstance(item, dict) and "content" in item:
+            content = item["content"]
+            responses.append(content if isinstance(content, str) else json.dumps(content))
+        elif isinstance(item, str):
+            responses.append(item)
+        else:
+            raise SpecError("each line is a string, {\"tool\": ...} or {\"content\": ...}", str(path), number)
+    return responses
+
+
+def make_client(llm: LLMSpec, *, base_url: str | None = None, script_dir: Path | None = None,
+                model: str | None = None) -> ChatCompletionClient:
+    """The model client for one agent. ``base_url`` is where physflow serves the model itself."""
+    name = model or llm.model
+    common = {"temperature": llm.temperature, "max_tokens": llm.max_tokens_per_turn}
+    if llm.provider == "replay":
+        script = Path(llm.script or "")
+        if not script.is_absolute() and script_dir is not None:
+            script = script_dir / script
+        return PacedReplayClient(load_replay_script(script), delay=llm.delay)
+    if llm.provider in ("embedded", "vllm") and base_url is None:
+        raise RuntimeError(f"the {llm.provider} model is not being served")
+    if llm.provider == "embedded":
+        return LlamaCppBridgeClient(model=name, base_url=base_url, api_key="physflow-local",
+                                    model_info=LOCAL_MODEL_INFO, **common)
+    key = os.environ.get(llm.api_key_env, "") if llm.api_key_env else "physflow-none"
+    if llm.api_key_env and not key:
+        raise SpecError(f"environment variable {llm.api_key_env} (llm.api_key_env) is not set")
+    return OpenAIChatCompletionClient(model=name, base_url=base_url or llm.base_url, api_key=key,
+                                      model_info=LOCAL_MODEL_INFO, **common)

@@ -1,0 +1,242 @@
+"""The ``physflow`` command. Exit codes: 0 ok, 1 campaign failed or cancelled, 2 bad input.
+
+Bad input is one line on stderr (``error: FILE:LINE: field: message``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from physflow import __version__
+from physflow.errors import PhysflowError
+
+
+class PhysflowGroup(click.Group):
+    """Turns every PhysflowError into one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PhysflowError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=PhysflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="physflow")
+def main() -> None:
+    """physflow: hypothesis-driven simulation campaigns steered by LLM agents.
+
+    \b
+    Example:
+      physflow validate workflows/examples/heat2d.yaml
+      physflow submit workflows/examples/heat2d.yaml --yes
+    """
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--site", help="site name or site YAML path (overrides the workflow's site:)")
+def validate(workflow: Path, site: str | None) -> None:
+    """Check a workflow YAML (types, bounds, adapter, metric, files, site); print ok.
+
+    \b
+    Example: physflow validate workflows/examples/heat2d.yaml
+    """
+    from physflow.workflows.validate import check_workflow
+
+    check_workflow(workflow, site)
+    click.echo("ok")
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of the workflow YAML (for editors).
+
+    \b
+    Example: physflow schema > physflow.schema.json
+    """
+    from physflow.workflows.spec import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.command()
+def sites() -> None:
+    """List the built-in sites.
+
+    \b
+    Example: physflow sites
+    """
+    from physflow.site_configs.builder import builtin_sites, load_site
+
+    for name in sorted(builtin_sites()):
+        click.echo(f"{name:12s} {load_site(name).description}")
+
+
+def _default_run_dir(name: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path("runs") / f"{name}-{stamp}"
+
+
+async def _ask(text: str) -> bool:
+    click.echo(text, err=True)
+    return await asyncio.to_thread(click.confirm, "Run this batch?", default=True, err=True)
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--site", help="site name or site YAML path (overrides the workflow's site:)")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="where to write the run (default: runs/<name>-<UTC time>)")
+@click.option("--yes", "-y", is_flag=True, help="approve every batch without asking")
+def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool) -> None:
+    """Run a campaign in the foreground; the last line printed is the run directory.
+
+    \b
+    Example: physflow submit workflows/examples/heat2d.yaml --yes
+    """
+    from physflow.dispatch.parsl_backend import ParslDispatcher
+    from physflow.errors import RunDirError
+    from physflow.serving.llama_cpp import LlamaCppServer
+    from physflow.workflows.campaign import Campaign, model_clients, write_run_files
+    from physflow.workflows.report import write_report
+    from physflow.workflows.store import RunStore
+    from physflow.workflows.validate import check_workflow
+
+    checked = check_workflow(workflow, site)
+    wf, spec = checked.workflow, checked.workflow.spec
+    approver = None
+    if spec.approval != "auto" and not yes:
+        if not sys.stdin.isatty():
+            raise PhysflowError(f"{wf.path}: approval is {spec.approval!r} but there is no terminal to ask; "
+                                "pass --yes to approve every batch")
+        approver = _ask
+    run_dir = (run_dir or _default_run_dir(spec.name)).resolve()
+    try:
+        store = RunStore.create(run_dir)
+    except FileExistsError:
+        raise RunDirError(f"{run_dir} already exists (use physflow resume to continue a run)") from None
+    store.open_for_writing()
+    write_run_files(wf, run_dir, checked.site)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("parsl").propagate = False  # Parsl logs to parsl/ in the run directory
+    click.echo(f"physflow {__version__}: campaign {spec.name} on site {checked.site.name}, "
+               f"model {spec.llm.provider}:{spec.llm.model}", err=True)
+    server = None
+    started = time.time()
+    try:
+        base_url = spec.llm.base_url
+        if spec.llm.provider == "embedded":
+            click.echo("starting the embedded model server ...", err=True)
+            server = LlamaCppServer(spec.llm.model, run_dir / "llm_server.log").start()
+            base_url = server.base_url
+        clients = model_clients(wf, base_url)
+        campaign = Campaign(
+            wf, store, checked.site, approver,
+            dispatcher_factory=lambda: ParslDispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
+                                                       spec.simulation.resources.nodes))
+        state = asyncio.run(campaign.run(clients))
+    finally:
+        if server:
+            server.stop()
+        store.close()
+    report = write_report(run_dir)
+    best = campaign.best()
+    click.echo(f"campaign {state}: {campaign.stop_reason}; {len(campaign.tasks)} simulations in "
+               f"{time.time() - started:.1f} s", err=True)
+    if best:
+        click.echo(f"best: {best.id} {json.dumps(best.params)} {spec.objective.metric}="
+                   f"{best.metrics[spec.objective.metric]:.4g}", err=True)
+    click.echo(f"report: {report}", err=True)
+    click.echo(str(run_dir))
+    sys.exit(0 if state == "finished" else 1)
+
+
+def _store(run: Path):
+    from physflow.errors import RunDirError
+    from physflow.workflows.store import JOURNAL, RunStore
+
+    if not (run / JOURNAL).is_file():
+        raise RunDirError(f"{run}: not a physflow run directory (no {JOURNAL})")
+    return RunStore(run)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def status(run: Path, as_json: bool) -> None:
+    """Show a campaign's state: running, finished, failed or cancelled.
+
+    \b
+    Example: physflow status runs/heat2d-20261125T120000Z --json
+    """
+    store = _store(run)
+    st = store.state()
+    state = st.state
+    if state == "running" and not store.is_live():
+        state = "failed"  # the orchestrator died without ending the campaign: resumable
+    counts: dict[str, int] = {}
+    for t in st.tasks.values():
+        counts[t.status] = counts.get(t.status, 0) + 1
+    info = {"state": state, "name": st.name, "reason": st.reason or ("orchestrator not running"
+                                                                      if state != st.state else ""),
+            "tasks": counts, "rounds": st.rounds, "hypotheses": len(st.hypotheses),
+            "tokens": sum(st.tokens.values()), "started": st.started, "ended": st.ended}
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(f"{st.name}: {state}" + (f" ({info['reason']})" if info["reason"] else ""))
+        click.echo("tasks: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list of tasks")
+def results(run: Path, as_json: bool) -> None:
+    """List a campaign's simulations (readable while it runs).
+
+    \b
+    Example: physflow results runs/heat2d-20261125T120000Z --json
+    """
+    st = _store(run).state()
+    rows = []
+    for t in st.tasks.values():
+        metrics = {k: (v if v == v and abs(v) != float("inf") else None) for k, v in t.metrics.items()}
+        rows.append({"id": t.id, "status": t.status, "params": t.params, "metrics": metrics,
+                     "hypothesis": t.hypothesis, "source": t.source, "submitted": t.submitted,
+                     "started": t.started, "finished": t.finished, "error": t.error})
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        params = " ".join(f"{k}={v:.4g}" for k, v in r["params"].items())
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in r["metrics"].items() if v is not None)
+        click.echo(f"{r['id']} {r['status']:9s} {r['source']:9s} {params}  {metrics}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report(run: Path) -> None:
+    """(Re)write report.md of a run, at any time.
+
+    \b
+    Example: physflow report runs/heat2d-20261125T120000Z
+    """
+    from physflow.workflows.report import write_report
+
+    _store(run)
+    click.echo(str(write_report(run)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Dispatch through Parsl: a DataFlowKernel from a site config, one app per pool kind.
+
+``submit(TaskSpec) -> concurrent.futures.Future`` is the whole interface the campaign sees; MPI
+tasks go to the site's MPIExecutor pool with their resource specification, others to HTEX.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from pathlib import Path
+
+from physflow.dispatch.payload import TaskSpec, execute
+from physflow.site_configs.builder import SiteSpec, build_parsl_config
+
+
+class ParslDispatcher:
+    def __init__(self, site: SiteSpec, parsl_dir: Path, max_concurrent: int, nodes_needed: int = 1) -> None:
+        from parsl import python_app
+        from parsl.dataflow.dflow import DataFlowKernel
+
+        self.config = build_parsl_config(site, parsl_dir, max_concurrent, nodes_needed)
+        self.dfk = DataFlowKernel(self.config)
+        labels = [e.label for e in self.config.executors]
+        self._mpi = self._cpu = None
+        if any(p.kind == "mpi" for p in site.pools.values()):
+            self._mpi = python_app(execute, executors=[site.mpi_pool()], data_flow_kernel=self.dfk)
+        if any(p.kind == "htex" for p in site.pools.values()):
+            self._cpu = python_app(execute, executors=[site.cpu_pool()], data_flow_kernel=self.dfk)
+        self.labels = labels
+
+    def submit(self, spec: TaskSpec) -> Future:
+        if spec.mpi:
+            if self._mpi is None:
+                raise RuntimeError("this site has no MPI pool")
+            return self._mpi(spec.to_dict(), parsl_resource_specification=spec.resource_specification())
+        app = self._cpu or self._mpi
+        if app is self._mpi:
+            return app(spec.to_dict(), parsl_resource_specification={"num_nodes": 1, "ranks_per_node": 1,
+                                                                       "num_ranks": 1})
+        return app(spec.to_dict())
+
+    def close(self) -> None:
+        self.dfk.cleanup()

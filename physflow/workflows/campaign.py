@@ -1,0 +1,417 @@
+"""The steering loop: think -> propose -> dispatch -> simulate -> stream back -> store -> think.
+
+Asynchronous in the manner of Colmena's Thinker: the loop reacts to named events — a slot
+fell free, a result was stored, the planner finished thinking, the critic gave a verdict — and
+never lets a worker idle while the model thinks. One planner turn proposes a batch; while it
+thinks, free slots are backfilled with the optimizer's suggestions (``budget.backfill``), each
+recorded as such. This module is the only place where agents, adapters and dispatch meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from physflow.agents.models import make_client
+from physflow.agents.team import PlanOutcome, ScienceTeam, Transcript, Verdict
+from physflow.agents.tools import results_table
+from physflow.errors import AdapterError, PhysflowError
+from physflow.optimizer import Optimizer
+from physflow.sim_adapters.base import Adapter, Array, get_adapter
+from physflow.site_configs.builder import SiteSpec
+from physflow.workflows.spec import LoadedWorkflow
+from physflow.workflows.store import Committer, RunStore, TaskRecord
+
+#: Asks the user to approve a batch; returns True to go on.
+Approver = Callable[[str], Awaitable[bool]]
+
+
+@dataclass
+class Event:
+    kind: str  # result | planned | judged
+    payload: Any = None
+
+
+class Campaign:
+    """One campaign in one run directory."""
+
+    def __init__(self, workflow: LoadedWorkflow, store: RunStore, site: SiteSpec,
+                 approver: Approver | None = None, dispatcher_factory: Callable[[], Any] | None = None) -> None:
+        self.workflow = workflow
+        self.spec = workflow.spec
+        self.store = store
+        self.site = site
+        self.approver = approver
+        self.dispatcher_factory = dispatcher_factory
+        self.adapter: Adapter = get_adapter(workflow)
+        self.budget = self.spec.budget
+        self.objective = self.spec.objective
+        self.optimizer = Optimizer(self.adapter.parameters, self.objective.goal,
+                                   seed=int(self.spec.simulation.fixed.get("seed", 0)))
+        self.tasks: dict[str, TaskRecord] = {}
+        self.queue: deque[TaskRecord] = deque()
+        self.in_flight: dict[str, TaskRecord] = {}
+        self.hypotheses: dict[str, dict[str, Any]] = {}
+        self.rounds = 0
+        self.stop_reason = ""
+        self.cancel_requested = False
+        self.objective_metric = self.objective.metric
+        self.goal = self.objective.goal
+        self.team: ScienceTeam | None = None
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._planner: asyncio.Task | None = None
+        self._critic: asyncio.Task | None = None
+        self._to_judge: deque[str] = deque()
+        self._approved_once = workflow.spec.approval == "auto" or approver is None
+
+    # -- the CampaignView the agents see -------------------------------------------------------
+    def results(self) -> list[dict[str, Any]]:
+        return [t.public() for t in self.tasks.values()]
+
+    def suggest(self, n: int) -> list[dict[str, float]]:
+        pending = [t.params for t in (*self.in_flight.values(), *self.queue)]
+        return self.optimizer.suggest(n, pending)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _new_task(self, params: dict[str, float], source: str, hypothesis: str | None) -> TaskRecord:
+        task = TaskRecord(id=f"t{len(self.tasks):04d}", params=params, hypothesis=hypothesis, source=source,
+                          created=time.time())
+        self.tasks[task.id] = task
+        self.queue.append(task)
+        if hypothesis:
+            self.hypotheses[hypothesis]["tasks"].append(task.id)
+        self.committer.event("proposed", t=task.created, task=task.id, params=params, hypothesis=hypothesis,
+                             source=source)
+        return task
+
+    @property
+    def simulations_left(self) -> int:
+        return self.budget.max_simulations - len(self.tasks)
+
+    def best(self) -> TaskRecord | None:
+        scored = [t for t in self.tasks.values() if t.status == "finished"
+                  and math.isfinite(t.metrics.get(self.objective_metric, math.nan))]
+        if not scored:
+            return None
+        sign = 1 if self.goal == "minimize" else -1
+        return min(scored, key=lambda t: sign * t.metrics[self.objective_metric])
+
+    def tolerance_reached(self) -> bool:
+        tol, best = self.objective.tolerance, self.best()
+        if tol is None or best is None:
+            return False
+        value = best.metrics[self.objective_metric]
+        return value <= tol if self.goal == "minimize" else value >= tol
+
+    # -- events --------------------------------------------------------------------------------
+    def _finalize(self, task: TaskRecord, outcome: dict[str, Any]) -> dict[str, Array]:
+        """Runs in the committer thread: a worker's outcome -> the task's final state."""
+        task.started, task.finished, task.host = outcome.get("started"), outcome.get("finished"), outcome.get("host")
+        code = outcome.get("returncode", 1)
+        if code != 0:
+            why = f"timed out after {self.spec.simulation.walltime:.0f} s" if outcome.get("timed_out") \
+                else f"exit code {code}"
+            task.status, task.error = "failed", f"{why}; stderr tail: {outcome.get('stderr_tail', '').strip()}"
+            return {}
+        try:
+            out = self.adapter.parse_outputs(self.store.task_dir(task.id), outcome)
+        except AdapterError as exc:
+            task.status, task.error = "failed", str(exc)
+            return {}
+        task.metrics, task.arrays = out.metrics, sorted(out.arrays)
+        if self.objective_metric not in out.metrics:
+            task.status = "failed"
+            task.error = f"the simulation reported no {self.objective_metric} (it reported: {', '.join(out.metrics)})"
+        else:
+            task.status = "finished"
+        return out.arrays
+
+    def _on_done(self, task: TaskRecord, future: Any) -> None:
+        """Runs in Parsl's thread when a simulation's future completes."""
+        task.received = time.time()
+        try:
+            outcome = future.result()
+        except Exception as exc:  # noqa: BLE001 - worker loss, serialization errors: a failed task
+            outcome = {"returncode": 1, "stderr_tail": f"{type(exc).__name__}: {exc}"}
+        self.committer.result(task, outcome)
+
+    def submit_ready(self) -> None:
+        """A slot is free: submit queued proposals, or backfill from the optimizer."""
+        if self.stop_reason:
+            return
+        while len(self.in_flight) < self.budget.max_concurrent:
+            if not self.queue:
+                thinking = self._planner is not None and not self._planner.done()
+                if not (thinking and self.budget.backfill == "optimizer" and self.simulations_left > 0
+                        and self._approved_once):
+                    return
+                self._new_task(self.suggest(1)[0], "backfill", None)
+            task = self.queue.popleft()
+            spec = self.adapter.build_task(task.id, task.params, self.store.task_dir(task.id))
+            task.status, task.submitted = "submitted", time.time()
+            self.committer.event("submitted", t=task.submitted, task=task.id)
+            self.in_flight[task.id] = task
+            future = self.dispatcher.submit(spec)
+            future.add_done_callback(lambda f, t=task: self._on_done(t, f))
+
+    def maybe_think(self) -> None:
+        """The queue runs low: ask the planner for the next hypothesis while simulations run."""
+        if self.stop_reason or self.team is None or (self._planner and not self._planner.done()):
+            return
+        if self.rounds >= self.budget.max_rounds or self.simulations_left <= 0:
+            return
+        if len(self.queue) >= self.budget.max_concurrent:
+            return
+        self.rounds += 1
+        self.committer.event("round", round=self.rounds)
+        self._planner = asyncio.create_task(self._plan(self.rounds))
+
+    async def _plan(self, round_no: int) -> None:
+        capacity = max(1, min(self.simulations_left, self.budget.max_concurrent * 2, 8))
+        try:
+            outcome = await self.team.propose(self._planner_prompt(round_no), capacity)
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
+            outcome = PlanOutcome(errors=[f"{type(exc).__name__}: {exc}"])
+        await self._events.put(Event("planned", (round_no, outcome)))
+
+    async def on_planned(self, round_no: int, outcome: PlanOutcome) -> None:
+        capacity = max(0, self.simulations_left)
+        if outcome.ok:
+            hid = f"H{round_no}"
+            self.hypotheses[hid] = {"statement": outcome.hypothesis, "prediction": outcome.prediction, "tasks": []}
+            self.committer.event("hypothesis", id=hid, statement=outcome.hypothesis,
+                                 prediction=outcome.prediction, round=round_no)
+            batch = outcome.simulations[:capacity]
+            if not await self._approve(hid, batch):
+                return
+            for params in batch:
+                self._new_task(params, "planner", hid)
+        else:
+            # The model gave nothing usable: the optimizer fills this round's slots, recorded as such.
+            self.team.transcript.note("physflow", "fallback",
+                                      f"round {round_no}: no valid proposal ({'; '.join(outcome.errors)[-400:]}); "
+                                      "using the optimizer's suggestions")
+            n = min(capacity, self.budget.max_concurrent)
+            batch = self.suggest(n) if n else []
+            if batch and not await self._approve(None, batch):
+                return
+            for params in batch:
+                self._new_task(params, "optimizer", None)
+        if outcome.rejected:
+            self.team.transcript.note("physflow", "rejected", outcome.rejected)
+
+    async def _approve(self, hid: str | None, batch: list[dict[str, float]]) -> bool:
+        mode = self.spec.approval
+        if mode == "auto" or (mode == "plan" and self._approved_once) or self.approver is None:
+            self._approved_once = True
+            return True
+        text = (f"Hypothesis {hid}: {self.hypotheses[hid]['statement']}\n" if hid else "Optimizer suggestions:\n")
+        text += "\n".join(f"  {json.dumps(p)}" for p in batch)
+        ok = await self.approver(text)
+        self.committer.event("approval", hypothesis=hid, approved=ok)
+        if not ok:
+            self.stop_reason = "batch not approved"
+            self.cancel_requested = True
+        self._approved_once = self._approved_once or ok
+        return ok
+
+    def on_result(self, task: TaskRecord) -> None:
+        self.in_flight.pop(task.id, None)
+        if task.status == "finished":
+            self.optimizer.observe(task.params, task.metrics[self.objective_metric])
+        if self.tolerance_reached() and not self.stop_reason:
+            self.stop_reason = "tolerance reached"
+        hid = task.hypothesis
+        if hid and all(self.tasks[t].status in ("finished", "failed") for t in self.hypotheses[hid]["tasks"]):
+            self._to_judge.append(hid)
+
+    def maybe_judge(self) -> None:
+        if self.team is None or not self._to_judge or (self._critic and not self._critic.done()):
+            return
+        hid = self._to_judge.popleft()
+        self._critic = asyncio.create_task(self._judge(hid))
+
+    async def _judge(self, hid: str) -> None:
+        try:
+            verdict = await self.team.judge(self._critic_prompt(hid))
+        except Exception as exc:  # noqa: BLE001
+            self.team.transcript.note("critic", "error", str(exc))
+            verdict = None
+        await self._events.put(Event("judged", (hid, verdict)))
+
+    def on_judged(self, hid: str, verdict: Verdict | None) -> None:
+        h = self.hypotheses[hid]
+        if verdict is None:
+            h["verdict"], h["evidence"] = "inconclusive", "the critic gave no valid verdict"
+        else:
+            h["verdict"], h["evidence"], h["advice"] = verdict.verdict, verdict.evidence, verdict.advice
+        self.committer.event("verdict", id=hid, verdict=h["verdict"], evidence=h["evidence"],
+                             advice=h.get("advice", ""))
+
+    # -- prompts -------------------------------------------------------------------------------
+    def _parameter_lines(self) -> str:
+        return "\n".join(f"- {n}: between {p.min} and {p.max}" + (f" {p.units}" if p.units else "")
+                         + (f" ({p.description})" if p.description else "")
+                         for n, p in self.adapter.parameters.items())
+
+    def _planner_prompt(self, round_no: int) -> str:
+        obj = self.objective
+        tol = f" (stop when it reaches {obj.tolerance})" if obj.tolerance is not None else ""
+        lines = [f"Goal: {self.spec.goal.strip()}", f"Parameters:\n{self._parameter_lines()}",
+                 f"Objective: {obj.goal} {obj.metric}{tol}.", f"Round {round_no} of {self.budget.max_rounds}; "
+                 f"{self.simulations_left} simulations left in the budget."]
+        table = results_table(self, limit=6)
+        if table:
+            lines.append("Best results so far:\n" + "\n".join(
+                f"- {r['params']} -> {obj.metric}={r['metrics'].get(obj.metric)}" for r in table))
+        failed = [t for t in self.tasks.values() if t.status == "failed"][-3:]
+        if failed:
+            lines.append("Recent failures:\n" + "\n".join(f"- {t.params}: {(t.error or '')[:200]}" for t in failed))
+        judged = [(k, h) for k, h in self.hypotheses.items() if h.get("verdict")][-3:]
+        if judged:
+            lines.append("Verdicts so far:\n" + "\n".join(
+                f"- {k} '{h['statement'][:160]}': {h['verdict']}. {h.get('advice', '')[:160]}" for k, h in judged))
+        lines.append(f"The optimizer suggests: {json.dumps(self.suggest(2))}")
+        return "\n".join(lines)
+
+    def _critic_prompt(self, hid: str) -> str:
+        h = self.hypotheses[hid]
+        metric = self.objective_metric
+        rows = "\n".join(f"- {self.tasks[t].params} -> " + (
+            f"{metric}={self.tasks[t].metrics.get(metric)}" if self.tasks[t].status == "finished"
+            else f"failed: {(self.tasks[t].error or '')[:160]}") for t in h["tasks"])
+        best = self.best()
+        overall = f"Best of the campaign so far: {best.params} -> {metric}={best.metrics[metric]}" if best else ""
+        return (f"Hypothesis {hid}: {h['statement']}\nPrediction: {h['prediction']}\n"
+                f"Objective: {self.goal} {metric}.\nResults of its simulations:\n{rows}\n{overall}\n"
+                "Give your verdict as JSON.")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _on_committed(self, task: TaskRecord) -> None:
+        self._loop.call_soon_threadsafe(self._events.put_nowait, Event("result", task))
+
+    def request_cancel(self) -> None:
+        self.cancel_requested = True
+        self.stop_reason = self.stop_reason or "cancelled"
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._events.put_nowait, Event("wake"))
+
+    async def run(self, clients: dict[str, Any] | None) -> str:
+        """Run to the end; returns the final state (finished | cancelled | failed)."""
+        self._loop = asyncio.get_running_loop()
+        self.committer = Committer(self.store, self._finalize, self._on_committed)
+        transcript = Transcript(self.store.run_dir / "transcript.jsonl",
+                                on_tokens=lambda agent, n: self.committer.event("tokens", agent=agent, tokens=n))
+        if clients:
+            self.team = ScienceTeam(self.spec, clients, self, self.adapter.validate_params,
+                                    self.adapter.parameters, transcript)
+        self.committer.event("campaign_started", name=self.spec.name, pid=os.getpid(), site=self.site.name)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.add_signal_handler(sig, self.request_cancel)
+        state = "failed"
+        deadline = time.monotonic() + self.budget.wall_time
+        self.dispatcher = None
+        try:
+            self.dispatcher = await asyncio.to_thread(self.dispatcher_factory)
+            if self.team is None:  # no agents at all: the optimizer steers alone
+                self._approved_once = True
+            while True:
+                self.maybe_think()
+                self.submit_ready()
+                self.maybe_judge()
+                if self.team is None and not self.stop_reason and not self.queue and self.simulations_left > 0 \
+                        and len(self.in_flight) < self.budget.max_concurrent:
+                    for params in self.suggest(min(self.simulations_left,
+                                                   self.budget.max_concurrent - len(self.in_flight))):
+                        self._new_task(params, "optimizer", None)
+                    continue
+                planner_busy = self._planner is not None and not self._planner.done()
+                critic_busy = self._critic is not None and not self._critic.done()
+                if self.cancel_requested:
+                    break
+                if not self.in_flight and not planner_busy and not critic_busy and not self._to_judge \
+                        and (self.stop_reason or not self.queue):
+                    break
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    self.stop_reason = self.stop_reason or "wall time reached"
+                    break
+                try:
+                    event = await asyncio.wait_for(self._events.get(), timeout)
+                except asyncio.TimeoutError:
+                    continue
+                if event.kind == "result":
+                    self.on_result(event.payload)
+                elif event.kind == "planned":
+                    await self.on_planned(*event.payload)
+                elif event.kind == "judged":
+                    self.on_judged(*event.payload)
+            if not self.stop_reason:
+                self.stop_reason = ("simulation budget spent" if self.simulations_left <= 0
+                                    else "rounds done" if self.rounds >= self.budget.max_rounds
+                                    else "nothing left to do")
+            state = "cancelled" if self.cancel_requested else "finished"
+        except PhysflowError:
+            self.stop_reason = self.stop_reason or "error"
+            raise
+        except BaseException as exc:
+            self.stop_reason = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            for t in (self._planner, self._critic):
+                if t and not t.done():
+                    t.cancel()
+            for task in list(self.in_flight.values()) + list(self.queue):
+                task.status = "cancelled"
+                self.committer.event("cancelled", task=task.id)
+            self.committer.event("campaign_ended", state=state, reason=self.stop_reason,
+                                 best=self.best().id if self.best() else None)
+            self.committer.close()
+            transcript.close()
+            if self.dispatcher is not None:
+                await asyncio.to_thread(self.dispatcher.close)
+        return state
+
+
+def resolved_workflow(workflow: LoadedWorkflow) -> dict[str, Any]:
+    """The spec that ran, with defaults filled and file paths made absolute."""
+    data = workflow.spec.model_dump(mode="json")
+    if data["objective"].get("target"):
+        data["objective"]["target"] = str(workflow.resolve(data["objective"]["target"]))
+    if data["llm"].get("script"):
+        data["llm"]["script"] = str(workflow.resolve(data["llm"]["script"]))
+    return data
+
+
+def write_run_files(workflow: LoadedWorkflow, run_dir: Path, site: SiteSpec) -> None:
+    (run_dir / "workflow.yaml").write_text(yaml.safe_dump(resolved_workflow(workflow), sort_keys=False))
+    (run_dir / "run.json").write_text(json.dumps({"workflow_dir": str(workflow.directory),
+                                                  "source": str(workflow.path), "site": site.model_dump()},
+                                                 indent=1))
+
+
+def model_clients(workflow: LoadedWorkflow, base_url: str | None) -> dict[str, Any]:
+    """One client per enabled role (roles may name their own model)."""
+    spec = workflow.spec
+    clients = {}
+    for role in ("planner", "critic"):
+        if spec.agent_enabled(role):
+            agent = spec.agents.get(role)  # type: ignore[call-overload]
+            clients[role] = make_client(spec.llm, base_url=base_url, script_dir=workflow.directory,
+                                        model=agent.model if agent else None)
+    if spec.llm.provider == "replay" and "critic" in clients:
+        clients["critic"] = clients["planner"]  # one script drives the whole team, in order
+    return clients

@@ -1,0 +1,296 @@
+"""Typed models of the workflow YAML (version 1), with errors that name file, line and field.
+
+The YAML is parsed into nodes first so that every key keeps its line number; pydantic then
+validates the plain data, and each validation error is mapped back to the line of the deepest
+key it names. Unknown keys are errors: a typo must never be silently ignored on an allocation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from physflow.errors import SpecError
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+AGENT_ROLES = ("planner", "domain_expert", "coder", "critic")
+
+Location = tuple[Any, ...]
+
+
+class Strict(BaseModel):
+    """Base for every spec model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_duration(value: Any) -> float:
+    """Turn ``90``, ``"90s"``, ``"30m"``, ``"2h"`` or ``"1h30m"`` into seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 30m, 2h, 1h30m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
+        if not text or parts is None:
+            raise ValueError(f"cannot read {value!r} as a duration (examples: 90s, 30m, 2h, 1h30m)")
+        h, m, s = (float(p) if p else 0.0 for p in parts.groups())
+        seconds = 3600 * h + 60 * m + s
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("a duration must be positive and finite")
+    return seconds
+
+
+class ParameterSpec(Strict):
+    """One parameter the agents may choose: a closed interval [min, max] in the given units."""
+
+    min: float
+    max: float
+    units: str | None = None
+    log: bool = Field(False, description="sample on a log scale (both bounds must be > 0)")
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _finite_ordered(self) -> ParameterSpec:
+        if not (math.isfinite(self.min) and math.isfinite(self.max)):
+            raise ValueError("bounds must be finite numbers")
+        if not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be smaller than max ({self.max})")
+        if self.log and self.min <= 0:
+            raise ValueError("log-scaled parameters need min > 0")
+        return self
+
+
+class LLMSpec(Strict):
+    provider: Literal["embedded", "openai", "vllm", "replay"] = "embedded"
+    model: str = EMBEDDED_MODEL
+    base_url: str | None = None
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
+    script: str | None = Field(None, description="replay provider: JSONL file of scripted model responses")
+    delay: float = Field(0.0, ge=0, description="replay provider: seconds each scripted turn takes")
+    max_tokens_total: int = Field(200_000, gt=0)
+    max_tokens_per_turn: int = Field(768, gt=0)
+    temperature: float = Field(0.3, ge=0, le=2)
+
+    @model_validator(mode="after")
+    def _provider_needs(self) -> LLMSpec:
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError("provider openai needs base_url")
+        if self.provider == "replay" and not self.script:
+            raise ValueError("provider replay needs script (a JSONL file of responses)")
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            raise ValueError("api_key_env is the *name* of an environment variable, not the key")
+        return self
+
+
+class AgentSpec(Strict):
+    enabled: bool = True
+    model: str | None = None
+    system_message: str | None = None
+    max_tokens: int | None = Field(None, gt=0)
+
+
+class Resources(Strict):
+    ranks: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1)
+
+
+class OutputsSpec(Strict):
+    format: Literal["json"] = "json"
+    path: str = "result.json"
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if Path(value).is_absolute() or ".." in Path(value).parts:
+            raise ValueError("outputs.path must stay inside the task's working directory")
+        return value
+
+
+class SimulationSpec(Strict):
+    adapter: str
+    resources: Resources = Resources()
+    fixed: dict[str, Any] = {}
+    parameters: dict[str, ParameterSpec]
+    walltime: float | None = Field(None, description="per-task limit in seconds (or 30m, 2h)")
+    # executable adapter
+    command: str | None = None
+    mpi: bool | None = None
+    outputs: OutputsSpec | None = None
+    # python adapter
+    function: str | None = None
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime_seconds(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("parameters")
+    @classmethod
+    def _some_parameters(cls, value: dict[str, ParameterSpec]) -> dict[str, ParameterSpec]:
+        if not value:
+            raise ValueError("at least one parameter is needed for agents to choose")
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"parameter name {name!r} must be an identifier")
+        return value
+
+
+class ObjectiveSpec(Strict):
+    metric: str
+    target: str | None = None
+    goal: Literal["minimize", "maximize"] = "minimize"
+    tolerance: float | None = None
+
+
+class BudgetSpec(Strict):
+    max_simulations: int = Field(32, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    max_rounds: int = Field(8, ge=1)
+    wall_time: float = 1800.0
+    backfill: Literal["optimizer", "none"] = "optimizer"
+
+    @field_validator("wall_time", mode="before")
+    @classmethod
+    def _wall_seconds(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class WorkflowSpec(Strict):
+    physflow: Literal[1]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    goal: str = Field(min_length=1)
+    site: str = "local"
+    llm: LLMSpec = LLMSpec()
+    agents: dict[Literal["planner", "domain_expert", "coder", "critic"], AgentSpec] = {}
+    simulation: SimulationSpec
+    objective: ObjectiveSpec
+    budget: BudgetSpec = BudgetSpec()
+    approval: Literal["auto", "plan", "every-batch"] = "auto"
+
+    def agent_enabled(self, role: str) -> bool:
+        spec = self.agents.get(role)  # type: ignore[call-overload]
+        return spec.enabled if spec else True
+
+
+class LoadedWorkflow(BaseModel):
+    """A validated spec together with where it came from (for relative paths and errors)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    spec: WorkflowSpec
+    path: Path
+    lines: dict[Location, int]
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        """A path named in the YAML, relative to the YAML's folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.directory / p).resolve()
+
+    def error(self, field: str, message: str) -> SpecError:
+        """A SpecError located at ``field`` (dotted path) of this file."""
+        loc = tuple(int(p) if p.isdigit() else p for p in field.split("."))
+        return SpecError(message, str(self.path), line_of(self.lines, loc), field)
+
+
+def load_yaml_with_lines(path: Path, text: str | None = None) -> tuple[Any, dict[Location, int]]:
+    """Parse YAML into plain data plus a map from key path to 1-based line number."""
+    text = path.read_text(encoding="utf-8") if text is None else text
+    loader = yaml.SafeLoader(text)
+    lines: dict[Location, int] = {}
+    try:
+        node = loader.get_single_node()
+
+        def build(n: yaml.Node, loc: Location) -> Any:
+            lines.setdefault(loc, n.start_mark.line + 1)
+            if isinstance(n, yaml.MappingNode):
+                out: dict[Any, Any] = {}
+                for key_node, value_node in n.value:
+                    key = loader.construct_object(key_node, deep=True)
+                    if not isinstance(key, (str, int, float, bool)) or key is None:
+                        raise SpecError("keys must be plain names", str(path), key_node.start_mark.line + 1,
+                                        ".".join(map(str, loc)) or None)
+                    if key in out:
+                        raise SpecError(f"duplicate key {key!r}", str(path), key_node.start_mark.line + 1,
+                                        ".".join(map(str, loc + (key,))))
+                    lines[loc + (key,)] = key_node.start_mark.line + 1
+                    out[key] = build(value_node, loc + (key,))
+                return out
+            if isinstance(n, yaml.SequenceNode):
+                return [build(v, loc + (i,)) for i, v in enumerate(n.value)]
+            return loader.construct_object(n, deep=True)
+
+        data = None if node is None else build(node, ())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise SpecError(f"invalid YAML: {exc.problem or exc.context}", str(path), line) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}", str(path)) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def line_of(lines: dict[Location, int], loc: Location) -> int | None:
+    """The line of the deepest prefix of ``loc`` that exists in the file."""
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def first_error(exc: ValidationError, path: Path, lines: dict[Location, int]) -> SpecError:
+    """The first pydantic error as a SpecError at the right line."""
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    field = ".".join(str(p) for p in loc)
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif err["type"] == "missing":
+        message = "required key is missing"
+    return SpecError(message, str(path), line_of(lines, loc), field or None)
+
+
+def parse_model(model: type[BaseModel], path: Path, text: str | None = None) -> tuple[Any, dict[Location, int]]:
+    """Load a YAML file into ``model``; any problem becomes a located SpecError."""
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SpecError("file not found", str(path)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(f"cannot read file: {exc}", str(path)) from None
+    data, lines = load_yaml_with_lines(path, text)
+    if not isinstance(data, dict):
+        raise SpecError("the file must be a YAML mapping", str(path), 1)
+    try:
+        return model.model_validate(data), lines
+    except ValidationError as exc:
+        raise first_error(exc, path, lines) from None
+
+
+def load_workflow(path: str | Path) -> LoadedWorkflow:
+    """Parse and type-check a workflow YAML (no cross-checks against adapters or sites)."""
+    path = Path(path).expanduser().resolve()
+    spec, lines = parse_model(WorkflowSpec, path)
+    return LoadedWorkflow(spec=spec, path=path, lines=lines)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the workflow YAML, for editors."""
+    schema = WorkflowSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "physflow workflow (version 1)"
+    return schema

@@ -1,0 +1,355 @@
+"""The run directory: an fsync'd append-only journal (the truth) and an HDF5 view of it.
+
+Every event of a campaign (proposed, submitted, finished, failed, hypothesis, verdict, ...) is a
+JSON line in ``journal.jsonl``, written and fsync'd before anything else sees it. Arrays go to
+``campaign.h5`` right after, in the same group commit, by the one writer thread. Readers
+(``physflow results``, ``status``) replay the journal, so they never contend with the writer for
+the HDF5 file, and a torn last line from a crash is simply ignored.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from physflow.errors import RunDirError
+from physflow.sim_adapters.base import Array
+
+JOURNAL = "journal.jsonl"
+HDF5 = "campaign.h5"
+LOCK = "orchestrator.lock"
+TASK_STATES = ("proposed", "submitted", "running", "finished", "failed", "cancelled")
+
+
+@dataclass
+class TaskRecord:
+    """One simulation's life, with Colmena-style timings (UNIX seconds)."""
+
+    id: str
+    params: dict[str, float]
+    hypothesis: str | None = None
+    source: str = "planner"  # planner | optimizer (model fallback) | backfill | user
+    status: str = "proposed"
+    created: float | None = None
+    submitted: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    received: float | None = None
+    stored: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    arrays: list[str] = field(default_factory=list)
+    error: str | None = None
+    host: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape of ``physflow results --json``."""
+        return {k: v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Hypothesis:
+    id: str
+    statement: str
+    prediction: str = ""
+    round: int = 0
+    tasks: list[str] = field(default_factory=list)
+    verdict: str | None = None  # supported | refuted | inconclusive
+    evidence: str = ""
+
+
+@dataclass
+class CampaignState:
+    """Everything a journal says: rebuilt by ``replay`` for readers and for resume."""
+
+    name: str = ""
+    state: str = "running"
+    reason: str = ""
+    started: float | None = None
+    ended: float | None = None
+    pid: int | None = None
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    hypotheses: dict[str, Hypothesis] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    rounds: int = 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot journal {type(value).__name__}")
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/inf: a non-finite metric is journaled as null, never as invalid JSON."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+class Journal:
+    """Append-only JSON lines, fsync'd per group commit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def append(self, events: Iterable[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(e, default=_json_default, allow_nan=False) + "\n" for e in events)
+        if lines:
+            self._fh.write(lines)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """All complete events; a torn last line (crash mid-write) is dropped."""
+    events = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.endswith("\n"):
+                    break
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    break
+    except FileNotFoundError:
+        raise RunDirError(f"{path.parent}: not a physflow run directory (no {JOURNAL})") from None
+    return events
+
+
+def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
+    """Fold journal events into the campaign's state."""
+    st = CampaignState()
+    for e in events:
+        kind, t = e.get("event"), e.get("t")
+        task = st.tasks.get(e.get("task", ""))
+        if kind == "campaign_started":
+            st.name, st.started, st.pid, st.state = e.get("name", ""), st.started or t, e.get("pid"), "running"
+        elif kind == "campaign_ended":
+            st.state, st.reason, st.ended = e["state"], e.get("reason", ""), t
+        elif kind == "hypothesis":
+            st.hypotheses[e["id"]] = Hypothesis(e["id"], e["statement"], e.get("prediction", ""), e.get("round", 0))
+        elif kind == "verdict" and e["id"] in st.hypotheses:
+            h = st.hypotheses[e["id"]]
+            h.verdict, h.evidence = e["verdict"], e.get("evidence", "")
+        elif kind == "round":
+            st.rounds = max(st.rounds, e["round"])
+        elif kind == "tokens":
+            st.tokens[e["agent"]] = st.tokens.get(e["agent"], 0) + e["tokens"]
+        elif kind == "proposed":
+            st.tasks[e["task"]] = TaskRecord(id=e["task"], params=e["params"], hypothesis=e.get("hypothesis"),
+                                             source=e.get("source", "planner"), created=t)
+            if e.get("hypothesis") in st.hypotheses:
+                st.hypotheses[e["hypothesis"]].tasks.append(e["task"])
+        elif task is None:
+            continue
+        elif kind == "submitted":
+            task.status, task.submitted = "submitted", t
+        elif kind in ("finished", "failed"):
+            task.status = kind
+            for key in ("started", "finished", "received", "host", "error"):
+                setattr(task, key, e.get(key))
+            task.stored = t
+            task.metrics = {k: (float("nan") if v is None else v) for k, v in e.get("metrics", {}).items()}
+            task.arrays = e.get("arrays", [])
+        elif kind == "cancelled":
+            task.status = "cancelled"
+    return st
+
+
+def write_task_hdf5(f: h5py.File, task: TaskRecord, arrays: dict[str, Array]) -> None:
+    """One task's group, replaced whole (a resumed task never leaves a stale half behind)."""
+    name = f"tasks/{task.id}"
+    if name in f:
+        del f[name]
+    g = f.create_group(name)
+    for key in ("status", "hypothesis", "source", "error", "host"):
+        value = getattr(task, key)
+        if value is not None:
+            g.attrs[key] = value
+    for key in ("created", "submitted", "started", "finished", "received", "stored"):
+        value = getattr(task, key)
+        if value is not None:
+            g.attrs[key] = value
+    g.attrs["params_json"] = json.dumps(task.params)
+    g.create_group("params").attrs.update(task.params)
+    g.create_group("metrics").attrs.update(task.metrics)
+    for key, arr in arrays.items():
+        d = g.create_dataset(key, data=arr.values)
+        d.attrs["units"] = arr.units
+
+
+class RunStore:
+    """A campaign's run directory, opened by the one orchestrator that writes it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.journal_path = run_dir / JOURNAL
+        self.h5_path = run_dir / HDF5
+        self._lock_fh = None
+        self.journal: Journal | None = None
+
+    @classmethod
+    def create(cls, run_dir: Path) -> RunStore:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        (run_dir / "tasks").mkdir()
+        return cls(run_dir)
+
+    def open_for_writing(self) -> None:
+        """Take the run-dir lock (refused while another live orchestrator holds it)."""
+        lock_path = self.run_dir / LOCK
+        self._lock_fh = open(lock_path, "a+")
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_fh.seek(0)
+            holder = self._lock_fh.read().strip() or "another process"
+            self._lock_fh.close()
+            raise RunDirError(f"{self.run_dir} is in use by a running orchestrator ({holder})") from None
+        # The kernel drops flock when its holder dies, so a stale file never blocks a resume.
+        self._lock_fh.seek(0)
+        self._lock_fh.truncate()
+        self._lock_fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self._lock_fh.flush()
+        self.journal = Journal(self.journal_path)
+
+    def close(self) -> None:
+        if self.journal:
+            self.journal.close()
+            self.journal = None
+        if self._lock_fh:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def task_dir(self, task_id: str) -> Path:
+        return self.run_dir / "tasks" / task_id
+
+    def state(self) -> CampaignState:
+        return replay(read_journal(self.journal_path))
+
+    def is_live(self) -> bool:
+        """True while an orchestrator holds this run's lock."""
+        lock_path = self.run_dir / LOCK
+        if not lock_path.exists():
+            return False
+        with open(lock_path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+    def commit(self, events: list[dict[str, Any]], hdf5: list[tuple[TaskRecord, dict[str, Array]]]) -> None:
+        """One group commit: journal (fsync'd) first, then HDF5, then nothing is lost."""
+        assert self.journal is not None, "store not opened for writing"
+        self.journal.append(events)
+        if hdf5:
+            with h5py.File(self.h5_path, "a") as f:
+                for task, arrays in hdf5:
+                    write_task_hdf5(f, task, arrays)
+
+
+#: Turns a worker's outcome into the task's final state; returns the arrays to store.
+Finalize = Callable[[TaskRecord, dict[str, Any]], dict[str, Array]]
+
+
+class Committer:
+    """The single writer: takes events and results from any thread, commits them in groups.
+
+    Results that arrive together share one fsync and one HDF5 open, so the per-result cost
+    falls as the rate rises. Output parsing (``finalize``) also runs here, off Parsl's result
+    thread. ``on_committed`` is called (in this thread) for each result once it is durable; the
+    campaign loop uses it to wake the agents.
+    """
+
+    def __init__(self, store: RunStore, finalize: Finalize,
+                 on_committed: Callable[[TaskRecord], None] | None = None) -> None:
+        self.store = store
+        self.finalize = finalize
+        self.on_committed = on_committed
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="physflow-committer", daemon=True)
+        self._error: BaseException | None = None
+        self._thread.start()
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self._queue.put({"event": kind, "t": fields.pop("t", None) or time.time(), **fields})
+
+    def result(self, task: TaskRecord, outcome: dict[str, Any]) -> None:
+        """Called from any thread when a task's future completes."""
+        self._queue.put((task, outcome))
+
+    def flush(self) -> None:
+        """Block until everything queued so far is committed."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+        if self._error:
+            raise self._error
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            events: list[dict[str, Any]] = []
+            results: list[tuple[TaskRecord, dict[str, Array]]] = []
+            waiters: list[threading.Event] = []
+            stop = False
+            for item in batch:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                elif isinstance(item, tuple):
+                    task, outcome = item
+                    arrays = self.finalize(task, outcome)
+                    task.stored = time.time()
+                    results.append((task, arrays))
+                    events.append(_result_event(task))
+                else:
+                    events.append(item)
+            try:
+                self.store.commit(events, results)
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the loop by flush()
+                self._error = exc
+            if self.on_committed:
+                for task, _ in results:
+                    self.on_committed(task)
+            for w in waiters:
+                w.set()
+            if stop:
+                return
+
+
+def _result_event(task: TaskRecord) -> dict[str, Any]:
+    return {"event": task.status, "t": task.stored, "task": task.id,
+            "metrics": {k: _finite_or_none(v) for k, v in task.metrics.items()}, "arrays": task.arrays,
+            "started": task.started, "finished": task.finished, "received": task.received,
+            "host": task.host, "error": task.error}

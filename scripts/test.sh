@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets everything up, then runs the whole test suite (slow tests included) and ruff.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+ruff check physflow tests bench
+exec python -m pytest -q "$@"

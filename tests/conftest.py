@@ -1,0 +1,42 @@
+"""Shared fixtures: workflow files written into a temporary folder, and the physflow CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "workflows" / "examples"
+
+
+@pytest.fixture
+def heat_workflow(tmp_path: Path):
+    """Write a heat2d workflow (with the shipped target) into tmp_path; returns a writer."""
+    (tmp_path / "data").mkdir()
+    shutil.copy(EXAMPLES / "data" / "heat2d_target.h5", tmp_path / "data" / "heat2d_target.h5")
+
+    def write(body: str, name: str = "wf.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(body))
+        return path
+
+    return write
+
+
+def physflow(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
+             stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would, in its own process."""
+    return subprocess.run([sys.executable, "-m", "physflow", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, input=stdin)
+
+
+def write_script(path: Path, lines: list) -> Path:
+    """A replay model script: one JSON value per line."""
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
