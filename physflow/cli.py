@@ -140,6 +140,8 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool) ->
             click.echo("starting the embedded model server ...", err=True)
             server = LlamaCppServer(spec.llm.model, run_dir / "llm_server.log").start()
             base_url = server.base_url
+            info = json.loads((run_dir / "run.json").read_text())
+            (run_dir / "run.json").write_text(json.dumps({**info, "llm_base_url": base_url}, indent=1))
         clients = model_clients(wf, base_url)
         campaign = Campaign(
             wf, store, checked.site, approver,

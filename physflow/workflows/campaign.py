@@ -314,7 +314,7 @@ class Campaign:
         self.committer = Committer(self.store, self._finalize, self._on_committed)
         transcript = Transcript(self.store.run_dir / "transcript.jsonl",
                                 on_tokens=lambda agent, n: self.committer.event("tokens", agent=agent, tokens=n))
-        if clients:
+        if clients and "planner" in clients:
             self.team = ScienceTeam(self.spec, clients, self, self.adapter.validate_params,
                                     self.adapter.parameters, transcript)
         self.committer.event("campaign_started", name=self.spec.name, pid=os.getpid(), site=self.site.name)
@@ -393,6 +393,9 @@ def resolved_workflow(workflow: LoadedWorkflow) -> dict[str, Any]:
         data["objective"]["target"] = str(workflow.resolve(data["objective"]["target"]))
     if data["llm"].get("script"):
         data["llm"]["script"] = str(workflow.resolve(data["llm"]["script"]))
+    for agent in data["agents"].values():
+        if agent.get("script"):
+            agent["script"] = str(workflow.resolve(agent["script"]))
     return data
 
 
@@ -404,14 +407,25 @@ def write_run_files(workflow: LoadedWorkflow, run_dir: Path, site: SiteSpec) -> 
 
 
 def model_clients(workflow: LoadedWorkflow, base_url: str | None) -> dict[str, Any]:
-    """One client per enabled role (roles may name their own model)."""
+    """One client per enabled role (roles may name their own model, or their own replay script).
+
+    Roles that share one replay script share one client, so the script is read in call order.
+    """
     spec = workflow.spec
-    clients = {}
+    clients: dict[str, Any] = {}
+    by_script: dict[str, Any] = {}
     for role in ("planner", "critic"):
-        if spec.agent_enabled(role):
-            agent = spec.agents.get(role)  # type: ignore[call-overload]
-            clients[role] = make_client(spec.llm, base_url=base_url, script_dir=workflow.directory,
+        if not spec.agent_enabled(role):
+            continue
+        agent = spec.agents.get(role)  # type: ignore[call-overload]
+        llm = spec.llm
+        if llm.provider == "replay":
+            script = (agent.script if agent and agent.script else None) or llm.script or ""
+            if script not in by_script:
+                by_script[script] = make_client(llm.model_copy(update={"script": script}),
+                                                script_dir=workflow.directory)
+            clients[role] = by_script[script]
+        else:
+            clients[role] = make_client(llm, base_url=base_url, script_dir=workflow.directory,
                                         model=agent.model if agent else None)
-    if spec.llm.provider == "replay" and "critic" in clients:
-        clients["critic"] = clients["planner"]  # one script drives the whole team, in order
     return clients

@@ -92,6 +92,7 @@ class LLMSpec(Strict):
 class AgentSpec(Strict):
     enabled: bool = True
     model: str | None = None
+    script: str | None = Field(None, description="replay provider: this role's own script of responses")
     system_message: str | None = None
     max_tokens: int | None = Field(None, gt=0)
 

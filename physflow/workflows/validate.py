@@ -28,7 +28,9 @@ def check_workflow(path: str | Path, site: str | None = None) -> Checked:
     spec = workflow.spec
     if site:
         spec.site = site
-    for field, value in (("objective.target", spec.objective.target), ("llm.script", spec.llm.script)):
+    files = [("objective.target", spec.objective.target), ("llm.script", spec.llm.script)]
+    files += [(f"agents.{role}.script", agent.script) for role, agent in spec.agents.items()]
+    for field, value in files:
         if value and not workflow.resolve(value).is_file():
             raise workflow.error(field, f"file not found: {value}")
     adapter = get_adapter(workflow)

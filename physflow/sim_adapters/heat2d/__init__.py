@@ -95,7 +95,7 @@ class Heat2DAdapter(Adapter):
 
 
 def make_target(path: Path, kappa: float, power: float, n: int = 96, t_end: float = 0.05,
-                noise: float = 0.02, seed: int = 1) -> None:
+                noise: float = 0.005, seed: int = 1) -> None:
     """Write a target field: the solver's output at (kappa, power) plus Gaussian noise.
 
     ``noise`` is the noise sigma as a fraction of the field's maximum (K). The true values are

@@ -1,0 +1,45 @@
+"""The local site through Parsl: a real 2-rank MPI task via MPIExecutor and mpiexec."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from physflow.dispatch.parsl_backend import ParslDispatcher
+from physflow.dispatch.payload import TaskSpec
+from physflow.errors import SiteError
+from physflow.site_configs.builder import build_parsl_config, load_site
+
+RANK_PROBE = "from mpi4py import MPI; c = MPI.COMM_WORLD; print(c.Get_rank(), c.Get_size(), flush=True)"
+
+
+@pytest.fixture(scope="module")
+def dispatcher(tmp_path_factory):
+    d = ParslDispatcher(load_site("local"), tmp_path_factory.mktemp("parsl"), max_concurrent=2)
+    yield d
+    d.close()
+
+
+def test_mpi_task_runs_on_two_ranks(dispatcher, tmp_path):
+    spec = TaskSpec("t0", str(tmp_path / "t0"), argv=[sys.executable, "-c", RANK_PROBE], mpi=True, ranks=2)
+    outcome = dispatcher.submit(spec).result(timeout=120)
+    assert outcome["returncode"] == 0, outcome
+    assert outcome["command"].startswith("mpiexec -n 2")
+    lines = sorted((tmp_path / "t0" / "stdout.txt").read_text().split("\n"))
+    assert [x for x in lines if x] == ["0 2", "1 2"]
+    assert outcome["started"] <= outcome["finished"]
+
+
+def test_python_task_and_failure_on_htex(dispatcher, tmp_path):
+    ok = dispatcher.submit(TaskSpec("t1", str(tmp_path / "t1"), function="math.hypot")).result(timeout=60)
+    assert ok["returncode"] == 0 and ok["value"] == 0.0
+    bad = dispatcher.submit(TaskSpec("t2", str(tmp_path / "t2"), argv=[sys.executable, "-c", "import sys; "
+                                     "sys.stderr.write('boom'); sys.exit(7)"], mpi=True, ranks=1))
+    out = bad.result(timeout=60)
+    assert out["returncode"] != 0 and "boom" in out["stderr_tail"]
+
+
+def test_mpi_request_larger_than_a_block_is_refused(tmp_path):
+    with pytest.raises(SiteError, match="wait forever"):
+        build_parsl_config(load_site("local"), tmp_path, 2, nodes_needed=2)

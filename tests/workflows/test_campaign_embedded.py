@@ -1,0 +1,44 @@
+"""A full campaign with the embedded llama.cpp model: the real server, real tokens, real MPI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+
+import pytest
+
+from tests.conftest import EXAMPLES, physflow
+
+
+@pytest.mark.slow
+def test_embedded_model_campaign_end_to_end(tmp_path):
+    shutil.copytree(EXAMPLES / "data", tmp_path / "data")
+    text = (EXAMPLES / "heat2d.yaml").read_text()
+    text = text.replace("max_simulations: 24", "max_simulations: 10").replace("max_rounds: 6", "max_rounds: 3")
+    (tmp_path / "wf.yaml").write_text(text)
+    run = tmp_path / "run"
+    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(run)
+    status = json.loads(physflow("status", str(run), "--json").stdout)
+    assert status["state"] == "finished"
+    assert status["tokens"] > 0  # the model really answered
+    transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
+    assert any(t["agent"] == "planner" and t.get("completion_tokens", 0) > 0 for t in transcript)
+    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    assert 1 <= len(rows) <= 10 and any(r["status"] == "finished" for r in rows)
+    # the server physflow started is stopped at the end: nothing listens on its port any more
+    url = json.loads((run / "run.json").read_text())["llm_base_url"]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url + "/models", timeout=5)
+
+
+def test_approval_without_terminal_is_refused(tmp_path):
+    shutil.copytree(EXAMPLES / "data", tmp_path / "data")
+    text = (EXAMPLES / "heat2d.yaml").read_text().replace("approval: auto", "approval: plan")
+    (tmp_path / "wf.yaml").write_text(text)
+    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(tmp_path / "run"), stdin="")
+    assert proc.returncode == 2
+    assert "no terminal" in proc.stderr and "--yes" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,99 @@
+"""The run store: a durable journal first, HDF5 after, one writer, readers never blocked."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import threading
+
+import h5py
+import numpy as np
+import pytest
+
+from physflow.errors import RunDirError
+from physflow.sim_adapters.base import Array
+from physflow.workflows.store import Committer, RunStore, TaskRecord, read_journal, replay
+
+
+def _finalize(task: TaskRecord, outcome: dict) -> dict:
+    task.status = "finished" if outcome["returncode"] == 0 else "failed"
+    task.metrics = {"loss": outcome.get("loss", float("nan"))}
+    task.error = outcome.get("stderr_tail") or None
+    return {"profile": Array(np.arange(3.0), "m")} if task.status == "finished" else {}
+
+
+def test_results_are_journaled_then_stored(tmp_path):
+    store = RunStore.create(tmp_path / "run")
+    store.open_for_writing()
+    seen = []
+    committer = Committer(store, _finalize, on_committed=seen.append)
+    committer.event("campaign_started", name="demo", pid=1)
+    tasks = [TaskRecord(id=f"t{i}", params={"x": float(i)}, hypothesis="H1") for i in range(20)]
+    for t in tasks:
+        committer.event("proposed", task=t.id, params=t.params, hypothesis="H1", source="planner")
+        committer.event("submitted", task=t.id)
+    threads = [threading.Thread(target=committer.result, args=(t, {"returncode": int(t.id == "t3"), "loss": 0.5,
+                                                                     "started": 1.0, "finished": 2.0}))
+               for t in tasks]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    committer.close()
+    store.close()
+    assert sorted(t.id for t in seen) == sorted(t.id for t in tasks)
+    state = replay(read_journal(store.journal_path))
+    assert state.tasks["t3"].status == "failed" and state.tasks["t4"].status == "finished"
+    assert state.tasks["t4"].metrics == {"loss": 0.5}
+    with h5py.File(store.h5_path) as f:
+        assert len(f["tasks"]) == 20
+        g = f["tasks/t4"]
+        assert g.attrs["status"] == "finished" and g.attrs["hypothesis"] == "H1"
+        assert g["params"].attrs["x"] == 4.0 and g["metrics"].attrs["loss"] == 0.5
+        assert g["profile"].attrs["units"] == "m" and list(g["profile"][...]) == [0.0, 1.0, 2.0]
+        assert json.loads(g.attrs["params_json"]) == {"x": 4.0}
+
+
+def test_non_finite_metrics_stay_valid_json(tmp_path):
+    store = RunStore.create(tmp_path / "run")
+    store.open_for_writing()
+    committer = Committer(store, _finalize)
+    committer.event("proposed", task="t0", params={"x": 1.0})
+    committer.result(TaskRecord(id="t0", params={"x": 1.0}), {"returncode": 0, "loss": float("inf")})
+    committer.close()
+    lines = store.journal_path.read_text().splitlines()
+    assert all(json.loads(line) for line in lines)
+    assert np.isnan(replay(read_journal(store.journal_path)).tasks["t0"].metrics["loss"])
+
+
+def test_torn_last_line_is_ignored(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"event": "proposed", "task": "t0", "params": {"x": 1}}\n{"event": "finished", "ta')
+    events = read_journal(path)
+    assert len(events) == 1 and replay(events).tasks["t0"].status == "proposed"
+
+
+def _hold_lock(run_dir, ready, release):
+    store = RunStore(run_dir)
+    store.open_for_writing()
+    ready.set()
+    release.wait(30)
+
+
+def test_second_orchestrator_is_refused_and_dead_ones_release(tmp_path):
+    run = tmp_path / "run"
+    RunStore.create(run)
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(run, ready, release))
+    holder.start()
+    assert ready.wait(30)
+    assert RunStore(run).is_live()
+    with pytest.raises(RunDirError, match="in use by a running orchestrator"):
+        RunStore(run).open_for_writing()
+    holder.kill()  # SIGKILL: the lock file stays, the lock does not
+    holder.join()
+    assert not RunStore(run).is_live()
+    store = RunStore(run)
+    store.open_for_writing()
+    store.close()
