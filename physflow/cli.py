@@ -128,8 +128,9 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool) ->
         raise RunDirError(f"{run_dir} already exists (use physflow resume to continue a run)") from None
     store.open_for_writing()
     write_run_files(wf, run_dir, checked.site)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("parsl").propagate = False  # Parsl logs to parsl/ in the run directory
+    logging.getLogger("physflow").setLevel(logging.INFO)
     click.echo(f"physflow {__version__}: campaign {spec.name} on site {checked.site.name}, "
                f"model {spec.llm.provider}:{spec.llm.model}", err=True)
     server = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -33,6 +34,8 @@ from physflow.sim_adapters.base import Adapter, Array, get_adapter
 from physflow.site_configs.builder import SiteSpec
 from physflow.workflows.spec import LoadedWorkflow
 from physflow.workflows.store import Committer, RunStore, TaskRecord
+
+log = logging.getLogger("physflow.campaign")
 
 #: Asks the user to approve a batch; returns True to go on.
 Approver = Callable[[str], Awaitable[bool]]
@@ -188,6 +191,8 @@ class Campaign:
 
     async def on_planned(self, round_no: int, outcome: PlanOutcome) -> None:
         capacity = max(0, self.simulations_left)
+        log.info("round %d: %s", round_no, f"hypothesis: {outcome.hypothesis[:100]}" if outcome.ok
+                 else "no valid proposal from the model; the optimizer fills the round")
         if outcome.ok:
             hid = f"H{round_no}"
             self.hypotheses[hid] = {"statement": outcome.hypothesis, "prediction": outcome.prediction, "tasks": []}
@@ -233,6 +238,12 @@ class Campaign:
             self.optimizer.observe(task.params, task.metrics[self.objective_metric])
         if self.tolerance_reached() and not self.stop_reason:
             self.stop_reason = "tolerance reached"
+        best = self.best()
+        value = task.metrics.get(self.objective_metric)
+        log.info("%s %-8s %-9s %s %s  best %s", task.id, task.status, task.source,
+                 " ".join(f"{k}={v:.4g}" for k, v in task.params.items()),
+                 f"{self.objective_metric}={value:.4g}" if value is not None else (task.error or "")[:80],
+                 f"{best.metrics[self.objective_metric]:.4g} ({best.id})" if best else "-")
         hid = task.hypothesis
         if hid and all(self.tasks[t].status in ("finished", "failed") for t in self.hypotheses[hid]["tasks"]):
             self._to_judge.append(hid)
@@ -257,6 +268,7 @@ class Campaign:
             h["verdict"], h["evidence"] = "inconclusive", "the critic gave no valid verdict"
         else:
             h["verdict"], h["evidence"], h["advice"] = verdict.verdict, verdict.evidence, verdict.advice
+        log.info("%s judged %s: %s", hid, h["verdict"], h["evidence"][:100])
         self.committer.event("verdict", id=hid, verdict=h["verdict"], evidence=h["evidence"],
                              advice=h.get("advice", ""))
 
