@@ -36,6 +36,8 @@ class TaskSpec:
     nodes: int = 1
     walltime: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: Input files (name in the working dir -> text) written before the program starts.
+    files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +105,8 @@ def execute(spec_dict: dict[str, Any], parsl_resource_specification: dict[str, A
     spec = TaskSpec(**spec_dict)
     workdir = Path(spec.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    for name, text in spec.files.items():
+        (workdir / name).write_text(text)
     try:
         outcome = _run_argv(spec, workdir) if spec.argv else _run_function(spec, workdir)
     except Exception as exc:  # noqa: BLE001 - a failing simulation is data, not a crash

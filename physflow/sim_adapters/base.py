@@ -99,7 +99,7 @@ class Adapter(ABC):
     # -- what a run needs and makes ------------------------------------------------------------
     def check(self) -> None:
         """Reject keys this adapter does not read (they would be silently ignored otherwise)."""
-        for key in ("command", "mpi", "outputs", "function"):
+        for key in ("command", "mpi", "outputs", "inputs", "function"):
             if getattr(self.sim, key) is not None and key not in self.own_keys:
                 raise self.workflow.error(f"simulation.{key}", f"not used by adapter {self.name}")
 

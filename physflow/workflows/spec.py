@@ -124,6 +124,9 @@ class SimulationSpec(Strict):
     command: str | None = None
     mpi: bool | None = None
     outputs: OutputsSpec | None = None
+    inputs: dict[str, str] | None = Field(
+        None, description="executable adapter: input file name in the task dir -> template file; "
+                          "{{ name }} in a template is replaced by a parameter or fixed value")
     # python adapter
     function: str | None = None
 
