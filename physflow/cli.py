@@ -93,41 +93,24 @@ async def _ask(text: str) -> bool:
     return await asyncio.to_thread(click.confirm, "Run this batch?", default=True, err=True)
 
 
-@main.command()
-@click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--site", help="site name or site YAML path (overrides the workflow's site:)")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="where to write the run (default: runs/<name>-<UTC time>)")
-@click.option("--yes", "-y", is_flag=True, help="approve every batch without asking")
-def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool) -> None:
-    """Run a campaign in the foreground; the last line printed is the run directory.
+def _approver(spec: Any, yes: bool, source: Path):
+    """The interactive approval callback, or None; refuses when approval needs a missing terminal."""
+    if spec.approval == "auto" or yes:
+        return None
+    if not sys.stdin.isatty():
+        raise PhysflowError(f"{source}: approval is {spec.approval!r} but there is no terminal to ask; "
+                            "pass --yes to approve every batch")
+    return _ask
 
-    \b
-    Example: physflow submit workflows/examples/heat2d.yaml --yes
-    """
+
+def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None) -> None:
+    """Serve the model, run (or resume) the campaign, write the report; exits with its code."""
     from physflow.dispatch.parsl_backend import ParslDispatcher
-    from physflow.errors import RunDirError
     from physflow.serving.llama_cpp import LlamaCppServer
-    from physflow.workflows.campaign import Campaign, model_clients, write_run_files
+    from physflow.workflows.campaign import Campaign, model_clients
     from physflow.workflows.report import write_report
-    from physflow.workflows.store import RunStore
-    from physflow.workflows.validate import check_workflow
 
-    checked = check_workflow(workflow, site)
-    wf, spec = checked.workflow, checked.workflow.spec
-    approver = None
-    if spec.approval != "auto" and not yes:
-        if not sys.stdin.isatty():
-            raise PhysflowError(f"{wf.path}: approval is {spec.approval!r} but there is no terminal to ask; "
-                                "pass --yes to approve every batch")
-        approver = _ask
-    run_dir = (run_dir or _default_run_dir(spec.name)).resolve()
-    try:
-        store = RunStore.create(run_dir)
-    except FileExistsError:
-        raise RunDirError(f"{run_dir} already exists (use physflow resume to continue a run)") from None
-    store.open_for_writing()
-    write_run_files(wf, run_dir, checked.site)
+    wf, spec, run_dir = checked.workflow, checked.workflow.spec, store.run_dir
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("parsl").propagate = False  # Parsl logs to parsl/ in the run directory
     logging.getLogger("physflow").setLevel(logging.INFO)
@@ -137,7 +120,7 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool) ->
     started = time.time()
     try:
         base_url = spec.llm.base_url
-        if spec.llm.provider == "embedded":
+        if spec.llm.provider == "embedded" and any(spec.agent_enabled(r) for r in ("planner", "critic")):
             click.echo("starting the embedded model server ...", err=True)
             server = LlamaCppServer(spec.llm.model, run_dir / "llm_server.log").start()
             base_url = server.base_url
@@ -148,7 +131,7 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool) ->
             wf, store, checked.site, approver,
             dispatcher_factory=lambda: ParslDispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
                                                        spec.simulation.resources.nodes))
-        state = asyncio.run(campaign.run(clients))
+        state = asyncio.run(campaign.run(clients, previous))
     finally:
         if server:
             server.stop()
@@ -163,6 +146,95 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool) ->
     click.echo(f"report: {report}", err=True)
     click.echo(str(run_dir))
     sys.exit(0 if state == "finished" else 1)
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--site", help="site name or site YAML path (overrides the workflow's site:)")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="where to write the run (default: runs/<name>-<UTC time>)")
+@click.option("--yes", "-y", is_flag=True, help="approve every batch without asking")
+def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool) -> None:
+    """Run a campaign in the foreground; the last line printed is the run directory.
+
+    \b
+    Example: physflow submit workflows/examples/heat2d.yaml --yes
+    """
+    from physflow.errors import RunDirError
+    from physflow.workflows.campaign import write_run_files
+    from physflow.workflows.store import RunStore
+    from physflow.workflows.validate import check_workflow
+
+    checked = check_workflow(workflow, site)
+    spec = checked.workflow.spec
+    approver = _approver(spec, yes, checked.workflow.path)
+    run_dir = (run_dir or _default_run_dir(spec.name)).resolve()
+    try:
+        store = RunStore.create(run_dir)
+    except FileExistsError:
+        raise RunDirError(f"{run_dir} already exists (use physflow resume to continue a run)") from None
+    store.open_for_writing()
+    write_run_files(checked.workflow, run_dir, checked.site)
+    _run_campaign(checked, store, approver)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--yes", "-y", is_flag=True, help="approve every batch without asking")
+def resume(run: Path, yes: bool) -> None:
+    """Continue a campaign whose orchestrator stopped (killed, cancelled, out of walltime).
+
+    Finished simulations are kept and never re-run; simulations that were in flight are
+    submitted again, once.
+
+    \b
+    Example: physflow resume runs/heat2d-inverse-20261125T120000Z
+    """
+    from physflow.errors import RunDirError
+    from physflow.workflows.validate import check_run_dir
+
+    store = _store(run.resolve())
+    store.open_for_writing()  # refuses while another orchestrator holds the run
+    try:
+        previous = store.state()
+        if previous.state == "finished":
+            raise RunDirError(f"{run}: the campaign already finished ({previous.reason}); nothing to resume")
+        checked = check_run_dir(store.run_dir)
+        approver = _approver(checked.workflow.spec, yes, store.run_dir / "workflow.yaml")
+    except BaseException:
+        store.close()
+        raise
+    _run_campaign(checked, store, approver, previous)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--timeout", default=120.0, show_default=True, help="seconds to wait for a clean stop")
+def cancel(run: Path, timeout: float) -> None:
+    """Stop a running campaign cleanly; it stays resumable.
+
+    \b
+    Example: physflow cancel runs/heat2d-inverse-20261125T120000Z
+    """
+    import os
+    import signal
+
+    from physflow.errors import RunDirError
+
+    store = _store(run)
+    if not store.is_live():
+        click.echo(f"{run}: no orchestrator is running (state: {store.state().state})")
+        return
+    pid = store.holder_pid()
+    if pid is None:
+        raise RunDirError(f"{run}: cannot tell which process runs the campaign")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while store.is_live() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if store.is_live():
+        raise RunDirError(f"{run}: the orchestrator (pid {pid}) did not stop within {timeout:.0f} s")
+    click.echo(f"{run}: {store.state().state}")
 
 
 def _store(run: Path):

@@ -20,6 +20,18 @@ from pathlib import Path
 from typing import Any
 
 STDERR_TAIL_BYTES = 2000
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_worker() -> None:
+    """In the child: get SIGTERM if the worker that started us dies (cancel, worker loss), so an
+    MPI launcher and its ranks never outlive the task that owns them. Linux only; harmless elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -67,7 +79,8 @@ def _run_argv(spec: TaskSpec, workdir: Path) -> dict[str, Any]:
     env = dict(os.environ, **spec.env)
     with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
         # A new session so that a timeout kills the launcher and every rank it started.
-        proc = subprocess.Popen(argv, cwd=workdir, stdout=out, stderr=err, env=env, start_new_session=True)
+        proc = subprocess.Popen(argv, cwd=workdir, stdout=out, stderr=err, env=env, start_new_session=True,
+                                preexec_fn=_die_with_worker)
         try:
             code = proc.wait(timeout=spec.walltime)
             timed_out = False

@@ -33,7 +33,7 @@ from physflow.optimizer import Optimizer
 from physflow.sim_adapters.base import Adapter, Array, get_adapter
 from physflow.site_configs.builder import SiteSpec
 from physflow.workflows.spec import LoadedWorkflow
-from physflow.workflows.store import Committer, RunStore, TaskRecord
+from physflow.workflows.store import CampaignState, Committer, RunStore, TaskRecord
 
 log = logging.getLogger("physflow.campaign")
 
@@ -78,6 +78,8 @@ class Campaign:
         self._critic: asyncio.Task | None = None
         self._to_judge: deque[str] = deque()
         self._approved_once = workflow.spec.approval == "auto" or approver is None
+        self.tokens_before = 0
+        self.resume_note = ""
 
     # -- the CampaignView the agents see -------------------------------------------------------
     def results(self) -> list[dict[str, Any]]:
@@ -272,6 +274,17 @@ class Campaign:
         self.committer.event("verdict", id=hid, verdict=h["verdict"], evidence=h["evidence"],
                              advice=h.get("advice", ""))
 
+    def _resume_summary(self) -> str:
+        """What the agents are told after a restart (not the whole transcript)."""
+        counts: dict[str, int] = {}
+        for t in self.tasks.values():
+            counts[t.status] = counts.get(t.status, 0) + 1
+        best = self.best()
+        return (f"The campaign was restarted after round {self.rounds}. Simulations: "
+                + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                + (f". Best so far: {best.params} -> {self.objective_metric}={best.metrics[self.objective_metric]:.4g}"
+                   if best else "") + ".")
+
     # -- prompts -------------------------------------------------------------------------------
     def _parameter_lines(self) -> str:
         return "\n".join(f"- {n}: between {p.min} and {p.max}" + (f" {p.units}" if p.units else "")
@@ -284,6 +297,9 @@ class Campaign:
         lines = [f"Goal: {self.spec.goal.strip()}", f"Parameters:\n{self._parameter_lines()}",
                  f"Objective: {obj.goal} {obj.metric}{tol}.", f"Round {round_no} of {self.budget.max_rounds}; "
                  f"{self.simulations_left} simulations left in the budget."]
+        if self.resume_note:
+            lines.append(self.resume_note)
+            self.resume_note = ""
         table = results_table(self, limit=6)
         if table:
             lines.append("Best results so far:\n" + "\n".join(
@@ -320,8 +336,55 @@ class Campaign:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._events.put_nowait, Event("wake"))
 
-    async def run(self, clients: dict[str, Any] | None) -> str:
-        """Run to the end; returns the final state (finished | cancelled | failed)."""
+    def _arrays_from_workdir(self, task: TaskRecord) -> dict[str, Array]:
+        """A finished task's arrays, parsed again from its working directory (HDF5 repair)."""
+        try:
+            return self.adapter.parse_outputs(self.store.task_dir(task.id), {"returncode": 0}).arrays
+        except (AdapterError, OSError):
+            return {}
+
+    def restore(self, previous: CampaignState) -> None:
+        """Continue from a journal: finished work is kept, in-flight work resubmitted once.
+
+        Runs before the loop starts, after the committer exists (it journals what it decides).
+        """
+        repaired = self.store.repair_hdf5(previous.tasks.values(), self._arrays_from_workdir)
+        for hid, h in previous.hypotheses.items():
+            self.hypotheses[hid] = {"statement": h.statement, "prediction": h.prediction, "tasks": list(h.tasks),
+                                    **({"verdict": h.verdict, "evidence": h.evidence, "advice": h.advice}
+                                       if h.verdict else {})}
+        requeued = lost = 0
+        for task in sorted(previous.tasks.values(), key=lambda t: t.id):
+            self.tasks[task.id] = task
+            if task.status == "finished":
+                self.optimizer.observe(task.params, task.metrics.get(self.objective_metric, math.nan))
+            elif task.status == "submitted" and previous.submits.get(task.id, 0) >= 2:
+                task.status, task.error = "failed", "lost in flight twice (orchestrator stopped while it ran)"
+                task.stored = time.time()
+                self.committer.event("failed", task=task.id, error=task.error, metrics={}, arrays=[])
+                lost += 1
+            elif task.status in ("submitted", "proposed", "cancelled"):
+                task.status = "proposed"
+                self.queue.append(task)
+                self.committer.event("requeued", task=task.id)
+                requeued += 1
+        for hid, h in self.hypotheses.items():
+            if "verdict" not in h and h["tasks"] and all(
+                    self.tasks[t].status in ("finished", "failed") for t in h["tasks"]):
+                self._to_judge.append(hid)
+        self.rounds = previous.rounds
+        self.tokens_before = sum(previous.tokens.values())
+        finished = sum(t.status == "finished" for t in self.tasks.values())
+        log.info("resumed: %d finished kept, %d requeued, %d lost, %d HDF5 groups repaired",
+                 finished, requeued, lost, repaired)
+        self.committer.event("campaign_resumed", name=self.spec.name, pid=os.getpid(), site=self.site.name,
+                             kept=finished, requeued=requeued, lost=lost, repaired=repaired)
+
+    async def run(self, clients: dict[str, Any] | None, previous: CampaignState | None = None) -> str:
+        """Run to the end; returns the final state (finished | cancelled | failed).
+
+        ``previous`` is the state rebuilt from this run's journal when resuming.
+        """
         self._loop = asyncio.get_running_loop()
         self.committer = Committer(self.store, self._finalize, self._on_committed)
         transcript = Transcript(self.store.run_dir / "transcript.jsonl",
@@ -329,7 +392,14 @@ class Campaign:
         if clients and "planner" in clients:
             self.team = ScienceTeam(self.spec, clients, self, self.adapter.validate_params,
                                     self.adapter.parameters, transcript)
-        self.committer.event("campaign_started", name=self.spec.name, pid=os.getpid(), site=self.site.name)
+        if previous is None:
+            self.committer.event("campaign_started", name=self.spec.name, pid=os.getpid(), site=self.site.name)
+        else:
+            self.restore(previous)
+            if self.team:
+                self.team.tokens_used = self.tokens_before
+                self.resume_note = self._resume_summary()
+                transcript.note("physflow", "resumed", self.resume_note, to="planner")
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self._loop.add_signal_handler(sig, self.request_cancel)
@@ -408,6 +478,10 @@ def resolved_workflow(workflow: LoadedWorkflow) -> dict[str, Any]:
     for agent in data["agents"].values():
         if agent.get("script"):
             agent["script"] = str(workflow.resolve(agent["script"]))
+    for name, template in (data["simulation"].get("inputs") or {}).items():
+        data["simulation"]["inputs"][name] = str(workflow.resolve(template))
+    if data["site"].endswith((".yaml", ".yml")):
+        data["site"] = str(workflow.resolve(data["site"]))
     return data
 
 

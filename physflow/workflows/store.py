@@ -68,6 +68,7 @@ class Hypothesis:
     tasks: list[str] = field(default_factory=list)
     verdict: str | None = None  # supported | refuted | inconclusive
     evidence: str = ""
+    advice: str = ""
 
 
 @dataclass
@@ -84,6 +85,8 @@ class CampaignState:
     hypotheses: dict[str, Hypothesis] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     rounds: int = 0
+    #: How many times each task was submitted (resume resubmits an in-flight task once only).
+    submits: dict[str, int] = field(default_factory=dict)
 
 
 def _json_default(value: Any) -> Any:
@@ -140,15 +143,16 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
     for e in events:
         kind, t = e.get("event"), e.get("t")
         task = st.tasks.get(e.get("task", ""))
-        if kind == "campaign_started":
-            st.name, st.started, st.pid, st.state = e.get("name", ""), st.started or t, e.get("pid"), "running"
+        if kind in ("campaign_started", "campaign_resumed"):
+            st.name, st.started, st.pid, st.state = e.get("name", st.name), st.started or t, e.get("pid"), "running"
+            st.reason, st.ended = "", None
         elif kind == "campaign_ended":
             st.state, st.reason, st.ended = e["state"], e.get("reason", ""), t
         elif kind == "hypothesis":
             st.hypotheses[e["id"]] = Hypothesis(e["id"], e["statement"], e.get("prediction", ""), e.get("round", 0))
         elif kind == "verdict" and e["id"] in st.hypotheses:
             h = st.hypotheses[e["id"]]
-            h.verdict, h.evidence = e["verdict"], e.get("evidence", "")
+            h.verdict, h.evidence, h.advice = e["verdict"], e.get("evidence", ""), e.get("advice", "")
         elif kind == "round":
             st.rounds = max(st.rounds, e["round"])
         elif kind == "tokens":
@@ -162,6 +166,7 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
             continue
         elif kind == "submitted":
             task.status, task.submitted = "submitted", t
+            st.submits[task.id] = st.submits.get(task.id, 0) + 1
         elif kind in ("finished", "failed"):
             task.status = kind
             for key in ("started", "finished", "received", "host", "error"):
@@ -171,6 +176,8 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
             task.arrays = e.get("arrays", [])
         elif kind == "cancelled":
             task.status = "cancelled"
+        elif kind == "requeued":
+            task.status = "proposed"
     return st
 
 
@@ -256,6 +263,41 @@ class RunStore:
                 return True
             fcntl.flock(fh, fcntl.LOCK_UN)
         return False
+
+    def stored_task_ids(self) -> set[str] | None:
+        """Task groups present in campaign.h5, or None if the file is unreadable (torn by a crash)."""
+        if not self.h5_path.exists():
+            return set()
+        try:
+            with h5py.File(self.h5_path, "r") as f:
+                return set(f["tasks"]) if "tasks" in f else set()
+        except (OSError, KeyError):
+            return None
+
+    def repair_hdf5(self, tasks: Iterable[TaskRecord], arrays_of: Callable[[TaskRecord], dict[str, Array]]) -> int:
+        """Write the HDF5 groups that the journal has but the file lacks; returns how many.
+
+        An unreadable file (killed mid-write) is moved aside and rebuilt whole from the journal.
+        """
+        done = [t for t in tasks if t.status in ("finished", "failed")]
+        present = self.stored_task_ids()
+        if present is None:
+            self.h5_path.rename(self.h5_path.with_name(f"{HDF5}.torn-{int(time.time())}"))
+            present = set()
+        missing = [t for t in done if t.id not in present]
+        if missing:
+            with h5py.File(self.h5_path, "a") as f:
+                for task in missing:
+                    write_task_hdf5(f, task, arrays_of(task) if task.status == "finished" else {})
+        return len(missing)
+
+    def holder_pid(self) -> int | None:
+        """The pid written by the orchestrator that holds (or held) the lock."""
+        try:
+            words = (self.run_dir / LOCK).read_text().split()
+            return int(words[1]) if len(words) > 1 and words[0] == "pid" else None
+        except (OSError, ValueError):
+            return None
 
     def commit(self, events: list[dict[str, Any]], hdf5: list[tuple[TaskRecord, dict[str, Array]]]) -> None:
         """One group commit: journal (fsync'd) first, then HDF5, then nothing is lost."""

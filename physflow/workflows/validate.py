@@ -56,3 +56,13 @@ def check_workflow(path: str | Path, site: str | None = None) -> Checked:
                                  f"{res.nodes} nodes do not fit a block of site {site_spec.name} "
                                  f"({pool.nodes_per_block} nodes per block); Parsl would wait forever")
     return Checked(workflow, adapter, site_spec)
+
+
+def check_run_dir(run_dir: Path) -> Checked:
+    """Re-check the workflow a run used (its resolved copy), with the run's original folder."""
+    import json
+
+    info = json.loads((run_dir / "run.json").read_text())
+    checked = check_workflow(run_dir / "workflow.yaml")
+    checked.workflow.path = Path(info["source"])  # {workflow_dir} and relative paths as at submit
+    return checked
