@@ -1,0 +1,85 @@
+"""LLM-written code stays in its box: real escape attempts, each refused and reported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from physflow.agents.sandbox import Sandbox, SandboxLimits
+
+ISOLATIONS = ["bwrap", "rlimits"]
+
+
+@pytest.fixture(params=ISOLATIONS)
+def box(request, tmp_path: Path, monkeypatch):
+    if request.param == "bwrap" and not Path("/usr/bin/bwrap").exists():
+        pytest.skip("bubblewrap is not installed (scripts/setup.sh installs it as root)")
+    monkeypatch.setenv("PHYSFLOW_TEST_SECRET", "s3cr3t-value")
+    run = tmp_path / "run"
+    run.mkdir()
+    with h5py.File(run / "campaign.h5", "w") as f:
+        f["tasks/t0/temperature"] = np.arange(4.0)
+    sandbox = Sandbox(run, SandboxLimits(wall_seconds=10, memory_bytes=2 << 30, cpu_seconds=60),
+                      isolation=request.param).start()
+    yield sandbox
+    sandbox.close()
+
+
+def test_state_persists_and_data_is_readable(box):
+    assert box.run("import h5py\nx = h5py.File('../campaign.h5', 'r')['tasks/t0/temperature'][...].sum()").ok
+    res = box.run("print(x * 2)")
+    assert res.ok and res.stdout.strip() == "12.0"
+
+
+def test_writing_outside_scratch_is_refused(box):
+    res = box.run(f"open({str(box.run_dir / 'journal.jsonl')!r}, 'w').write('forged')")
+    assert not res.ok and ("violation" in res.error or "Read-only" in res.error or "Permission" in res.error)
+    assert not (box.run_dir / "journal.jsonl").exists()
+    ok = box.run("open('notes.txt', 'w').write('fine here')")
+    assert ok.ok and ok.files == ["notes.txt"] and (box.scratch / "notes.txt").read_text() == "fine here"
+
+
+def test_network_is_unreachable(box):
+    res = box.run("import socket\ns = socket.create_connection(('127.0.0.1', 22), timeout=2)")
+    assert not res.ok
+    assert "violation" in res.error or "unreachable" in res.error.lower() or "refused" in res.error.lower()
+
+
+def test_fork_bomb_is_stopped(box):
+    res = box.run("import os\nwhile True:\n    os.fork()")
+    assert not res.ok and res.violation
+    res = box.run("import subprocess\nsubprocess.run(['sh', '-c', 'echo escaped'])")
+    assert not res.ok and res.violation
+    assert box.run("print('alive')").stdout.strip() == "alive"
+
+
+def test_ten_gigabytes_is_a_memory_error(box):
+    res = box.run("import numpy as np\nbig = np.ones(10 * 1024**3 // 8)")
+    assert not res.ok and "MemoryError" in res.error
+    assert box.run("print(1 + 1)").stdout.strip() == "2"
+
+
+def test_sleeping_forever_times_out_and_the_kernel_comes_back(box):
+    res = box.run("import time\ntime.sleep(10_000)", timeout=2)
+    assert res.timed_out and not res.ok
+    assert box.run("print('back')").stdout.strip() == "back"
+
+
+def test_environment_secrets_are_not_visible(box):
+    assert os.environ["PHYSFLOW_TEST_SECRET"] == "s3cr3t-value"
+    res = box.run("import os\nprint(sorted(os.environ))\nprint(os.environ.get('PHYSFLOW_TEST_SECRET'))")
+    assert res.ok and "s3cr3t" not in res.stdout and "PHYSFLOW_TEST_SECRET" not in res.stdout
+
+
+def test_output_is_clipped_and_says_so(box):
+    res = box.run("print('x' * 50_000)")
+    assert res.ok and "output cut at 20000 characters" in res.stdout and len(res.stdout) < 21_000
+
+
+def test_isolation_is_reported(box):
+    assert box.isolation in ("bwrap", "rlimits + audit hooks")
+    assert (box.warning == "") == (box.isolation == "bwrap")
