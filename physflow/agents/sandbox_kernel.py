@@ -57,7 +57,7 @@ def _hook(event, args):
     elif event in _PATH_CHANGES and args:
         paths = [a for a in args[:2] if isinstance(a, (str, bytes))]
         if not all(_inside_scratch(p) for p in paths):
-                raise PermissionError(MARK + f"{event} outside the scratch folder is not allowed")
+            raise PermissionError(MARK + f"{event} outside the scratch folder is not allowed")
 
 
 def _clip(text: str) -> str:
