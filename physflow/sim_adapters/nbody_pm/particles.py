@@ -1,0 +1,67 @@
+"""Dark-matter particles of one rank, and their migration between ranks' slabs.
+
+Positions are comoving, in Mpc/h, wrapped into the periodic box [0, box). Momenta are the
+canonical p = a^2 dx/dt with t in units of 1/H0, so p is in Mpc/h (times H0); the peculiar
+velocity is v = p / a * 100 km/s. Each particle carries its global lattice index as its id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from physflow.sim_adapters.nbody_pm.mesh import SlabMesh
+
+#: Values per particle in a migration message: x, y, z, px, py, pz, id (ids < 2^53 are exact).
+_PACKED = 7
+
+
+@dataclass
+class Particles:
+    """The particles one rank owns: pos (N, 3) Mpc/h, mom (N, 3) H0 Mpc/h, ids (N,) int64."""
+
+    pos: np.ndarray
+    mom: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def wrap(self, box: float) -> None:
+        """Put positions back into [0, box) Mpc/h."""
+        np.mod(self.pos, box, out=self.pos)
+        self.pos[self.pos >= box] = 0.0  # x % box is box itself for tiny negative x
+
+
+def migrate(particles: Particles, mesh: SlabMesh) -> Particles:
+    """Send every particle to the rank whose mesh slab holds its x position (collective)."""
+    comm = mesh.comm
+    dest = mesh.owner_of(particles.pos[:, 0])
+    order = np.argsort(dest, kind="stable")
+    send_counts = np.bincount(dest, minlength=mesh.size).astype(np.int64)
+    recv_counts = np.empty(mesh.size, dtype=np.int64)
+    comm.Alltoall(send_counts, recv_counts)
+    packed = np.empty((len(particles), _PACKED))
+    packed[:, 0:3] = particles.pos[order]
+    packed[:, 3:6] = particles.mom[order]
+    packed[:, 6] = particles.ids[order]
+    received = np.empty((int(recv_counts.sum()), _PACKED))
+    sc, rc = (send_counts * _PACKED).tolist(), (recv_counts * _PACKED).tolist()
+    sd = np.concatenate([[0], np.cumsum(sc)[:-1]]).tolist()
+    rd = np.concatenate([[0], np.cumsum(rc)[:-1]]).tolist()
+    comm.Alltoallv([packed, (sc, sd), MPI.DOUBLE], [received, (rc, rd), MPI.DOUBLE])
+    return Particles(np.ascontiguousarray(received[:, 0:3]), np.ascontiguousarray(received[:, 3:6]),
+                     received[:, 6].astype(np.int64))
+
+
+def gather_to_root(particles: Particles, comm: MPI.Comm) -> Particles | None:
+    """All particles on rank 0, in id order (None on other ranks)."""
+    parts = comm.gather((particles.pos, particles.mom, particles.ids), root=0)
+    if comm.Get_rank() != 0:
+        return None
+    ids = np.concatenate([p[2] for p in parts])
+    order = np.argsort(ids)
+    return Particles(np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order],
+                     ids[order])
