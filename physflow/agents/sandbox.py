@@ -72,6 +72,8 @@ class Sandbox:
         self.warning = ""
         self.proc: subprocess.Popen | None = None
         self._id = 0
+        #: Code that sets up the kernel's state (e.g. the campaign's results); run again after a restart.
+        self.prelude = ""
 
     # -- isolation -----------------------------------------------------------------------------
     def _kernel_argv(self) -> list[str]:
@@ -126,6 +128,8 @@ class Sandbox:
                 if name != "bwrap":
                     self.warning = (f"sandbox isolation is {name} only ({'; '.join(tried) or 'bwrap not found'}): "
                                     "weaker than a namespace sandbox")
+                if self.prelude:
+                    self.run(self.prelude)
                 return self
             proc.kill()
             err = proc.stderr.read()[-300:] if proc.stderr else ""
@@ -174,6 +178,12 @@ class Sandbox:
         if result.violation:
             self.restart()
         return result
+
+    def set_prelude(self, code: str) -> SandboxResult:
+        """Run ``code`` now and again whenever the kernel restarts, so a violation by one piece of
+        LLM code does not take away the data the next piece is promised."""
+        self.prelude = code
+        return self.run(code)
 
     def restart(self) -> None:
         self.close()

@@ -1,11 +1,15 @@
-"""The agent team: a planner that states hypotheses and proposes simulations, a critic that judges
-them against results. Agents are AutoGen AgentChat AssistantAgents declared from the workflow
-spec; the campaign loop (an explicit state machine) decides who speaks when.
+"""The agent team: planner, domain expert, coder and critic, declared from the workflow spec.
 
-Every model output is untrusted: structured replies are parsed by pydantic, proposals are
-checked against the adapter's parameter schema, and anything wrong goes back to the agent as
-a message. After a few failed attempts the caller takes the optimizer's suggestion instead, so
-a weak model slows the science down but never stalls the allocation.
+Each role is an AutoGen AgentChat AssistantAgent: a name, a model client, a system message, a
+list of tools and a structured reply type. The campaign loop is the explicit state machine that
+decides who speaks when: the planner proposes (the domain expert reviews it, the planner may
+revise once), the critic judges each hypothesis once its simulations are done and may ask the
+coder for an analysis, which runs in the sandbox and goes back into the record.
+
+Every model output is untrusted: replies are parsed by pydantic, proposals are checked against
+the adapter's parameter schema, and anything wrong goes back to the agent as a message. After a
+few failed attempts the caller takes the optimizer's suggestion instead, so a weak model slows
+the science down but never stalls the allocation.
 """
 
 from __future__ import annotations
@@ -17,30 +21,64 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from autogen_core.model_context import BufferedChatCompletionContext
 from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from physflow.agents.tools import CampaignView, make_tools
+from physflow.agents.tools import Toolbox
 from physflow.errors import ProposalError
 from physflow.workflows.spec import ParameterSpec, WorkflowSpec
 
-PLANNER_SYSTEM = (
-    "You are the planner of a simulation campaign. State one falsifiable hypothesis about how the "
-    "parameters affect the objective, what you predict the simulations will show, and propose "
-    "simulations that test it. Every parameter value must lie within its bounds. Reply only with JSON."
-)
-CRITIC_SYSTEM = (
-    "You are the critic of a simulation campaign. Judge whether the results support or refute the "
-    "hypothesis, citing the numbers. Say inconclusive when they do not decide it. Reply only with JSON."
-)
+
+class Review(BaseModel):
+    sound: bool = Field(description="true if the hypothesis and simulations make physical sense")
+    concerns: str = Field("", description="what is physically wrong or risky, if anything", max_length=500)
+    citations: list[str] = Field([], description="sources (file:line) from search_knowledge", max_length=5)
 
 
 class Verdict(BaseModel):
     verdict: Literal["supported", "refuted", "inconclusive"]
     evidence: str = Field(description="the numbers from the results that decide the verdict", max_length=600)
     advice: str = Field("", description="what the planner should try next", max_length=400)
+    analysis: str = Field("", description="an analysis of the results the coder should run, or empty",
+                          max_length=300)
+
+
+class AnalysisCode(BaseModel):
+    purpose: str = Field(description="what the code computes", max_length=300)
+    code: str = Field(description="Python code; print the numbers that answer the request", max_length=4000)
+
+
+@dataclass
+class Role:
+    system: str
+    tools: list[str]
+    context: int  # messages of history the agent keeps
+
+
+ROLES: dict[str, Role] = {
+    "planner": Role(
+        "You are the planner of a simulation campaign. State one falsifiable hypothesis about how the "
+        "parameters affect the objective, what you predict the simulations will show, and propose "
+        "simulations that test it. Every parameter value must lie within its bounds. Reply only with JSON.",
+        ["suggest_parameters", "query_results", "propose_simulations"], 8),
+    "domain_expert": Role(
+        "You are the domain expert of a simulation campaign. Check that a proposed hypothesis and its "
+        "simulations make physical sense; cite the knowledge base where it helps. Reply only with JSON.",
+        ["search_knowledge"], 6),
+    "coder": Role(
+        "You are the coder of a simulation campaign. Write short Python (numpy, h5py) that computes what is "
+        "asked from the campaign's results; the variable `results` holds them as a list of dicts with keys "
+        "id, status, params, metrics. Print the numbers. Reply only with JSON.",
+        [], 6),
+    "critic": Role(
+        "You are the critic of a simulation campaign. Judge whether the results support or refute the "
+        "hypothesis, citing the numbers. Say inconclusive when they do not decide it. Reply only with JSON.",
+        ["query_results", "make_plot"], 6),
+}
+OUTPUTS: dict[str, type[BaseModel]] = {"domain_expert": Review, "coder": AnalysisCode, "critic": Verdict}
 
 
 def proposal_model(parameters: dict[str, ParameterSpec], max_simulations: int) -> type[BaseModel]:
@@ -67,6 +105,7 @@ class PlanOutcome:
     simulations: list[dict[str, float]] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    review: Review | None = None
 
     @property
     def ok(self) -> bool:
@@ -83,24 +122,26 @@ class Transcript:
     def note(self, agent: str, kind: str, content: Any, **extra: Any) -> None:
         self._write({"t": time.time(), "agent": agent, "type": kind, "content": content, **extra})
 
-    def messages(self, agent: str, messages: list[BaseAgentEvent | BaseChatMessage]) -> int:
-        """Log a run's messages; return the tokens they used."""
-        used = 0
-        for m in messages:
-            usage = getattr(m, "models_usage", None)
-            prompt = usage.prompt_tokens if usage else 0
-            completion = usage.completion_tokens if usage else 0
-            used += prompt + completion
-            content = m.content
-            if isinstance(content, BaseModel):
-                content = content.model_dump()
-            elif isinstance(content, list):
-                content = [c.model_dump() if isinstance(c, BaseModel) else str(c) for c in content]
-            self._write({"t": time.time(), "agent": agent, "source": m.source, "type": type(m).__name__,
-                         "content": content, "prompt_tokens": prompt, "completion_tokens": completion})
-        if used and self.on_tokens:
-            self.on_tokens(agent, used)
-        return used
+    def message(self, agent: str, m: BaseAgentEvent | BaseChatMessage) -> int:
+        """Log one message or event of a run as it happens; return the tokens it used."""
+        usage = getattr(m, "models_usage", None)
+        prompt = usage.prompt_tokens if usage else 0
+        completion = usage.completion_tokens if usage else 0
+        content = m.content
+        if isinstance(content, BaseModel):
+            content = content.model_dump()
+        elif isinstance(content, list):
+            content = [c.model_dump() if isinstance(c, BaseModel) else str(c) for c in content]
+        self._write({"t": time.time(), "agent": agent, "source": m.source, "type": type(m).__name__,
+                     "content": content, "prompt_tokens": prompt, "completion_tokens": completion})
+        return prompt + completion
+
+    def spent(self, agent: str, tokens: int) -> None:
+        """Report the tokens one agent turn used (journaled by the campaign)."""
+        if tokens:
+            self._write({"t": time.time(), "agent": agent, "type": "tokens", "content": tokens})
+            if self.on_tokens:
+                self.on_tokens(agent, tokens)
 
     def _write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(record, default=str) + "\n")
@@ -111,98 +152,186 @@ class Transcript:
 
 
 class ScienceTeam:
-    """The planner and the critic, built from the workflow spec."""
+    """The four roles, built from the workflow spec (roles may be disabled or reconfigured)."""
 
-    def __init__(self, spec: WorkflowSpec, clients: dict[str, ChatCompletionClient], view: CampaignView,
-                 validate: Callable[[Any], dict[str, float]], parameters: dict[str, ParameterSpec],
-                 transcript: Transcript, max_attempts: int = 3) -> None:
+    def __init__(self, spec: WorkflowSpec, clients: dict[str, ChatCompletionClient], toolbox: Toolbox,
+                 parameters: dict[str, ParameterSpec], transcript: Transcript, max_attempts: int = 3) -> None:
         self.spec = spec
-        self.validate = validate
+        self.toolbox = toolbox
         self.transcript = transcript
         self.max_attempts = max_attempts
-        self.tokens_used = 0
+        self.tokens: dict[str, int] = {}
+        self.tokens_before = 0
         self.turns = 0
-        tools = make_tools(view)
         self.Proposal = proposal_model(parameters, max(1, min(8, spec.budget.max_simulations)))
-        self.planner = AssistantAgent(
-            "planner", model_client=clients["planner"], tools=list(tools.values()),
-            system_message=self._system("planner", PLANNER_SYSTEM), output_content_type=self.Proposal,
-            model_context=BufferedChatCompletionContext(buffer_size=8), max_tool_iterations=2)
-        self.critic = None
-        if spec.agent_enabled("critic"):
-            self.critic = AssistantAgent(
-                "critic", model_client=clients["critic"], tools=[tools["query_results"]],
-                system_message=self._system("critic", CRITIC_SYSTEM), output_content_type=Verdict,
-                model_context=BufferedChatCompletionContext(buffer_size=6), max_tool_iterations=1)
+        self.agents: dict[str, AssistantAgent] = {}
+        for role, defaults in ROLES.items():
+            if role not in clients or not spec.agent_enabled(role):
+                continue
+            agent = spec.agents.get(role)  # type: ignore[call-overload]
+            tools = agent.tools if agent and agent.tools is not None else defaults.tools
+            self.agents[role] = AssistantAgent(
+                role, model_client=clients[role], tools=toolbox.tools(list(tools)),
+                system_message=agent.system_message if agent and agent.system_message else defaults.system,
+                output_content_type=self.Proposal if role == "planner" else OUTPUTS[role],
+                model_context=BufferedChatCompletionContext(buffer_size=defaults.context),
+                max_tool_iterations=2)
 
-    def _system(self, role: str, default: str) -> str:
-        agent = self.spec.agents.get(role)  # type: ignore[call-overload]
-        return agent.system_message if agent and agent.system_message else default
+    # -- budgets -------------------------------------------------------------------------------
+    @property
+    def tokens_used(self) -> int:
+        return self.tokens_before + sum(self.tokens.values())
 
     @property
     def budget_left(self) -> int:
         return self.spec.llm.max_tokens_total - self.tokens_used
 
-    async def _run(self, agent: AssistantAgent, task: str) -> tuple[Any, str | None]:
+    def can_speak(self, role: str) -> bool:
+        """Enabled, and within both its own token limit and the campaign's."""
+        if role not in self.agents or self.budget_left <= 0:
+            return False
+        agent = self.spec.agents.get(role)  # type: ignore[call-overload]
+        return not (agent and agent.max_tokens is not None and self.tokens.get(role, 0) >= agent.max_tokens)
+
+    async def _run(self, role: str, task: str) -> tuple[Any, str | None]:
         """One agent turn: (structured content, None) or (None, error text for the agent)."""
+        agent = self.agents[role]
         self.turns += 1
-        self.transcript.note("physflow", "task", task, to=agent.name)
+        self.transcript.note("physflow", "task", task, to=role)
+        client = agent._model_client  # noqa: SLF001 - its usage counts the turn that failed to parse
+        usage_before = client.total_usage()
+        used = 0
+        final: Any = None
         try:
-            result = await agent.run(task=task)
+            # Streamed, so every tool call and result reaches the transcript even when the turn
+            # ends in a reply that cannot be parsed.
+            async for item in agent.run_stream(task=task):
+                if isinstance(item, TaskResult):
+                    final = item.messages[-1] if item.messages else None
+                else:
+                    used += self.transcript.message(role, item)
         except ValidationError as exc:
             error = "invalid JSON reply: " + "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors()[:6])
-            self.transcript.note(agent.name, "error", error)
-            return None, error
         except Exception as exc:  # noqa: BLE001 - model output must never crash the campaign
             error = f"{type(exc).__name__}: {str(exc)[:500]}"
-            self.transcript.note(agent.name, "error", error)
+        else:
+            error = None
+        if error is not None:
+            usage = client.total_usage()
+            used = max(used, usage.prompt_tokens + usage.completion_tokens
+                       - usage_before.prompt_tokens - usage_before.completion_tokens)
+            self.transcript.note(role, "error", error)
+        self.tokens[role] = self.tokens.get(role, 0) + used
+        self.transcript.spent(role, used)
+        if error is not None:
             return None, error
-        self.tokens_used += self.transcript.messages(agent.name, list(result.messages))
-        final = result.messages[-1] if result.messages else None
         content = getattr(final, "content", None)
         if isinstance(content, BaseModel):
             return content, None
         return None, f"the reply was not the requested JSON object: {str(content)[:300]}"
 
+    async def _structured(self, role: str, task: str, attempts: int = 2) -> BaseModel | None:
+        for _ in range(attempts):
+            if not self.can_speak(role):
+                return None
+            reply, error = await self._run(role, task)
+            if reply is not None:
+                return reply
+            task = f"Your last reply was rejected: {error}. Reply again with the JSON object only."
+        return None
+
+    # -- the planner and the domain expert ------------------------------------------------------
     async def propose(self, prompt: str, capacity: int) -> PlanOutcome:
         """Ask the planner for a hypothesis and up to ``capacity`` valid simulations."""
         outcome = PlanOutcome()
         task = prompt + f"\nPropose at most {capacity} simulation(s)."
-        for _ in range(self.max_attempts):
-            if self.budget_left <= 0:
+        for attempt in range(self.max_attempts):
+            if not self.can_speak("planner"):
                 outcome.errors.append("token budget spent")
                 break
-            proposal, error = await self._run(self.planner, task)
+            self.toolbox.staged.clear()
+            proposal, error = await self._run("planner", task)
             if proposal is None:
                 outcome.errors.append(error or "no reply")
                 task = f"Your last reply was rejected: {error}. Reply again with the JSON object only."
                 continue
             outcome.hypothesis = proposal.hypothesis.strip()
             outcome.prediction = proposal.prediction.strip()
-            for i, sim in enumerate(proposal.simulations[:capacity]):
+            outcome.simulations = list(self.toolbox.staged)
+            outcome.rejected = []
+            for i, sim in enumerate(proposal.simulations):
                 try:
-                    outcome.simulations.append(self.validate(sim.model_dump()))
+                    params = self.toolbox.validate(sim.model_dump())
                 except ProposalError as exc:
                     outcome.rejected.append(f"simulation {i + 1}: {exc}")
+                    continue
+                if params not in outcome.simulations:
+                    outcome.simulations.append(params)
+            outcome.simulations = outcome.simulations[:capacity]
             if outcome.ok and outcome.hypothesis:
+                if attempt == 0 and self.can_speak("domain_expert"):
+                    revised = await self._review(outcome, capacity)
+                    if revised is not None:
+                        return revised
                 return outcome
             problems = "; ".join(outcome.rejected) or "the hypothesis is empty"
             outcome.errors.append(problems)
-            outcome.simulations.clear()
+            outcome.simulations = []
             self.transcript.note("physflow", "rejected", problems, to="planner")
             task = (f"Your proposal was rejected: {problems}. Every value must lie within its bounds. "
                     "Propose again (JSON only).")
         return outcome
 
+    async def _review(self, outcome: PlanOutcome, capacity: int) -> PlanOutcome | None:
+        """The domain expert checks the proposal; on an objection the planner may revise it once."""
+        review = await self._structured("domain_expert", (
+            f"Hypothesis: {outcome.hypothesis}\nPrediction: {outcome.prediction}\n"
+            f"Simulations: {json.dumps(outcome.simulations)}\nIs this physically sound? Give your review as JSON."))
+        outcome.review = review  # type: ignore[assignment]
+        if review is None or review.sound:  # type: ignore[attr-defined]
+            return None
+        concerns = review.concerns  # type: ignore[attr-defined]
+        self.transcript.note("physflow", "review", concerns, to="planner")
+        self.toolbox.staged.clear()
+        revised, _ = await self._run("planner", f"The domain expert objects: {concerns}\n"
+                                     "Revise your hypothesis and simulations, or keep them (JSON only).")
+        if revised is None:
+            return None
+        new = PlanOutcome(hypothesis=revised.hypothesis.strip(), prediction=revised.prediction.strip(),
+                          review=outcome.review, errors=outcome.errors)
+        for i, sim in enumerate(revised.simulations):
+            try:
+                new.simulations.append(self.toolbox.validate(sim.model_dump()))
+            except ProposalError as exc:
+                new.rejected.append(f"simulation {i + 1}: {exc}")
+        new.simulations = new.simulations[:capacity]
+        return new if new.ok and new.hypothesis else None
+
+    # -- the critic and the coder --------------------------------------------------------------
     async def judge(self, prompt: str) -> Verdict | None:
         """The critic's verdict on one hypothesis, or None when it cannot give one."""
-        if self.critic is None or self.budget_left <= 0:
+        return await self._structured("critic", prompt)  # type: ignore[return-value]
+
+    async def analyse(self, request: str, results: list[dict[str, Any]]) -> str | None:
+        """The coder writes code for ``request``; it runs in the sandbox; the output comes back.
+
+        One retry with the error if the code fails.
+        """
+        if not self.can_speak("coder") or self.toolbox.sandbox is None:
             return None
-        task = prompt
+        self.toolbox.sandbox.set_prelude(
+            "import json\nresults = json.loads(" + repr(json.dumps(results, default=str)) + ")")
+        task = f"Analysis requested: {request}\nThere are {len(results)} results. Reply with your code as JSON."
+        output = None
         for _ in range(2):
-            verdict, error = await self._run(self.critic, task)
-            if verdict is not None:
-                return verdict
-            task = f"Your last reply was rejected: {error}. Reply again with the JSON object only."
-        return None
+            code = await self._structured("coder", task)
+            if code is None:
+                return output
+            output = self.toolbox.run_analysis_code(code.code)  # type: ignore[attr-defined]
+            self.transcript.note("coder", "tool_result", output, tool="run_analysis_code",
+                                 code=code.code)  # type: ignore[attr-defined]
+            if not output.startswith(("error:", "SANDBOX")) and "\nerror: " not in output:
+                return output
+            task = f"The code failed:\n{output[-1500:]}\nFix it (JSON only)."
+        return output

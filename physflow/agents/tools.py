@@ -1,16 +1,22 @@
 """Tools the agents call: plain typed functions whose docstrings the model reads.
 
-They see the campaign only through ``CampaignView`` (results so far, the optimizer), so the
-agents never touch Parsl, the store's files or the simulation code directly.
+They see the campaign only through ``CampaignView`` (results so far, the optimizer, the
+sandbox, the knowledge base, the plots folder), so the agents never touch Parsl, the store's
+files or the simulation code directly. Every tool answers with text; a bad argument is an
+``error: ...`` answer the model can act on, never an exception that ends the turn.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 from typing import Any, Protocol
 
 from autogen_core.tools import FunctionTool
+
+from physflow.errors import ProposalError
 
 
 class CampaignView(Protocol):
@@ -49,22 +55,123 @@ def results_table(view: CampaignView, sort_by: str | None = None, limit: int = 1
     return out
 
 
-def make_tools(view: CampaignView) -> dict[str, FunctionTool]:
-    """The campaign tools bound to ``view``, by name."""
+class Toolbox:
+    """The campaign's tools, bound to one campaign. ``staged`` collects propose_simulations calls."""
 
-    def suggest_parameters(n: int = 2) -> str:
+    def __init__(self, view: CampaignView, validate=None, sandbox=None, knowledge=None,
+                 plots_dir: Path | None = None) -> None:
+        self.view, self.validate, self.sandbox, self.knowledge = view, validate, sandbox, knowledge
+        self.plots_dir = plots_dir
+        self.staged: list[dict[str, float]] = []
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def suggest_parameters(self, n: int = 2) -> str:
         """Ask the optimizer (fitted to every finished simulation so far) for n promising parameter
-        sets within the bounds. Use its numbers when you are unsure which values to try."""
-        if not 1 <= int(n) <= 8:
-            return f"error: n must be between 1 and 8, got {n}"
-        return json.dumps([{k: round(v, 6) for k, v in p.items()} for p in view.suggest(n)])
+        sets within the bounds (1 <= n <= 8). Use its numbers when you are unsure which values to try."""
+        self._count("suggest_parameters")
+        if not isinstance(n, int) or not 1 <= n <= 8:
+            return f"error: n must be an integer between 1 and 8, got {n!r}"
+        return json.dumps([{k: round(v, 6) for k, v in p.items()} for p in self.view.suggest(n)])
 
-    def query_results(sort_by: str = "", limit: int = 10, status: str = "finished") -> str:
+    def query_results(self, sort_by: str = "", limit: int = 10, status: str = "finished") -> str:
         """List simulations so far, best objective first. sort_by: a metric name (default: the
-        objective); status: finished, failed, submitted or any; limit: at most 50 rows."""
+        objective); status: finished, failed, submitted or any; limit: 1 to 50 rows."""
+        self._count("query_results")
         if status not in ("finished", "failed", "submitted", "any"):
             return "error: status must be one of finished, failed, submitted, any"
-        return json.dumps(results_table(view, sort_by or None, limit, status))
+        if not isinstance(limit, int) or not 1 <= limit <= 50:
+            return f"error: limit must be an integer between 1 and 50, got {limit!r}"
+        return json.dumps(results_table(self.view, sort_by or None, limit, status))
 
-    return {f.__name__: FunctionTool(f, description=(f.__doc__ or "").strip())
-            for f in (suggest_parameters, query_results)}
+    def propose_simulations(self, simulations: list[dict[str, float]]) -> str:
+        """Check and stage simulations (each an object of parameter values within the bounds) for
+        your hypothesis. Invalid ones are rejected with the reason; valid ones will be run."""
+        self._count("propose_simulations")
+        if self.validate is None:
+            return "error: proposals are not accepted in this session"
+        if not isinstance(simulations, list) or not simulations:
+            return "error: simulations must be a non-empty list of parameter objects"
+        lines = []
+        for i, sim in enumerate(simulations[:8], 1):
+            try:
+                self.staged.append(self.validate(sim))
+                lines.append(f"simulation {i}: accepted")
+            except ProposalError as exc:
+                lines.append(f"simulation {i}: rejected: {exc}")
+        return "\n".join(lines)
+
+    def run_analysis_code(self, code: str) -> str:
+        """Run Python code in the campaign's sandbox (numpy, h5py, matplotlib; state persists between
+        calls). The run directory is '..' (read-only: ../campaign.h5, ../journal.jsonl); write files in
+        the current folder. Print what you want to see."""
+        self._count("run_analysis_code")
+        if self.sandbox is None:
+            return "error: no sandbox in this session"
+        if not isinstance(code, str) or not code.strip():
+            return "error: code must be a non-empty string of Python"
+        return self.sandbox.run(code).as_text()
+
+    def search_knowledge(self, query: str, k: int = 3) -> str:
+        """Search the campaign's knowledge base (local papers and notes) and return the k best
+        passages (1 <= k <= 8), each with its source as file:line to cite."""
+        self._count("search_knowledge")
+        if self.knowledge is None or not self.knowledge.chunks:
+            return "error: this campaign has no knowledge base (workflow key: knowledge)"
+        if not isinstance(k, int) or not 1 <= k <= 8:
+            return f"error: k must be an integer between 1 and 8, got {k!r}"
+        hits = self.knowledge.search(str(query), k)
+        if not hits:
+            return "no passage matches"
+        return "\n\n".join(f"[{c.source}] {c.text[:700]}" for _, c in hits)
+
+    def make_plot(self, x: str, y: str, color: str = "", title: str = "") -> str:
+        """Plot finished simulations: y against x, optionally coloured by a third quantity. x, y and
+        color are parameter or metric names. Saves a PNG in the run directory's plots/ folder."""
+        self._count("make_plot")
+        if self.plots_dir is None:
+            return "error: no plots folder in this session"
+        rows = [r for r in self.view.results() if r["status"] == "finished"]
+        names = set()
+        for r in rows:
+            names |= set(r["params"]) | set(r["metrics"])
+
+        def column(name: str) -> list[float]:
+            return [r["params"].get(name, r["metrics"].get(name, math.nan)) for r in rows]
+
+        missing = [n for n in (x, y, color) if n and n not in names]
+        if missing or not rows:
+            return f"error: unknown name(s) {', '.join(missing)}; known: {', '.join(sorted(names))}" if missing \
+                else "error: no finished simulation to plot yet"
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=110)
+        art = ax.scatter(column(x), column(y), c=column(color) if color else None, cmap="viridis", s=28)
+        if color:
+            fig.colorbar(art, ax=ax, label=color)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(title or f"{y} vs {x}")
+        fig.tight_layout()
+        self.plots_dir.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^A-Za-z0-9_]+", "_", f"{y}_vs_{x}" + (f"_by_{color}" if color else ""))
+        path = self.plots_dir / f"{slug}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        return f"saved plots/{path.name} ({len(rows)} simulations)"
+
+    def tools(self, names: list[str] | None = None) -> list[FunctionTool]:
+        """AutoGen tools for the named functions (all when None)."""
+        available = {f.__name__: f for f in (self.suggest_parameters, self.query_results, self.propose_simulations,
+                                              self.run_analysis_code, self.search_knowledge, self.make_plot)}
+        chosen = names if names is not None else list(available)
+        return [FunctionTool(available[n], description=(available[n].__doc__ or "").strip(), name=n) for n in chosen]
+
+
+TOOL_NAMES = ("suggest_parameters", "query_results", "propose_simulations", "run_analysis_code",
+              "search_knowledge", "make_plot")

@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from physflow.agents.models import make_client
-from physflow.agents.team import PlanOutcome, ScienceTeam, Transcript, Verdict
-from physflow.agents.tools import results_table
+from physflow.agents.team import ROLES, PlanOutcome, ScienceTeam, Transcript, Verdict
+from physflow.agents.tools import Toolbox, results_table
 from physflow.errors import AdapterError, PhysflowError
 from physflow.optimizer import Optimizer
 from physflow.sim_adapters.base import Adapter, Array, get_adapter
@@ -80,6 +80,7 @@ class Campaign:
         self._approved_once = workflow.spec.approval == "auto" or approver is None
         self.tokens_before = 0
         self.resume_note = ""
+        self.last_analysis = ""
 
     # -- the CampaignView the agents see -------------------------------------------------------
     def results(self) -> list[dict[str, Any]]:
@@ -198,8 +199,10 @@ class Campaign:
         if outcome.ok:
             hid = f"H{round_no}"
             self.hypotheses[hid] = {"statement": outcome.hypothesis, "prediction": outcome.prediction, "tasks": []}
+            review = outcome.review
             self.committer.event("hypothesis", id=hid, statement=outcome.hypothesis,
-                                 prediction=outcome.prediction, round=round_no)
+                                 prediction=outcome.prediction, round=round_no,
+                                 review=review.model_dump() if review else None)
             batch = outcome.simulations[:capacity]
             if not await self._approve(hid, batch):
                 return
@@ -257,22 +260,28 @@ class Campaign:
         self._critic = asyncio.create_task(self._judge(hid))
 
     async def _judge(self, hid: str) -> None:
+        analysis = None
         try:
             verdict = await self.team.judge(self._critic_prompt(hid))
-        except Exception as exc:  # noqa: BLE001
-            self.team.transcript.note("critic", "error", str(exc))
+            if verdict is not None and verdict.analysis.strip():
+                analysis = await self.team.analyse(verdict.analysis, self.results())
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
+            self.team.transcript.note("critic", "error", f"{type(exc).__name__}: {exc}")
             verdict = None
-        await self._events.put(Event("judged", (hid, verdict)))
+        await self._events.put(Event("judged", (hid, verdict, analysis)))
 
-    def on_judged(self, hid: str, verdict: Verdict | None) -> None:
+    def on_judged(self, hid: str, verdict: Verdict | None, analysis: str | None = None) -> None:
         h = self.hypotheses[hid]
         if verdict is None:
             h["verdict"], h["evidence"] = "inconclusive", "the critic gave no valid verdict"
         else:
             h["verdict"], h["evidence"], h["advice"] = verdict.verdict, verdict.evidence, verdict.advice
+        if analysis:
+            h["analysis"] = analysis
+            self.last_analysis = f"{hid}: {analysis[:600]}"
         log.info("%s judged %s: %s", hid, h["verdict"], h["evidence"][:100])
         self.committer.event("verdict", id=hid, verdict=h["verdict"], evidence=h["evidence"],
-                             advice=h.get("advice", ""))
+                             advice=h.get("advice", ""), analysis=h.get("analysis", ""))
 
     def _resume_summary(self) -> str:
         """What the agents are told after a restart (not the whole transcript)."""
@@ -311,6 +320,8 @@ class Campaign:
         if judged:
             lines.append("Verdicts so far:\n" + "\n".join(
                 f"- {k} '{h['statement'][:160]}': {h['verdict']}. {h.get('advice', '')[:160]}" for k, h in judged))
+        if self.last_analysis:
+            lines.append(f"The coder's latest analysis: {self.last_analysis}")
         lines.append(f"The optimizer suggests: {json.dumps(self.suggest(2))}")
         return "\n".join(lines)
 
@@ -335,6 +346,28 @@ class Campaign:
         self.stop_reason = self.stop_reason or "cancelled"
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._events.put_nowait, Event("wake"))
+
+    def _toolbox(self, clients: dict[str, Any], transcript: Transcript) -> Toolbox:
+        """The tools, with a sandbox only if some enabled role may run code."""
+        from physflow.agents.knowledge import KnowledgeBase
+        from physflow.agents.sandbox import Sandbox
+
+        knowledge = KnowledgeBase([self.workflow.resolve(p) for p in self.spec.knowledge]) if self.spec.knowledge \
+            else None
+        needs_code = False
+        for role in clients:
+            agent = self.spec.agents.get(role)  # type: ignore[call-overload]
+            tools = agent.tools if agent and agent.tools is not None else ROLES[role].tools
+            needs_code = needs_code or role == "coder" or "run_analysis_code" in tools
+        if needs_code:
+            try:
+                self.sandbox = Sandbox(self.store.run_dir).start()
+                transcript.note("physflow", "sandbox", f"isolation: {self.sandbox.isolation}",
+                                warning=self.sandbox.warning)
+            except PhysflowError as exc:
+                transcript.note("physflow", "sandbox", f"no sandbox: {exc}; analysis code is disabled")
+        return Toolbox(self, validate=self.adapter.validate_params, sandbox=self.sandbox, knowledge=knowledge,
+                       plots_dir=self.store.run_dir / "plots")
 
     def _arrays_from_workdir(self, task: TaskRecord) -> dict[str, Array]:
         """A finished task's arrays, parsed again from its working directory (HDF5 repair)."""
@@ -389,15 +422,16 @@ class Campaign:
         self.committer = Committer(self.store, self._finalize, self._on_committed)
         transcript = Transcript(self.store.run_dir / "transcript.jsonl",
                                 on_tokens=lambda agent, n: self.committer.event("tokens", agent=agent, tokens=n))
+        self.sandbox = None
         if clients and "planner" in clients:
-            self.team = ScienceTeam(self.spec, clients, self, self.adapter.validate_params,
-                                    self.adapter.parameters, transcript)
+            self.toolbox = self._toolbox(clients, transcript)
+            self.team = ScienceTeam(self.spec, clients, self.toolbox, self.adapter.parameters, transcript)
         if previous is None:
             self.committer.event("campaign_started", name=self.spec.name, pid=os.getpid(), site=self.site.name)
         else:
             self.restore(previous)
             if self.team:
-                self.team.tokens_used = self.tokens_before
+                self.team.tokens_before = self.tokens_before
                 self.resume_note = self._resume_summary()
                 transcript.note("physflow", "resumed", self.resume_note, to="planner")
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -463,6 +497,8 @@ class Campaign:
                                  best=self.best().id if self.best() else None)
             self.committer.close()
             transcript.close()
+            if self.sandbox is not None:
+                self.sandbox.close()
             if self.dispatcher is not None:
                 await asyncio.to_thread(self.dispatcher.close)
         return state
@@ -500,7 +536,7 @@ def model_clients(workflow: LoadedWorkflow, base_url: str | None) -> dict[str, A
     spec = workflow.spec
     clients: dict[str, Any] = {}
     by_script: dict[str, Any] = {}
-    for role in ("planner", "critic"):
+    for role in ROLES:
         if not spec.agent_enabled(role):
             continue
         agent = spec.agents.get(role)  # type: ignore[call-overload]

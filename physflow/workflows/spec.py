@@ -89,12 +89,17 @@ class LLMSpec(Strict):
         return self
 
 
+ToolName = Literal["suggest_parameters", "query_results", "propose_simulations", "run_analysis_code",
+                   "search_knowledge", "make_plot"]
+
+
 class AgentSpec(Strict):
     enabled: bool = True
     model: str | None = None
     script: str | None = Field(None, description="replay provider: this role's own script of responses")
     system_message: str | None = None
-    max_tokens: int | None = Field(None, gt=0)
+    tools: list[ToolName] | None = Field(None, description="replaces the role's default tools")
+    max_tokens: int | None = Field(None, gt=0, description="this agent's share of the token budget")
 
 
 class Resources(Strict):
@@ -177,6 +182,7 @@ class WorkflowSpec(Strict):
     objective: ObjectiveSpec
     budget: BudgetSpec = BudgetSpec()
     approval: Literal["auto", "plan", "every-batch"] = "auto"
+    knowledge: list[str] = Field([], description="folders or files of local texts for search_knowledge")
 
     def agent_enabled(self, role: str) -> bool:
         spec = self.agents.get(role)  # type: ignore[call-overload]

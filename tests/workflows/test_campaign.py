@@ -16,6 +16,8 @@ goal: Which kappa and power reproduce the observed field?
 llm: {provider: replay, script: planner.jsonl}
 agents:
   critic: {script: critic.jsonl}
+  domain_expert: {enabled: false}
+  coder: {enabled: false}
 simulation:
   adapter: heat2d
   resources: {ranks: 2, nodes: 1}

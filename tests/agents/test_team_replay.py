@@ -1,0 +1,99 @@
+"""The whole team with scripted models: every role, every tool and every error path of model output."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import physflow, write_script
+
+WORKFLOW = """\
+physflow: 1
+name: team-replay
+goal: Which kappa and power reproduce the observed field?
+llm: {provider: replay, script: planner.jsonl}
+agents:
+  domain_expert: {script: expert.jsonl}
+  critic: {script: critic.jsonl}
+  coder: {script: coder.jsonl}
+knowledge: [notes]
+simulation:
+  adapter: heat2d
+  resources: {ranks: 2, nodes: 1}
+  fixed: {n: 96, t_end: 0.05}
+  parameters:
+    kappa: {min: 0.05, max: 1.0, units: m^2/s}
+    power: {min: 5, max: 60, units: K/s}
+objective: {metric: chi2, target: data/heat2d_target.h5}
+budget: {max_simulations: 6, max_concurrent: 2, max_rounds: 3, wall_time: 5m, backfill: none}
+"""
+
+H1 = {"hypothesis": "Diffusivity near 0.4 m^2/s matches the field.", "prediction": "lowest chi2 near kappa 0.4"}
+
+
+def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "heat.md").write_text(
+        "# Thermal diffusivity\n\nMetals have thermal diffusivity between 1e-5 and 1e-4 m^2/s;\n"
+        "this plate model is in scaled units where kappa of order 0.1 to 1 is expected.\n\n"
+        "# Sources\n\nThe heating rate scales the amplitude of the field linearly.\n")
+    write_script(tmp_path / "planner.jsonl", [
+        {"tool": "no_such_tool", "arguments": {}},                                    # hallucinated tool
+        {"tool": "propose_simulations", "arguments": {"simulations": [{"kappa": 0.42, "power": 30},
+                                                                      {"kappa": 5, "power": 30}]}},
+        {"content": {**H1, "simulations": [{"kappa": 0.3, "power": 30}]}},
+        {"content": {**H1, "hypothesis": "Diffusivity 0.35-0.42 m^2/s at power near 30 K/s.",
+                     "simulations": [{"kappa": 0.42, "power": 30}, {"kappa": 0.35, "power": 28}]}},
+        {"tool": "suggest_parameters", "arguments": {"n": "many"}},                   # malformed arguments
+        '{"hypothesis": "cut off at max_to',                                          # truncated JSON
+        {"content": {"hypothesis": "", "prediction": "", "simulations": [{"kappa": 0.5, "power": 20}]}},
+        {"content": {"hypothesis": "negative", "prediction": "x", "simulations": [{"kappa": -1, "power": 20}]}},
+    ])
+    write_script(tmp_path / "expert.jsonl", [
+        {"tool": "search_knowledge", "arguments": {"query": "thermal diffusivity of metals", "k": 2}},
+        {"content": {"sound": False, "concerns": "kappa 0.3 is far from the expected range; test nearer 0.4",
+                     "citations": ["heat.md:3"]}},
+    ])
+    write_script(tmp_path / "critic.jsonl", [
+        {"tool": "make_plot", "arguments": {"x": "kappa", "y": "chi2", "color": "power"}},
+        {"tool": "query_results", "arguments": {"limit": 3}},
+        {"content": {"verdict": "supported", "evidence": "chi2 ~ 1 at kappa 0.42", "advice": "stop soon",
+                     "analysis": "mean chi2 of the finished simulations"}},
+    ])
+    write_script(tmp_path / "coder.jsonl", [
+        {"content": {"purpose": "mean chi2", "code": "import os\nos.system('echo escaped')"}},   # violation
+        {"content": {"purpose": "mean chi2", "code": "import numpy as np\nprint('mean chi2 =', round(float("
+                     "np.mean([r['metrics']['chi2'] for r in results if r['status'] == 'finished'])), 3))"}},
+    ])
+    run = tmp_path / "run"
+    proc = physflow("submit", str(heat_workflow(WORKFLOW)), "--run-dir", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    assert len(rows) == 6 and all(r["status"] == "finished" for r in rows)
+    h1 = [r["params"] for r in rows if r["hypothesis"] == "H1"]
+    assert h1 == [{"kappa": 0.42, "power": 30.0}, {"kappa": 0.35, "power": 28.0}]  # the revised batch
+    assert sum(r["source"] == "optimizer" for r in rows) == 4
+
+    transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
+    text = json.dumps(transcript)
+    calls = {c for t in transcript if t["type"] == "ToolCallRequestEvent" for c in t["content"]}
+    for tool in ("no_such_tool", "propose_simulations", "suggest_parameters", "search_knowledge", "make_plot",
+                 "query_results"):
+        assert any(f"name='{tool}'" in c for c in calls), tool
+    assert "kappa=5.0 is outside [0.05, 1.0]" in text                    # staged proposal rejected
+    assert "heat.md:3" in text                                           # a cited knowledge passage
+    coder_runs = [t for t in transcript if t["type"] == "tool_result" and t["tool"] == "run_analysis_code"]
+    assert "SANDBOX VIOLATION" in coder_runs[0]["content"] and "mean chi2 =" in coder_runs[1]["content"]
+    assert any(t["type"] == "sandbox" and "isolation" in t["content"] for t in transcript)
+    planner_errors = [t for t in transcript if t["agent"] == "planner" and t["type"] == "error"]
+    assert len(planner_errors) >= 2 and any(t["type"] == "fallback" for t in transcript)
+    assert {t["agent"] for t in transcript} >= {"planner", "domain_expert", "critic", "coder"}
+
+    events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+    hyp = next(e for e in events if e["event"] == "hypothesis")
+    assert hyp["review"]["sound"] is False and hyp["review"]["citations"] == ["heat.md:3"]
+    verdict = next(e for e in events if e["event"] == "verdict")
+    assert verdict["verdict"] == "supported" and "mean chi2 =" in verdict["analysis"]
+    tokens = {e["agent"] for e in events if e["event"] == "tokens"}
+    assert tokens >= {"planner", "domain_expert", "critic", "coder"}
+    assert (run / "plots" / "chi2_vs_kappa_by_power.png").stat().st_size > 1000
