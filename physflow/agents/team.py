@@ -289,8 +289,8 @@ class ScienceTeam:
             f"Hypothesis: {outcome.hypothesis}\nPrediction: {outcome.prediction}\n"
             f"Simulations: {json.dumps(outcome.simulations)}\nIs this physically sound? Give your review as JSON."))
         outcome.review = review  # type: ignore[assignment]
-        if review is None or review.sound:  # type: ignore[attr-defined]
-            return None
+        if review is None or review.sound or not review.concerns.strip():  # type: ignore[attr-defined]
+            return None  # an objection that names no concern gives the planner nothing to revise
         concerns = review.concerns  # type: ignore[attr-defined]
         self.transcript.note("physflow", "review", concerns, to="planner")
         self.toolbox.staged.clear()

@@ -193,6 +193,8 @@ class Campaign:
         await self._events.put(Event("planned", (round_no, outcome)))
 
     async def on_planned(self, round_no: int, outcome: PlanOutcome) -> None:
+        if self.stop_reason:  # the campaign stopped while the planner thought: nothing more runs
+            return
         capacity = max(0, self.simulations_left)
         log.info("round %d: %s", round_no, f"hypothesis: {outcome.hypothesis[:100]}" if outcome.ok
                  else "no valid proposal from the model; the optimizer fills the round")
@@ -455,6 +457,11 @@ class Campaign:
                         self._new_task(params, "optimizer", None)
                     continue
                 planner_busy = self._planner is not None and not self._planner.done()
+                if planner_busy and self.stop_reason:
+                    # Nothing it proposes could run any more: stop the turn instead of waiting for it.
+                    self._planner.cancel()
+                    self.team.transcript.note("physflow", "cancelled", f"planner turn stopped: {self.stop_reason}")
+                    planner_busy = False
                 critic_busy = self._critic is not None and not self._critic.done()
                 if self.cancel_requested:
                     break
