@@ -299,14 +299,16 @@ class RunStore:
         except (OSError, ValueError):
             return None
 
-    def commit(self, events: list[dict[str, Any]], hdf5: list[tuple[TaskRecord, dict[str, Array]]]) -> None:
-        """One group commit: journal (fsync'd) first, then HDF5, then nothing is lost."""
+    def commit(self, events: list[dict[str, Any]]) -> None:
+        """One group commit of events to the journal (fsync'd): after it, nothing is lost."""
         assert self.journal is not None, "store not opened for writing"
         self.journal.append(events)
-        if hdf5:
-            with h5py.File(self.h5_path, "a") as f:
-                for task, arrays in hdf5:
-                    write_task_hdf5(f, task, arrays)
+
+    def write_hdf5(self, results: list[tuple[TaskRecord, dict[str, Array]]]) -> None:
+        """Write finished tasks' groups (one open of the file for the whole batch)."""
+        with h5py.File(self.h5_path, "a") as f:
+            for task, arrays in results:
+                write_task_hdf5(f, task, arrays)
 
 
 #: Turns a worker's outcome into the task's final state; returns the arrays to store.
@@ -316,10 +318,13 @@ Finalize = Callable[[TaskRecord, dict[str, Any]], dict[str, Array]]
 class Committer:
     """The single writer: takes events and results from any thread, commits them in groups.
 
-    Results that arrive together share one fsync and one HDF5 open, so the per-result cost
-    falls as the rate rises. Output parsing (``finalize``) also runs here, off Parsl's result
-    thread. ``on_committed`` is called (in this thread) for each result once it is durable; the
-    campaign loop uses it to wake the agents.
+    Two stages, each its own thread. The journal stage parses outputs (``finalize``, off Parsl's
+    result thread), appends everything that arrived together with one fsync, and then calls
+    ``on_committed`` for each result: from that moment the result is durable and the agents may
+    see it. The HDF5 stage writes the same results' groups behind it, in batches as large as
+    have piled up, so a slow HDF5 write (~2 ms a task, mostly attribute creation) never holds
+    back the journal or the agents. A crash between the two stages loses nothing: resume
+    rewrites missing groups from the journal and the task folders (``RunStore.repair_hdf5``).
     """
 
     def __init__(self, store: RunStore, finalize: Finalize,
@@ -328,9 +333,12 @@ class Committer:
         self.finalize = finalize
         self.on_committed = on_committed
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="physflow-committer", daemon=True)
+        self._hdf5_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._error: BaseException | None = None
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._journal_stage, name="physflow-journal", daemon=True),
+                         threading.Thread(target=self._hdf5_stage, name="physflow-hdf5", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def event(self, kind: str, **fields: Any) -> None:
         self._queue.put({"event": kind, "t": fields.pop("t", None) or time.time(), **fields})
@@ -340,7 +348,7 @@ class Committer:
         self._queue.put((task, outcome))
 
     def flush(self) -> None:
-        """Block until everything queued so far is committed."""
+        """Block until everything queued so far is in the journal and in HDF5."""
         done = threading.Event()
         self._queue.put(done)
         done.wait()
@@ -350,25 +358,27 @@ class Committer:
     def close(self) -> None:
         self.flush()
         self._queue.put(None)
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
-    def _run(self) -> None:
+    @staticmethod
+    def _drain(q: queue.SimpleQueue[Any]) -> list[Any]:
+        """What is waiting in ``q``: at least one item (blocks for it), at most everything."""
+        batch = [q.get()]
         while True:
-            batch = [self._queue.get()]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            try:
+                batch.append(q.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _journal_stage(self) -> None:
+        while True:
             events: list[dict[str, Any]] = []
             results: list[tuple[TaskRecord, dict[str, Array]]] = []
-            waiters: list[threading.Event] = []
-            stop = False
-            for item in batch:
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    waiters.append(item)
+            markers: list[threading.Event | None] = []
+            for item in self._drain(self._queue):
+                if item is None or isinstance(item, threading.Event):
+                    markers.append(item)
                 elif isinstance(item, tuple):
                     task, outcome = item
                     arrays = self.finalize(task, outcome)
@@ -378,15 +388,37 @@ class Committer:
                 else:
                     events.append(item)
             try:
-                self.store.commit(events, results)
+                self.store.commit(events)
             except BaseException as exc:  # noqa: BLE001 - surfaced to the loop by flush()
                 self._error = exc
             if self.on_committed:
                 for task, _ in results:
                     self.on_committed(task)
-            for w in waiters:
-                w.set()
-            if stop:
+            if results:
+                self._hdf5_queue.put(results)
+            for marker in markers:  # flush and stop markers follow the results queued before them
+                self._hdf5_queue.put(marker)
+            if None in markers:
+                return
+
+    def _hdf5_stage(self) -> None:
+        while True:
+            results: list[tuple[TaskRecord, dict[str, Array]]] = []
+            markers: list[threading.Event | None] = []
+            for item in self._drain(self._hdf5_queue):
+                if item is None or isinstance(item, threading.Event):
+                    markers.append(item)
+                else:
+                    results.extend(item)
+            if results:
+                try:
+                    self.store.write_hdf5(results)
+                except BaseException as exc:  # noqa: BLE001 - surfaced to the loop by flush()
+                    self._error = exc
+            for marker in markers:
+                if marker is not None:
+                    marker.set()
+            if None in markers:
                 return
 
 

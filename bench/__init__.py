@@ -1,0 +1,1 @@
+"""Benchmarks of physflow (run from the repository root, e.g. ``python bench/dispatch_overhead.py``)."""
