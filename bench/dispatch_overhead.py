@@ -143,7 +143,7 @@ def run_raw(n: int, warmup: int, base: Path) -> RunResult:
     finally:
         dfk.cleanup()
     assert len(latency) == n
-    return RunResult("raw", n, seconds, submitted - t0, {"finished->result": latency})
+    return RunResult("raw", n, seconds, submitted - t0, latencies={"finished->result": latency})
 
 
 # -- physflow ----------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def run_physflow(n: int, warmup: int, base: Path) -> RunResult:
 
     try:
         committer.event("campaign_started", name="dispatch-overhead", pid=os.getpid(), site="local")
-        dispatcher = ParslDispatcher(load_site("local"), base / "run" / "parsl", os.cpu_count() or 1)
+        dispatcher = ParslDispatcher(load_site("local"), base / "run" / "parsl", os.cpu_count() or 1, mpi=False)
         warm_ids = [f"w{i:04d}" for i in range(warmup)]
         tracker.expect(set(warm_ids))
         counter = iter(warm_ids)
@@ -265,7 +265,7 @@ def run_physflow(n: int, warmup: int, base: Path) -> RunResult:
         "received->stored": [t.stored - t.received for t in tasks],
         "stored->committed": [tracker.committed[t.id] - t.stored for t in tasks],
     }
-    return RunResult("physflow", n, seconds, submitted - t0, latencies, hdf5_seconds)
+    return RunResult("physflow", n, seconds, submitted - t0, hdf5_seconds=hdf5_seconds, latencies=latencies)
 
 
 def verify(store: RunStore, ids: list[str], warm_ids: list[str], tracker: CommitTracker) -> None:

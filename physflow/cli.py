@@ -120,7 +120,7 @@ def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None)
     started = time.time()
     try:
         base_url = spec.llm.base_url
-        if spec.llm.provider == "embedded" and any(spec.agent_enabled(r) for r in ("planner", "critic")):
+        if spec.llm.provider == "embedded" and spec.has_team:
             click.echo("starting the embedded model server ...", err=True)
             server = LlamaCppServer(spec.llm.model, run_dir / "llm_server.log").start()
             base_url = server.base_url
@@ -130,7 +130,7 @@ def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None)
         campaign = Campaign(
             wf, store, checked.site, approver,
             dispatcher_factory=lambda: ParslDispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
-                                                       spec.simulation.resources.nodes))
+                                                       spec.simulation.resources.nodes, campaign.adapter.uses_mpi))
         state = asyncio.run(campaign.run(clients, previous))
     finally:
         if server:

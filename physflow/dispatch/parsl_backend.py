@@ -14,24 +14,28 @@ from physflow.site_configs.builder import SiteSpec, build_parsl_config
 
 
 class ParslDispatcher:
-    def __init__(self, site: SiteSpec, parsl_dir: Path, max_concurrent: int, nodes_needed: int = 1) -> None:
+    def __init__(self, site: SiteSpec, parsl_dir: Path, max_concurrent: int, nodes_needed: int = 1,
+                 mpi: bool = True) -> None:
+        """``mpi``: whether the campaign's simulations are MPI tasks (then only the site's MPI pool
+        starts, else only its serial pool, or its MPI pool where it has no other)."""
         from parsl import python_app
         from parsl.dataflow.dflow import DataFlowKernel
 
-        self.config = build_parsl_config(site, parsl_dir, max_concurrent, nodes_needed)
+        kinds = {pool.kind for pool in site.pools.values()}
+        wanted = "mpi" if mpi or "htex" not in kinds else "htex"
+        self.config = build_parsl_config(site, parsl_dir, max_concurrent, nodes_needed, frozenset({wanted}))
         self.dfk = DataFlowKernel(self.config)
-        labels = [e.label for e in self.config.executors]
         self._mpi = self._cpu = None
-        if any(p.kind == "mpi" for p in site.pools.values()):
+        if wanted == "mpi":
             self._mpi = python_app(execute, executors=[site.mpi_pool()], data_flow_kernel=self.dfk)
-        if any(p.kind == "htex" for p in site.pools.values()):
+        else:
             self._cpu = python_app(execute, executors=[site.cpu_pool()], data_flow_kernel=self.dfk)
-        self.labels = labels
+        self.labels = [e.label for e in self.config.executors]
 
     def submit(self, spec: TaskSpec) -> Future:
         if spec.mpi:
             if self._mpi is None:
-                raise RuntimeError("this site has no MPI pool")
+                raise RuntimeError("this dispatcher started no MPI pool (it was made with mpi=False)")
             return self._mpi(spec.to_dict(), parsl_resource_specification=spec.resource_specification())
         app = self._cpu or self._mpi
         if app is self._mpi:

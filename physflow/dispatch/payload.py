@@ -19,21 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from physflow.processes import die_with_parent
+
 STDERR_TAIL_BYTES = 2000
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_worker() -> None:
-    """In the child: get SIGTERM if the worker that started us dies (cancel, worker loss), so an
-    MPI launcher and its ranks never outlive the task that owns them. Linux only; harmless elsewhere."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
 @dataclass
 class TaskSpec:
     """One simulation to run: a command line (argv, never a shell string) or a Python function."""
@@ -80,7 +68,7 @@ def _run_argv(spec: TaskSpec, workdir: Path) -> dict[str, Any]:
     with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
         # A new session so that a timeout kills the launcher and every rank it started.
         proc = subprocess.Popen(argv, cwd=workdir, stdout=out, stderr=err, env=env, start_new_session=True,
-                                preexec_fn=_die_with_worker)
+                                preexec_fn=die_with_parent)
         try:
             code = proc.wait(timeout=spec.walltime)
             timed_out = False

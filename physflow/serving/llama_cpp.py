@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from physflow.errors import PhysflowError
+from physflow.processes import die_with_parent
 from physflow.workflows.spec import EMBEDDED_MODEL
 
 #: Embedded model names -> (Python package shipping the GGUF, file name inside it).
@@ -90,7 +91,7 @@ class LlamaCppServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         try:
             wait_healthy(self.base_url + "/models", self.proc, self.startup_timeout, self.log_path)
         except BaseException:

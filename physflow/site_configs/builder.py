@@ -7,6 +7,7 @@ A site names its scheduler and its pools: ``mpi`` pools become Parsl ``MPIExecut
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from importlib import resources
@@ -39,6 +40,9 @@ class SiteSpec(Strict):
     scheduler: Literal["local"] = "local"
     pools: dict[str, PoolSpec]
     llm: SiteLLM = SiteLLM()
+    parsl_log_level: Literal["debug", "info", "warning"] = Field(
+        "info", description="level of parsl/parsl.log; debug writes several lines per task, which costs "
+                            "dispatch throughput on campaigns of many short tasks")
 
     def mpi_pool(self) -> str:
         for name, pool in self.pools.items():
@@ -82,11 +86,17 @@ def load_site(name_or_path: str, relative_to: Path | None = None) -> SiteSpec:
     return site
 
 
-def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes_needed: int = 1):
-    """A Parsl Config for ``site``, writing its files under ``run_dir`` (the run's parsl/ folder)."""
+def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes_needed: int = 1,
+                       kinds: frozenset[str] = frozenset({"mpi", "htex"})):
+    """A Parsl Config for ``site``, writing its files under ``run_dir`` (the run's parsl/ folder).
+
+    Only pools of the given ``kinds`` are started: a campaign of MPI simulations holds no idle
+    serial workers, and one of Python functions starts no MPI pool.
+    """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor, MPIExecutor
     from parsl.launchers import SimpleLauncher
+    from parsl.logconfigs.file import FileLogging
     from parsl.providers import LocalProvider
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +106,8 @@ def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     executors = []
     for name, pool in site.pools.items():
+        if pool.kind not in kinds:
+            continue
         if pool.kind == "mpi":
             if nodes_needed > pool.nodes_per_block:
                 raise SiteError(f"a simulation asks for {nodes_needed} nodes but pool {name} of site {site.name} "
@@ -114,4 +126,6 @@ def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes
                 label=name, address="127.0.0.1", max_workers_per_node=workers, encrypted=False,
                 provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=pool.max_blocks,
                                        worker_init=f"export PATH={bin_dir}:$PATH; {pool.worker_init}")))
-    return Config(executors=executors, run_dir=str(run_dir), strategy="none", initialize_logging=True)
+    level = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}[site.parsl_log_level]
+    return Config(executors=executors, run_dir=str(run_dir), strategy="none",
+                  initialize_logging=FileLogging(level=level))

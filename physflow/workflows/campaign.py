@@ -543,6 +543,8 @@ def model_clients(workflow: LoadedWorkflow, base_url: str | None) -> dict[str, A
     spec = workflow.spec
     clients: dict[str, Any] = {}
     by_script: dict[str, Any] = {}
+    if not spec.has_team:
+        return clients
     for role in ROLES:
         if not spec.agent_enabled(role):
             continue

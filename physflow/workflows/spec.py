@@ -188,6 +188,12 @@ class WorkflowSpec(Strict):
         spec = self.agents.get(role)  # type: ignore[call-overload]
         return spec.enabled if spec else True
 
+    @property
+    def has_team(self) -> bool:
+        """Whether agents take part: the team forms around the planner; without it the optimizer
+        steers alone and no model is started."""
+        return self.agent_enabled("planner")
+
 
 class LoadedWorkflow(BaseModel):
     """A validated spec together with where it came from (for relative paths and errors)."""

@@ -31,7 +31,18 @@ def test_mpi_task_runs_on_two_ranks(dispatcher, tmp_path):
     assert outcome["started"] <= outcome["finished"]
 
 
-def test_python_task_and_failure_on_htex(dispatcher, tmp_path):
+def test_python_task_runs_on_the_serial_pool_alone(tmp_path):
+    d = ParslDispatcher(load_site("local"), tmp_path / "parsl", max_concurrent=2, mpi=False)
+    try:
+        assert d.labels == ["cpu"]  # a campaign of Python functions starts no MPI pool
+        ok = d.submit(TaskSpec("t1", str(tmp_path / "t1"), function="math.hypot")).result(timeout=60)
+    finally:
+        d.close()
+    assert ok["returncode"] == 0 and ok["value"] == 0.0
+
+
+def test_mpi_pool_alone_also_runs_python_tasks_and_reports_failures(dispatcher, tmp_path):
+    assert dispatcher.labels == ["mpi"]
     ok = dispatcher.submit(TaskSpec("t1", str(tmp_path / "t1"), function="math.hypot")).result(timeout=60)
     assert ok["returncode"] == 0 and ok["value"] == 0.0
     bad = dispatcher.submit(TaskSpec("t2", str(tmp_path / "t2"), argv=[sys.executable, "-c", "import sys; "
