@@ -311,6 +311,11 @@ class RunStore:
                 write_task_hdf5(f, task, arrays)
 
 
+#: The HDF5 stage writes once results pause this long (s) ...
+HDF5_QUIET_S = 0.05
+#: ... or once its oldest unwritten result is this old (s): the most campaign.h5 lags the journal.
+HDF5_MAX_LAG_S = 5.0
+
 #: Turns a worker's outcome into the task's final state; returns the arrays to store.
 Finalize = Callable[[TaskRecord, dict[str, Any]], dict[str, Array]]
 
@@ -362,9 +367,10 @@ class Committer:
             thread.join()
 
     @staticmethod
-    def _drain(q: queue.SimpleQueue[Any]) -> list[Any]:
-        """What is waiting in ``q``: at least one item (blocks for it), at most everything."""
-        batch = [q.get()]
+    def _drain(q: queue.SimpleQueue[Any], timeout: float | None = None) -> list[Any]:
+        """What is waiting in ``q``: at least one item (waits ``timeout`` s for it, then raises
+        queue.Empty; None waits forever), at most everything."""
+        batch = [q.get(timeout=timeout)]
         while True:
             try:
                 batch.append(q.get_nowait())
@@ -402,19 +408,31 @@ class Committer:
                 return
 
     def _hdf5_stage(self) -> None:
+        """Writes HDF5 groups when results pause (HDF5_QUIET_S) or lag (HDF5_MAX_LAG_S), or on flush.
+
+        During a flood of short tasks the writes wait for a pause, so their cost does not slow the
+        dispatch of the tasks still coming; in a campaign of real simulations that is at once.
+        """
+        pending: list[tuple[TaskRecord, dict[str, Array]]] = []
+        oldest = 0.0
         while True:
-            results: list[tuple[TaskRecord, dict[str, Array]]] = []
-            markers: list[threading.Event | None] = []
-            for item in self._drain(self._hdf5_queue):
-                if item is None or isinstance(item, threading.Event):
-                    markers.append(item)
-                else:
-                    results.extend(item)
-            if results:
+            wait = None if not pending else max(0.0, min(HDF5_QUIET_S, oldest + HDF5_MAX_LAG_S - time.monotonic()))
+            try:
+                batch = self._drain(self._hdf5_queue, wait)
+            except queue.Empty:
+                batch = []
+            markers = [item for item in batch if item is None or isinstance(item, threading.Event)]
+            for item in batch:
+                if isinstance(item, list):
+                    oldest = oldest if pending else time.monotonic()
+                    pending.extend(item)
+            paused = not batch or time.monotonic() - oldest >= HDF5_MAX_LAG_S
+            if pending and (paused or markers):
                 try:
-                    self.store.write_hdf5(results)
+                    self.store.write_hdf5(pending)
                 except BaseException as exc:  # noqa: BLE001 - surfaced to the loop by flush()
                     self._error = exc
+                pending = []
             for marker in markers:
                 if marker is not None:
                     marker.set()
