@@ -88,9 +88,29 @@ def _default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{stamp}"
 
 
-async def _ask(text: str) -> bool:
+def _ask_terminal(text: str, batch: list[dict[str, float]]) -> list[dict[str, float]] | None:
+    """y runs the batch, n stops the campaign (resumable), e opens $EDITOR on it (JSON, one
+    simulation per line) and runs what comes back once it passes the parameter schema."""
     click.echo(text, err=True)
-    return await asyncio.to_thread(click.confirm, "Run this batch?", default=True, err=True)
+    while True:
+        choice = click.prompt("Run this batch? [y]es / [n]o, stop / [e]dit", default="y", err=True,
+                              type=click.Choice(["y", "n", "e"]), show_choices=False)
+        if choice == "y":
+            return batch
+        if choice == "n":
+            return None
+        edited = click.edit("".join(json.dumps(p) + "\n" for p in batch), extension=".jsonl")
+        if edited is None:
+            click.echo("unchanged", err=True)
+            return batch
+        try:
+            return [json.loads(line) for line in edited.splitlines() if line.strip()]
+        except ValueError as exc:
+            click.echo(f"not JSON, one simulation per line: {exc}", err=True)
+
+
+async def _ask(text: str, batch: list[dict[str, float]]) -> list[dict[str, float]] | None:
+    return await asyncio.to_thread(_ask_terminal, text, batch)
 
 
 def _approver(spec: Any, yes: bool, source: Path):

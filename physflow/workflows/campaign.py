@@ -28,7 +28,7 @@ import yaml
 from physflow.agents.models import make_client
 from physflow.agents.team import ROLES, PlanOutcome, ScienceTeam, Transcript, Verdict
 from physflow.agents.tools import Toolbox, results_table
-from physflow.errors import AdapterError, PhysflowError
+from physflow.errors import AdapterError, PhysflowError, ProposalError
 from physflow.optimizer import Optimizer
 from physflow.sim_adapters.base import Adapter, Array, get_adapter
 from physflow.site_configs.builder import SiteSpec
@@ -37,8 +37,9 @@ from physflow.workflows.store import CampaignState, Committer, RunStore, TaskRec
 
 log = logging.getLogger("physflow.campaign")
 
-#: Asks the user to approve a batch; returns True to go on.
-Approver = Callable[[str], Awaitable[bool]]
+#: Shows the user a batch (text, parameter sets) and returns the parameter sets to run — the same,
+#: or edited by the user — or None to refuse (the campaign then stops, resumable).
+Approver = Callable[[str, list[dict[str, float]]], Awaitable[list[Any] | None]]
 
 
 @dataclass
@@ -205,39 +206,57 @@ class Campaign:
             self.committer.event("hypothesis", id=hid, statement=outcome.hypothesis,
                                  prediction=outcome.prediction, round=round_no,
                                  review=review.model_dump() if review else None)
-            batch = outcome.simulations[:capacity]
-            if not await self._approve(hid, batch):
+            proposed = outcome.simulations[:capacity]
+            batch = await self._approve(hid, proposed)
+            if batch is None:
                 return
             for params in batch:
-                self._new_task(params, "planner", hid)
+                self._new_task(params, "planner" if params in proposed else "user", hid)
         else:
             # The model gave nothing usable: the optimizer fills this round's slots, recorded as such.
             self.team.transcript.note("physflow", "fallback",
                                       f"round {round_no}: no valid proposal ({'; '.join(outcome.errors)[-400:]}); "
                                       "using the optimizer's suggestions")
             n = min(capacity, self.budget.max_concurrent)
-            batch = self.suggest(n) if n else []
-            if batch and not await self._approve(None, batch):
+            suggested = self.suggest(n) if n else []
+            batch = await self._approve(None, suggested) if suggested else []
+            if batch is None:
                 return
             for params in batch:
-                self._new_task(params, "optimizer", None)
+                self._new_task(params, "optimizer" if params in suggested else "user", None)
         if outcome.rejected:
             self.team.transcript.note("physflow", "rejected", outcome.rejected)
 
-    async def _approve(self, hid: str | None, batch: list[dict[str, float]]) -> bool:
+    async def _approve(self, hid: str | None, batch: list[dict[str, float]]) -> list[dict[str, float]] | None:
+        """The batch to run after the user saw it (``approval: plan | every-batch``), or None.
+
+        A batch the user edited is checked against the parameter schema like any proposal; a
+        problem is shown and the user asked again.
+        """
         mode = self.spec.approval
         if mode == "auto" or (mode == "plan" and self._approved_once) or self.approver is None:
             self._approved_once = True
-            return True
+            return batch
         text = (f"Hypothesis {hid}: {self.hypotheses[hid]['statement']}\n" if hid else "Optimizer suggestions:\n")
         text += "\n".join(f"  {json.dumps(p)}" for p in batch)
-        ok = await self.approver(text)
-        self.committer.event("approval", hypothesis=hid, approved=ok)
-        if not ok:
+        while True:
+            answer = await self.approver(text, batch)
+            if answer is None:
+                break
+            try:
+                answer = [self.adapter.validate_params(p) for p in answer][:max(0, self.simulations_left)]
+            except ProposalError as exc:
+                text = f"The edited batch was rejected: {exc}\n" + "\n".join(f"  {json.dumps(p)}" for p in batch)
+                continue
+            break
+        self.committer.event("approval", hypothesis=hid, approved=answer is not None,
+                             edited=answer is not None and answer != batch)
+        if answer is None:
             self.stop_reason = "batch not approved"
             self.cancel_requested = True
-        self._approved_once = self._approved_once or ok
-        return ok
+        else:
+            self._approved_once = True
+        return answer
 
     def on_result(self, task: TaskRecord) -> None:
         self.in_flight.pop(task.id, None)
