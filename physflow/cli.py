@@ -333,5 +333,61 @@ def report(run: Path) -> None:
     click.echo(str(write_report(run)))
 
 
+def _transcript_line(record: dict[str, Any], t0: float) -> str:
+    """One transcript record as a line a person can scan: time, who, what, tokens."""
+    content = record.get("content")
+    if isinstance(content, (dict, list)):
+        content = json.dumps(content)
+    text = " ".join(str(content).split())
+    who = record.get("agent", "?") + (f" -> {record['to']}" if record.get("to") else "")
+    tokens = record.get("prompt_tokens", 0) + record.get("completion_tokens", 0)
+    kind = {"ToolCallRequestEvent": "tool call", "ToolCallExecutionEvent": "tool result",
+            "ToolCallSummaryMessage": "tool summary", "TextMessage": "message"}.get(record.get("type", ""),
+                                                                                      record.get("type", ""))
+    if kind.startswith("StructuredMessage"):
+        kind = "reply"
+    return (f"{record.get('t', t0) - t0:7.1f}s  {who:<22} {kind:<12} {text[:200]}"
+            + (f"  [{tokens} tok]" if tokens else ""))
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--agent", "agents", multiple=True, help="only this agent's records (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON lines")
+def transcript(run: Path, agents: tuple[str, ...], as_json: bool) -> None:
+    """Show every agent message, tool call and tool result of a run, with token counts.
+
+    \b
+    Example: physflow transcript runs/cosmology-hmf-20261127T043000Z --agent critic
+    """
+    from physflow.errors import RunDirError
+
+    _store(run)
+    path = run / "transcript.jsonl"
+    if not path.is_file():
+        raise RunDirError(f"{run}: no transcript.jsonl (the campaign ran without agents)")
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by a crash
+    records = [r for r in records if not agents or r.get("agent") in agents]
+    if as_json:
+        for r in records:
+            click.echo(json.dumps(r))
+        return
+    t0 = records[0].get("t", 0.0) if records else 0.0
+    for r in records:
+        click.echo(_transcript_line(r, t0))
+    used: dict[str, int] = {}
+    for r in records:
+        if r.get("type") == "tokens":
+            used[r["agent"]] = used.get(r["agent"], 0) + int(r["content"])
+    if used:
+        click.echo("tokens: " + ", ".join(f"{a} {n}" for a, n in sorted(used.items()))
+                   + f"; total {sum(used.values())}")
+
+
 if __name__ == "__main__":
     main()

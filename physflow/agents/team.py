@@ -106,6 +106,7 @@ class PlanOutcome:
     rejected: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     review: Review | None = None
+    unverified_citations: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -289,6 +290,15 @@ class ScienceTeam:
             f"Hypothesis: {outcome.hypothesis}\nPrediction: {outcome.prediction}\n"
             f"Simulations: {json.dumps(outcome.simulations)}\nIs this physically sound? Give your review as JSON."))
         outcome.review = review  # type: ignore[assignment]
+        if review is not None:
+            # A citation must name a passage search_knowledge returned; others are not kept as
+            # evidence, and the record says which were dropped.
+            cited = review.citations  # type: ignore[attr-defined]
+            outcome.unverified_citations = [c for c in cited if not self.toolbox.was_retrieved(c)]
+            review.citations = [c for c in cited if self.toolbox.was_retrieved(c)]  # type: ignore[attr-defined]
+            if outcome.unverified_citations:
+                self.transcript.note("physflow", "unverified_citations", outcome.unverified_citations,
+                                     to="domain_expert")
         if review is None or review.sound or not review.concerns.strip():  # type: ignore[attr-defined]
             return None  # an objection that names no concern gives the planner nothing to revise
         concerns = review.concerns  # type: ignore[attr-defined]
@@ -299,7 +309,8 @@ class ScienceTeam:
         if revised is None:
             return None
         new = PlanOutcome(hypothesis=revised.hypothesis.strip(), prediction=revised.prediction.strip(),
-                          review=outcome.review, errors=outcome.errors)
+                          review=outcome.review, errors=outcome.errors,
+                          unverified_citations=outcome.unverified_citations)
         for i, sim in enumerate(revised.simulations):
             try:
                 new.simulations.append(self.toolbox.validate(sim.model_dump()))

@@ -64,6 +64,9 @@ class Toolbox:
         self.plots_dir = plots_dir
         self.staged: list[dict[str, float]] = []
         self.calls: dict[str, int] = {}
+        #: Passages search_knowledge has returned, as (file, first line, last line): a citation
+        #: must point into one of them.
+        self.retrieved: set[tuple[str, int, int]] = set()
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -125,7 +128,17 @@ class Toolbox:
         hits = self.knowledge.search(str(query), k)
         if not hits:
             return "no passage matches"
+        for _, c in hits:
+            name, _, first = c.source.rpartition(":")
+            self.retrieved.add((name, int(first), int(first) + c.text.count("\n")))
         return "\n\n".join(f"[{c.source}] {c.text[:700]}" for _, c in hits)
+
+    def was_retrieved(self, citation: str) -> bool:
+        """Whether ``citation`` (file:line, or file) points into a passage this campaign retrieved."""
+        name, _, line = citation.strip().rpartition(":")
+        if not line.isdigit():
+            return any(citation.strip() == f for f, _, _ in self.retrieved)
+        return any(name == f and a <= int(line) <= b for f, a, b in self.retrieved)
 
     def make_plot(self, x: str, y: str, color: str = "", title: str = "") -> str:
         """Plot finished simulations: y against x, optionally coloured by a third quantity. x, y and

@@ -205,7 +205,8 @@ class Campaign:
             review = outcome.review
             self.committer.event("hypothesis", id=hid, statement=outcome.hypothesis,
                                  prediction=outcome.prediction, round=round_no,
-                                 review=review.model_dump() if review else None)
+                                 review=review.model_dump() if review else None,
+                                 unverified_citations=outcome.unverified_citations)
             proposed = outcome.simulations[:capacity]
             batch = await self._approve(hid, proposed)
             if batch is None:

@@ -51,7 +51,7 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
     write_script(tmp_path / "expert.jsonl", [
         {"tool": "search_knowledge", "arguments": {"query": "thermal diffusivity of metals", "k": 2}},
         {"content": {"sound": False, "concerns": "kappa 0.3 is far from the expected range; test nearer 0.4",
-                     "citations": ["heat.md:3"]}},
+                     "citations": ["heat.md:3", "Smith et al. 2031"]}},                # one invented
     ])
     write_script(tmp_path / "critic.jsonl", [
         {"tool": "make_plot", "arguments": {"x": "kappa", "y": "chi2", "color": "power"}},
@@ -92,6 +92,11 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
     events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
     hyp = next(e for e in events if e["event"] == "hypothesis")
     assert hyp["review"]["sound"] is False and hyp["review"]["citations"] == ["heat.md:3"]
+    assert hyp["unverified_citations"] == ["Smith et al. 2031"]  # not returned by search_knowledge
+
+    shown = physflow("transcript", str(run), "--agent", "critic").stdout
+    assert "tool call" in shown and "make_plot" in shown and "planner" not in shown
+    assert "tokens: critic" in shown
     verdict = next(e for e in events if e["event"] == "verdict")
     assert verdict["verdict"] == "supported" and "mean chi2 =" in verdict["analysis"]
     tokens = {e["agent"] for e in events if e["event"] == "tokens"}
