@@ -282,15 +282,25 @@ class Campaign:
         self._critic = asyncio.create_task(self._judge(hid))
 
     async def _judge(self, hid: str) -> None:
-        analysis = None
+        verdict = analysis = None
         try:
             verdict = await self.team.judge(self._critic_prompt(hid))
-            if verdict is not None and verdict.analysis.strip():
-                analysis = await self.team.analyse(verdict.analysis, self.results())
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
             self.team.transcript.note("critic", "error", f"{type(exc).__name__}: {exc}")
-            verdict = None
+        # The coder analyses every judged hypothesis: what the critic asked for, or else how the
+        # objective depends on each parameter, which is what the planner needs next.
+        request = verdict.analysis.strip() if verdict is not None else ""
+        try:
+            analysis = await self.team.analyse(request or self._default_analysis(), self.results())
+        except Exception as exc:  # noqa: BLE001
+            self.team.transcript.note("coder", "error", f"{type(exc).__name__}: {exc}")
         await self._events.put(Event("judged", (hid, verdict, analysis)))
+
+    def _default_analysis(self) -> str:
+        names = ", ".join(self.adapter.parameters)
+        return (f"For the finished simulations, fit {self.objective_metric} as a quadratic function of "
+                f"({names}) with numpy least squares and print the fitted optimum ({self.goal}) and the "
+                f"best simulation so far.")
 
     def on_judged(self, hid: str, verdict: Verdict | None, analysis: str | None = None) -> None:
         h = self.hypotheses[hid]
