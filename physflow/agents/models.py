@@ -48,6 +48,23 @@ LOCAL_MODEL_INFO = ModelInfo(vision=False, function_calling=True, json_output=Tr
                              structured_output=True, multiple_system_messages=True)
 
 
+#: Length bounds a grammar may carry. llama.cpp turns maxLength N into N nested optional rules:
+#: a 4000-character bound made a grammar the server refused (and died on), and a few hundred
+#: slow every sampled token. Longer bounds are left to validation of the reply (pydantic), which
+#: still rejects an over-long field and sends the error back to the agent.
+GRAMMAR_MAX_LENGTH = 64
+
+
+def grammar_schema(schema: Any) -> Any:
+    """``schema`` without the string/array length bounds a grammar cannot afford (see above)."""
+    if isinstance(schema, dict):
+        return {k: grammar_schema(v) for k, v in schema.items()
+                if not (k in ("maxLength", "maxItems") and isinstance(v, int) and v > GRAMMAR_MAX_LENGTH)}
+    if isinstance(schema, list):
+        return [grammar_schema(v) for v in schema]
+    return schema
+
+
 def _schema_of(tool: Tool | ToolSchema) -> ToolSchema:
     return tool.schema if isinstance(tool, Tool) else tool
 
@@ -118,7 +135,7 @@ class LlamaCppBridgeClient(OpenAIChatCompletionClient):
         else:
             return await super().create(_as_text(messages), extra_create_args=extra_create_args,
                                         cancellation_token=cancellation_token)
-        args = {**extra_create_args, "response_format": {"type": "json_object", "schema": schema}}
+        args = {**extra_create_args, "response_format": {"type": "json_object", "schema": grammar_schema(schema)}}
         result = await super().create(msgs, extra_create_args=args, cancellation_token=cancellation_token)
         if not schemas or not isinstance(result.content, str):
             return result
