@@ -74,8 +74,9 @@ ROLES: dict[str, Role] = {
         "id, status, params, metrics. Print the numbers. Reply only with JSON.",
         [], 6),
     "critic": Role(
-        "You are the critic of a simulation campaign. Judge whether the results support or refute the "
-        "hypothesis, citing the numbers. Say inconclusive when they do not decide it. Reply only with JSON.",
+        "You are the critic of a simulation campaign. First call query_results to see the best simulations of "
+        "the whole campaign. Then judge whether the results support or refute the hypothesis, citing the "
+        "numbers. Say inconclusive when they do not decide it. Reply only with JSON.",
         ["query_results", "make_plot"], 6),
 }
 OUTPUTS: dict[str, type[BaseModel]] = {"domain_expert": Review, "coder": AnalysisCode, "critic": Verdict}
@@ -152,6 +153,57 @@ class Transcript:
         self._fh.close()
 
 
+@dataclass
+class Turn:
+    """What one agent turn gave: its structured reply, or the error text to send back; and the
+    tokens it used (prompt + completion), counted even when the reply could not be parsed."""
+
+    reply: BaseModel | None
+    error: str | None
+    tokens: int
+
+
+async def take_turn(agent: AssistantAgent, task: str, transcript: Transcript) -> Turn:
+    """Run one turn of ``agent`` on ``task``, logging every message, tool call and token.
+
+    Model output never raises out of here: an unparsable reply or a failing client becomes
+    ``Turn.error``, a message the caller can send back to the agent.
+    """
+    role = agent.name
+    transcript.note("physflow", "task", task, to=role)
+    client = agent._model_client  # noqa: SLF001 - its usage counts the turn that failed to parse
+    usage_before = client.total_usage()
+    used = 0
+    final: Any = None
+    try:
+        # Streamed, so every tool call and result reaches the transcript even when the turn
+        # ends in a reply that cannot be parsed.
+        async for item in agent.run_stream(task=task):
+            if isinstance(item, TaskResult):
+                final = item.messages[-1] if item.messages else None
+            else:
+                used += transcript.message(role, item)
+    except ValidationError as exc:
+        error = "invalid JSON reply: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors()[:6])
+    except Exception as exc:  # noqa: BLE001 - model output must never crash the caller
+        error = f"{type(exc).__name__}: {str(exc)[:500]}"
+    else:
+        error = None
+    if error is not None:
+        usage = client.total_usage()
+        used = max(used, usage.prompt_tokens + usage.completion_tokens
+                   - usage_before.prompt_tokens - usage_before.completion_tokens)
+        transcript.note(role, "error", error)
+    transcript.spent(role, used)
+    if error is not None:
+        return Turn(None, error, used)
+    content = getattr(final, "content", None)
+    if isinstance(content, BaseModel):
+        return Turn(content, None, used)
+    return Turn(None, f"the reply was not the requested JSON object: {str(content)[:300]}", used)
+
+
 class ScienceTeam:
     """The four roles, built from the workflow spec (roles may be disabled or reconfigured)."""
 
@@ -196,41 +248,10 @@ class ScienceTeam:
 
     async def _run(self, role: str, task: str) -> tuple[Any, str | None]:
         """One agent turn: (structured content, None) or (None, error text for the agent)."""
-        agent = self.agents[role]
         self.turns += 1
-        self.transcript.note("physflow", "task", task, to=role)
-        client = agent._model_client  # noqa: SLF001 - its usage counts the turn that failed to parse
-        usage_before = client.total_usage()
-        used = 0
-        final: Any = None
-        try:
-            # Streamed, so every tool call and result reaches the transcript even when the turn
-            # ends in a reply that cannot be parsed.
-            async for item in agent.run_stream(task=task):
-                if isinstance(item, TaskResult):
-                    final = item.messages[-1] if item.messages else None
-                else:
-                    used += self.transcript.message(role, item)
-        except ValidationError as exc:
-            error = "invalid JSON reply: " + "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors()[:6])
-        except Exception as exc:  # noqa: BLE001 - model output must never crash the campaign
-            error = f"{type(exc).__name__}: {str(exc)[:500]}"
-        else:
-            error = None
-        if error is not None:
-            usage = client.total_usage()
-            used = max(used, usage.prompt_tokens + usage.completion_tokens
-                       - usage_before.prompt_tokens - usage_before.completion_tokens)
-            self.transcript.note(role, "error", error)
-        self.tokens[role] = self.tokens.get(role, 0) + used
-        self.transcript.spent(role, used)
-        if error is not None:
-            return None, error
-        content = getattr(final, "content", None)
-        if isinstance(content, BaseModel):
-            return content, None
-        return None, f"the reply was not the requested JSON object: {str(content)[:300]}"
+        turn = await take_turn(self.agents[role], task, self.transcript)
+        self.tokens[role] = self.tokens.get(role, 0) + turn.tokens
+        return turn.reply, turn.error
 
     async def _structured(self, role: str, task: str, attempts: int = 2) -> BaseModel | None:
         for _ in range(attempts):
