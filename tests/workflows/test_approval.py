@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -60,6 +61,25 @@ def read_until(fd: int, needle: str | None, timeout: float = 120) -> str:
     return seen
 
 
+@contextlib.contextmanager
+def submit_on_a_terminal(folder: Path, run: Path):
+    """``physflow submit`` on a pty in ``folder`` (EDITOR = folder/editor.py), as a user runs it.
+
+    Yields the terminal's file descriptor and a one-item list that receives the exit code.
+    """
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        os.chdir(folder)
+        os.environ["EDITOR"] = f"{sys.executable} {folder / 'editor.py'}"
+        os.execv(sys.executable, [sys.executable, "-m", "physflow", "submit", "wf.yaml", "--run-dir", str(run)])
+    code: list[int] = []
+    try:
+        yield fd, code
+    finally:
+        os.close(fd)  # a failed assertion leaves the child waiting: closing its terminal ends it
+        code.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+
 def test_every_batch_approval_on_a_terminal_edit_then_stop(tmp_path: Path):
     (tmp_path / "wf.yaml").write_text(WORKFLOW)
     (tmp_path / "sim.py").write_text(SIM)
@@ -70,12 +90,7 @@ def test_every_batch_approval_on_a_terminal_edit_then_stop(tmp_path: Path):
         {"content": {**hypothesis, "hypothesis": "x near 0.5 is worse.", "simulations": [{"x": 0.5}]}},
     ])
     run = tmp_path / "run"
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: physflow on a terminal, as a user runs it
-        os.chdir(tmp_path)
-        os.environ["EDITOR"] = f"{sys.executable} {tmp_path / 'editor.py'}"
-        os.execv(sys.executable, [sys.executable, "-m", "physflow", "submit", "wf.yaml", "--run-dir", str(run)])
-    try:
+    with submit_on_a_terminal(tmp_path, run) as (fd, code):
         first = read_until(fd, "Run this batch?")
         assert "Hypothesis H1: The loss is smallest near x = 0.1." in first and '{"x": 0.1}' in first
         os.write(fd, b"e\n")
@@ -83,10 +98,7 @@ def test_every_batch_approval_on_a_terminal_edit_then_stop(tmp_path: Path):
         assert "Hypothesis H2" in second
         os.write(fd, b"n\n")
         read_until(fd, None)
-    finally:
-        os.close(fd)  # a failed assertion above leaves the child waiting: closing its terminal ends it
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 1  # cancelled: the user stopped it
+    assert code == [1]  # cancelled: the user stopped it
 
     rows = json.loads(physflow("results", str(run), "--json").stdout)
     ran = {r["params"]["x"]: r["source"] for r in rows}
@@ -108,21 +120,13 @@ def test_edited_batch_outside_the_bounds_is_asked_again(tmp_path: Path):
         {"content": {"hypothesis": "x near 0.3", "prediction": "loss 0", "simulations": [{"x": 0.3}]}},
     ])
     run = tmp_path / "run"
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(tmp_path)
-        os.environ["EDITOR"] = f"{sys.executable} {tmp_path / 'editor.py'}"
-        os.execv(sys.executable, [sys.executable, "-m", "physflow", "submit", "wf.yaml", "--run-dir", str(run)])
-    try:
+    with submit_on_a_terminal(tmp_path, run) as (fd, code):
         read_until(fd, "Run this batch?")
         os.write(fd, b"e\n")
         again = read_until(fd, "Run this batch?")
         assert "The edited batch was rejected: x=7 is outside [0.0, 1.0]" in again
         os.write(fd, b"y\n")
         read_until(fd, None)
-    finally:
-        os.close(fd)  # a failed assertion above leaves the child waiting: closing its terminal ends it
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert code == [0]
     rows = json.loads(physflow("results", str(run), "--json").stdout)
     assert rows[0]["params"] == {"x": 0.3} and rows[0]["source"] == "planner"
