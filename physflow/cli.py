@@ -333,6 +333,90 @@ def report(run: Path) -> None:
     click.echo(str(write_report(run)))
 
 
+@main.command()
+@click.argument("question")
+@click.option("--data", "data", multiple=True, type=click.Path(path_type=Path), metavar="PATH",
+              help="a data file: HDF5 (a run's campaign.h5, a halo catalog), CSV or FITS table; repeatable, "
+                   "at least one")
+@click.option("--provider", type=click.Choice(["embedded", "openai", "vllm", "replay"]), default="embedded",
+              show_default=True, help="where the model runs (as llm.provider in a workflow)")
+@click.option("--model", help="model name (default: the embedded model)")
+@click.option("--base-url", help="OpenAI-compatible endpoint (openai, vllm)")
+@click.option("--api-key-env", help="name of the environment variable holding the API key")
+@click.option("--script", type=click.Path(path_type=Path), help="replay provider: JSONL file of model responses")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="where to write transcript.jsonl and answer.md (default: runs/ask-<UTC time>)")
+@click.option("--json", "as_json", is_flag=True, help="print the answer as one JSON object")
+def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None, base_url: str | None,
+        api_key_env: str | None, script: Path | None, run_dir: Path | None, as_json: bool) -> None:
+    """Answer a science question from local data, with the code and numbers that answer it.
+
+    The coder agent looks at the tables (query_catalog), writes Python that computes the answer
+    from the files, and physflow runs that code itself in the sandbox: the numbers are what the
+    code printed. The last line printed is the path of answer.md. Exit code 0: a verified answer;
+    1: no code produced one; 2: bad input.
+
+    \b
+    Example:
+      physflow ask "how many halos are heavier than 1e14 Msun/h, and what is their mean mass?" \\
+          --data runs/cosmology-hmf-20261127T043000Z/tasks/t0003/nbody.h5
+    """
+    from physflow.agents.catalog import Catalog
+    from physflow.errors import CatalogError, RunDirError, SpecError
+
+    if not data:
+        raise CatalogError("no data: give at least one --data PATH (HDF5, CSV or FITS)")
+    catalog = Catalog.load(list(data))  # before the agents' imports, so bad data fails in a blink
+
+    from pydantic import ValidationError
+
+    from physflow.agents.ask import answer_question
+    from physflow.agents.models import make_client
+    from physflow.serving.llama_cpp import LlamaCppServer
+    from physflow.workflows.spec import LLMSpec
+
+    settings = {"provider": provider, "base_url": base_url, "api_key_env": api_key_env,
+                "script": str(script.resolve()) if script else None, "max_tokens_per_turn": 1536}
+    if model:
+        settings["model"] = model
+    try:
+        llm = LLMSpec(**settings)
+    except ValidationError as exc:
+        raise SpecError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+    run_dir = (run_dir or _default_run_dir("ask")).resolve()
+    if run_dir.exists():
+        raise RunDirError(f"{run_dir} already exists")
+    # Every client but the embedded one can be made (and its settings checked) before anything is written.
+    client = None if llm.provider == "embedded" else make_client(llm, script_dir=Path.cwd())
+    run_dir.mkdir(parents=True)
+    click.echo(f"physflow {__version__}: {len(catalog.tables)} table(s) in {len(catalog.files)} file(s); "
+               f"model {llm.provider}:{llm.model}", err=True)
+    server = None
+    try:
+        if client is None:
+            click.echo("starting the embedded model server ...", err=True)
+            server = LlamaCppServer(llm.model, run_dir / "llm_server.log").start()
+            client = make_client(llm, base_url=server.base_url)
+        result = asyncio.run(answer_question(question, catalog, client, run_dir))
+    finally:
+        if server:
+            server.stop()
+    answer_md = run_dir / "answer.md"
+    if as_json:
+        click.echo(json.dumps({**result.as_json(), "answer_md": str(answer_md)}))
+    else:
+        click.echo(result.answer)
+        if result.code:
+            click.echo("\ncode:\n" + "\n".join("    " + line for line in result.code.rstrip().splitlines()))
+        click.echo("\noutput (physflow ran the code):\n"
+                   + "\n".join("    " + line for line in (result.output.rstrip() or "(none)").splitlines()))
+        if result.caveats:
+            click.echo("\ncaveats:\n" + "\n".join(f"- {c}" for c in result.caveats))
+        click.echo(f"\ntokens: {result.total_tokens}")
+        click.echo(str(answer_md))
+    sys.exit(0 if result.verified else 1)
+
+
 def _transcript_line(record: dict[str, Any], t0: float) -> str:
     """One transcript record as a line a person can scan: time, who, what, tokens."""
     content = record.get("content")

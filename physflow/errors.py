@@ -50,3 +50,12 @@ class RunDirError(PhysflowError):
 
 class SandboxViolation(PhysflowError):
     """LLM-written code that tried to leave the sandbox."""
+
+
+class CatalogError(PhysflowError):
+    """A data file given to ``physflow ask`` that is missing or cannot be read as tables."""
+
+
+class QueryError(PhysflowError):
+    """A query_catalog request an agent got wrong (unknown table or column, a forbidden or
+    malformed ``where``). Sent back to the agent as text, like a ProposalError."""

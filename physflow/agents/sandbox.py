@@ -62,8 +62,18 @@ def _python_roots() -> list[str]:
 
 
 class Sandbox:
-    def __init__(self, run_dir: Path, limits: SandboxLimits | None = None, isolation: str = "auto") -> None:
+    """A kernel for LLM-written code. ``data``: files outside ``run_dir`` the code may read (bound
+    read-only at their resolved paths; nothing else of their folders becomes visible)."""
+
+    def __init__(self, run_dir: Path, limits: SandboxLimits | None = None, isolation: str = "auto",
+                 data: list[Path] | tuple[Path, ...] = ()) -> None:
         self.run_dir = run_dir.resolve()
+        self.data = [Path(p).resolve() for p in data]
+        not_files = [str(p) for p in self.data if not p.is_file()]
+        if not_files:
+            # Files only: binding a folder (say the user's home) would show the code far more
+            # than the data it was given.
+            raise ValueError(f"sandbox data must be existing files: {', '.join(not_files)}")
         self.scratch = self.run_dir / "scratch"
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.limits = limits or SandboxLimits()
@@ -92,6 +102,8 @@ class Sandbox:
         for path in ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime", *_python_roots()):
             if os.path.exists(path):
                 argv += ["--ro-bind", path, path]
+        for path in self.data:  # before the run directory, so no data bind can cover scratch/
+            argv += ["--ro-bind", str(path), str(path)]
         argv += ["--ro-bind", str(self.run_dir), str(self.run_dir), "--bind", str(self.scratch), str(self.scratch),
                  "--chdir", str(self.scratch), "--clearenv"]
         for key, value in self._env().items():

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from autogen_core.tools import FunctionTool
 
-from physflow.errors import ProposalError
+from physflow.errors import ProposalError, QueryError
 
 
 class CampaignView(Protocol):
@@ -56,12 +57,14 @@ def results_table(view: CampaignView, sort_by: str | None = None, limit: int = 1
 
 
 class Toolbox:
-    """The campaign's tools, bound to one campaign. ``staged`` collects propose_simulations calls."""
+    """The agents' tools, bound to one campaign (``view``) or one question's data (``catalog``).
+    ``staged`` collects propose_simulations calls."""
 
-    def __init__(self, view: CampaignView, validate=None, sandbox=None, knowledge=None,
-                 plots_dir: Path | None = None) -> None:
+    def __init__(self, view: CampaignView | None, validate=None, sandbox=None, knowledge=None,
+                 plots_dir: Path | None = None, catalog=None) -> None:
         self.view, self.validate, self.sandbox, self.knowledge = view, validate, sandbox, knowledge
         self.plots_dir = plots_dir
+        self.catalog = catalog
         self.staged: list[dict[str, float]] = []
         self.calls: dict[str, int] = {}
         #: Passages search_knowledge has returned, as (file, first line, last line): a citation
@@ -75,6 +78,8 @@ class Toolbox:
         """Ask the optimizer (fitted to every finished simulation so far) for n promising parameter
         sets within the bounds (1 <= n <= 8). Use its numbers when you are unsure which values to try."""
         self._count("suggest_parameters")
+        if self.view is None:
+            return "error: there is no campaign in this session"
         if not isinstance(n, int) or not 1 <= n <= 8:
             return f"error: n must be an integer between 1 and 8, got {n!r}"
         return json.dumps([{k: round(v, 6) for k, v in p.items()} for p in self.view.suggest(n)])
@@ -83,6 +88,8 @@ class Toolbox:
         """List simulations so far, best objective first. sort_by: a metric name (default: the
         objective); status: finished, failed, submitted or any; limit: 1 to 50 rows."""
         self._count("query_results")
+        if self.view is None:
+            return "error: there is no campaign in this session"
         if status not in ("finished", "failed", "submitted", "any"):
             return "error: status must be one of finished, failed, submitted, any"
         if not isinstance(limit, int) or not 1 <= limit <= 50:
@@ -144,7 +151,7 @@ class Toolbox:
         """Plot finished simulations: y against x, optionally coloured by a third quantity. x, y and
         color are parameter or metric names. Saves a PNG in the run directory's plots/ folder."""
         self._count("make_plot")
-        if self.plots_dir is None:
+        if self.plots_dir is None or self.view is None:
             return "error: no plots folder in this session"
         rows = [r for r in self.view.results() if r["status"] == "finished"]
         names = set()
@@ -178,13 +185,35 @@ class Toolbox:
         plt.close(fig)
         return f"saved plots/{path.name} ({len(rows)} simulations)"
 
-    def tools(self, names: list[str] | None = None) -> list[FunctionTool]:
-        """AutoGen tools for the named functions (all when None)."""
+    def query_catalog(self, table: str, columns: Sequence[str] = (), where: str = "", limit: int = 20) -> str:
+        """Look at rows of a data table. table: a table name from the data description; columns:
+        the columns to show (default all); where: a condition on column names using numbers,
+        comparisons, and/or/not, + - * / and parentheses, e.g. "mass > 1e13 and mass < 1e14"
+        (default all rows); limit: rows to show, 0 to 200. Also returns how many rows match and each
+        column's count, min, max, mean, median, std and sum over all matching rows."""
+        self._count("query_catalog")
+        if self.catalog is None:
+            return "error: there are no data tables in this session"
+        from physflow.agents.selection import query
+
+        try:
+            return query(self.catalog, table, columns, where, limit)
+        except QueryError as exc:
+            return f"error: {exc}"
+
+    def tools(self, names: list[str] | None = None, descriptions: dict[str, str] | None = None) -> list[FunctionTool]:
+        """AutoGen tools for the named functions (all when None). ``descriptions`` replaces the
+        docstring the model reads, for a tool whose setting differs (run_analysis_code outside a
+        campaign)."""
         available = {f.__name__: f for f in (self.suggest_parameters, self.query_results, self.propose_simulations,
-                                              self.run_analysis_code, self.search_knowledge, self.make_plot)}
-        chosen = names if names is not None else list(available)
-        return [FunctionTool(available[n], description=(available[n].__doc__ or "").strip(), name=n) for n in chosen]
+                                              self.run_analysis_code, self.search_knowledge, self.make_plot,
+                                              self.query_catalog)}
+        chosen = names if names is not None else list(TOOL_NAMES)
+        described = descriptions or {}
+        return [FunctionTool(available[n], description=described.get(n, (available[n].__doc__ or "").strip()),
+                             name=n) for n in chosen]
 
 
+#: The campaign's tools (query_catalog serves physflow ask, outside campaigns).
 TOOL_NAMES = ("suggest_parameters", "query_results", "propose_simulations", "run_analysis_code",
               "search_knowledge", "make_plot")

@@ -83,3 +83,28 @@ def test_output_is_clipped_and_says_so(box):
 def test_isolation_is_reported(box):
     assert box.isolation in ("bwrap", "rlimits + audit hooks")
     assert (box.warning == "") == (box.isolation == "bwrap")
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_data_files_given_to_the_sandbox_are_readable_and_nothing_more(isolation, tmp_path: Path):
+    if isolation == "bwrap" and not Path("/usr/bin/bwrap").exists():
+        pytest.skip("bubblewrap is not installed (scripts/setup.sh installs it as root)")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    halos = elsewhere / "halos.h5"
+    with h5py.File(halos, "w") as f:
+        f["mass"] = np.arange(4.0)
+    (elsewhere / "notes.txt").write_text("not given to the sandbox")
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ValueError, match="must be existing files"):
+        Sandbox(run, data=[elsewhere])  # a folder would show more than the data
+    with Sandbox(run, SandboxLimits(wall_seconds=10, memory_bytes=2 << 30), isolation=isolation,
+                 data=[halos]) as box:
+        read = box.run(f"import h5py\nprint(h5py.File({str(halos)!r}, 'r')['mass'][...].sum())")
+        assert read.ok and read.stdout.strip() == "6.0"
+        assert not box.run(f"open({str(halos)!r}, 'a').write('forged')").ok
+        if isolation == "bwrap":
+            assert "No such file" in box.run(f"open({str(elsewhere / 'notes.txt')!r}).read()").error
+    with h5py.File(halos, "r") as f:
+        assert f["mass"][...].sum() == 6.0
