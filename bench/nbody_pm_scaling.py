@@ -14,11 +14,21 @@ campaign's particle mass). Each run prints one JSON line; from it the table take
   particles for the halo finder), and bytes per particle: (peak RSS - RSS of an idle rank that
   has imported the solver) * ranks / n_side^3, so interpreter and libraries are left out.
 
-The reference row per size is numpy.fft on the same n_mesh^3 mesh on one core: one rfftn and
-three irfftn, the transforms of one PM step (density forward, three force components back),
-i.e. what a step would cost if nothing but FFTs ran. pmesh (or fastpm) would be the better
-reference, but ``pip install pmesh`` builds pfft and FFTW from source here and did not finish
-in 2 minutes, so it is not attempted.
+Two reference rows per size:
+
+- numpy.fft on the same n_mesh^3 mesh on one core: one rfftn and three irfftn, what a step with
+  a forward transform and three backward ones (the textbook PM force) would cost if nothing but
+  FFTs ran. (The solver now does one backward FFT per step: its force is a real-space centred
+  difference of the potential, see ``gravity``.)
+- distributed FFTs, per rank count: the solver's own ``SlabMesh`` (numpy pocketfft per axis, MPI
+  all-to-all with strided datatypes) against mpi4py-fft's ``PFFT`` (slab decomposition, real-to-
+  complex, the two local axes collapsed into one FFTW plan, FFTW_MEASURE) doing the same forward
+  + three backward transforms of the same n_mesh^3 mesh on the same ranks, alternated, best of
+  ``max(3, --repeats)``; FFTW's planning time is left out and printed apart. Both run in one
+  ``mpiexec`` (this script with ``--fft-worker``). mpi4py-fft is optional (``pip install mpi4py-
+  fft``, which builds against Debian's libfftw3-dev); without it the row says so and shows
+  ``SlabMesh`` alone. pmesh was not tried again: ``pip install pmesh`` builds pfft and FFTW from
+  source and had not finished after 2 minutes.
 
 Run from the repository root: ``python bench/nbody_pm_scaling.py [--sides 64 128] [--ranks 1 2]``.
 """
@@ -71,6 +81,89 @@ def fft_step_seconds(n_mesh: int, repeats: int) -> float:
     return best
 
 
+def distributed_fft_seconds(n_mesh: int, repeats: int) -> dict:
+    """Best wall time (max over ranks) of forward + 3 backward transforms of an n_mesh^3 mesh with
+    SlabMesh and, if importable, mpi4py-fft's PFFT; runs inside mpiexec (collective)."""
+    from mpi4py import MPI
+
+    from physflow.sim_adapters.nbody_pm.mesh import SlabMesh
+
+    comm = MPI.COMM_WORLD
+    mesh = SlabMesh(n_mesh, 1.0, comm)
+    field = np.random.default_rng([1, comm.rank]).standard_normal((mesh.nx, n_mesh, n_mesh))
+    back = np.empty_like(field)
+
+    def ours() -> np.ndarray:
+        modes = mesh.forward(field)
+        for _ in range(3):
+            mesh.backward(modes, out=back)
+        return modes
+
+    try:
+        from mpi4py_fft import PFFT, newDistArray
+    except ImportError as exc:
+        pfft, missing = None, f"{type(exc).__name__}: {exc}"
+    else:
+        tick = time.perf_counter()
+        # collapse: the two local axes as one 2-D FFTW plan, mpi4py-fft's faster setting here.
+        pfft = PFFT(comm, (n_mesh,) * 3, axes=(0, 1, 2), dtype=np.float64, slab=True, collapse=True)
+        plan = comm.allreduce(time.perf_counter() - tick, op=MPI.MAX)
+        real, spectral = newDistArray(pfft, False), newDistArray(pfft, True)
+        if real.shape != field.shape:
+            raise RuntimeError(f"PFFT's real slab {real.shape} differs from SlabMesh's {field.shape}")
+        real[...] = field
+
+    def theirs() -> np.ndarray:
+        pfft.forward(real, spectral, normalize=False)
+        for _ in range(3):
+            pfft.backward(spectral, real, normalize=True)
+        return spectral
+
+    def timed(transforms) -> tuple[float, np.ndarray]:
+        comm.Barrier()
+        tick = time.perf_counter()
+        modes = transforms()
+        return comm.allreduce(time.perf_counter() - tick, op=MPI.MAX), modes
+
+    best = {"slabmesh": float("inf"), "pfft": float("inf")}
+    for _ in range(repeats):  # alternated, so that both see the same machine load
+        seconds, modes = timed(ours)
+        best["slabmesh"] = min(best["slabmesh"], seconds)
+        if pfft is not None:
+            best["pfft"] = min(best["pfft"], timed(theirs)[0])
+    out = {"ranks": comm.size, "n_mesh": n_mesh, "slabmesh_seconds": best["slabmesh"]}
+    if pfft is None:
+        out["pfft_missing"] = missing
+    else:
+        real[...] = field
+        pfft.forward(real, spectral, normalize=False)
+        # PFFT may split another Fourier axis over the ranks (kz when collapsed); compare the modes
+        # that both hold on this rank: all kx, SlabMesh's ky rows, PFFT's kz range.
+        ours_range = [(0, n_mesh), (mesh.y_start, mesh.y_stop), (0, mesh.nzc)]
+        theirs_range = [(a.start, a.stop) for a in pfft.local_slice(True)]
+        both = [(max(o[0], t[0]), min(o[1], t[1])) for o, t in zip(ours_range, theirs_range, strict=True)]
+
+        def shared(array: np.ndarray, held: list[tuple[int, int]]) -> np.ndarray:
+            return array[tuple(slice(lo - h[0], hi - h[0]) for (lo, hi), h in zip(both, held, strict=True))]
+
+        ours_block, theirs_block = shared(modes, ours_range), shared(spectral, theirs_range)
+        local = float(np.max(np.abs(theirs_block - ours_block))) if ours_block.size else 0.0
+        difference = comm.allreduce(local, op=MPI.MAX)
+        scale = comm.allreduce(float(np.max(np.abs(modes))), op=MPI.MAX)
+        out.update(pfft_seconds=best["pfft"], pfft_plan_seconds=plan, max_relative_difference=difference / scale)
+    return out
+
+
+def run_fft_comparison(n_mesh: int, ranks: int, repeats: int) -> dict:
+    """``distributed_fft_seconds`` under mpiexec on ``ranks`` ranks: the JSON line it printed."""
+    argv = [str(MPIEXEC), "-n", str(ranks), sys.executable, str(Path(__file__).resolve()), "--fft-worker",
+            str(n_mesh), "--repeats", str(repeats)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[64, 128], help="particles per side (n_side)")
@@ -78,7 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="time steps per run")
     parser.add_argument("--spacing", type=float, default=128.0 / 48.0, help="mean particle spacing [Mpc/h]")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (best s/step kept)")
+    parser.add_argument("--fft-worker", type=int, metavar="N_MESH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.fft_worker:
+        result = distributed_fft_seconds(args.fft_worker, args.repeats)
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.rank == 0:
+            print(json.dumps(result))
+        return
 
     idle = idle_rss_mb()
     header = (f"{'particles':>11} {'mesh':>6} {'ranks':>5} {'s/step':>8} {'updates/s/core':>15} "
@@ -99,7 +200,21 @@ def main(argv: list[str] | None = None) -> None:
                       f"{base / per_step:>7.2f}x {rss:>11.0f} {(rss - idle) * ranks * 2**20 / n:>10,.0f}", flush=True)
             fft = fft_step_seconds(2 * n_side, max(3, args.repeats))
             print(f"{n:>11,} {2 * n_side:>5}^3 {'numpy.fft 1 rfftn + 3 irfftn, 1 core':>38}: "
-                  f"{fft:.3f} s = {n / fft:,.0f} updates/s (FFT-only floor)", flush=True)
+                  f"{fft:.3f} s = {n / fft:,.0f} updates/s (FFTs of a 3-backward PM step)", flush=True)
+            for ranks in args.ranks:
+                c = run_fft_comparison(2 * n_side, ranks, max(3, args.repeats))
+                label = f"distributed fwd + 3 bwd, {ranks} rank{'s' if ranks > 1 else ''}"
+                if "pfft_seconds" in c:
+                    ours, theirs = c["slabmesh_seconds"], c["pfft_seconds"]
+                    faster = "SlabMesh" if ours < theirs else "mpi4py-fft"
+                    ratio = max(ours, theirs) / min(ours, theirs)
+                    print(f"{n:>11,} {2 * n_side:>5}^3 {label:>38}: SlabMesh {ours:.3f} s, "
+                          f"mpi4py-fft PFFT {theirs:.3f} s (+ {c['pfft_plan_seconds']:.1f} s planning; "
+                          f"modes agree to {c['max_relative_difference']:.0e}): {faster} {ratio:.2f}x faster",
+                          flush=True)
+                else:
+                    print(f"{n:>11,} {2 * n_side:>5}^3 {label:>38}: SlabMesh {c['slabmesh_seconds']:.3f} s; "
+                          f"mpi4py-fft not available ({c['pfft_missing']})", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def displacement(lattice: SlabMesh, cosmo: Cosmology, seed: int) -> np.ndarray:
     inv_k2 = 1.0 / np.where(k2 == 0.0, 1.0, k2)
     psi = np.empty((lattice.nx, n, n, 3))
     for axis, k in enumerate((lattice.kx, lattice.ky, lattice.kz)):
-        psi[..., axis] = lattice.backward(1j * k * inv_k2 * delta)
+        lattice.backward(1j * k * inv_k2 * delta, out=psi[..., axis])
     return psi
 
 

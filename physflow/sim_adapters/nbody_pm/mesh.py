@@ -8,9 +8,18 @@ Each mode sees the same one-dimensional transforms whatever the rank count, so r
 across decompositions to round-off. numpy's FFT normalisation: forward unnormalised, backward
 divided by n^3.
 
+The transforms work in place in two complex work arrays that the mesh keeps between calls (one
+on a single rank, where the transpose is the identity and is skipped), because a fresh
+mesh-sized temporary costs about as much in page faults and zeroing as the FFT pass that fills
+it. The all-to-all sends and receives strided blocks with MPI vector datatypes, so no
+transposed copy is made on either side.
+
 Cloud-in-cell (CIC) assignment uses mesh nodes at x = i * cell. A particle owned by a rank lies
-in [x_start, x_stop) * cell, so its stencil reaches one plane past the slab: paint adds that
-ghost plane to the next rank, readout fetches it from there.
+in [x_start, x_stop) * cell, so its stencil reaches one plane past the slab, and one row and
+one column past the periodic y and z extent. Paint and readout therefore work on a *ghosted*
+slab of shape (nx + 1, n + 1, n + 1): the x ghost plane belongs to the next rank (paint adds it
+there, readout fetches it from there), the y and z ghosts are this rank's own row 0 and column
+0. With the ghosts every particle's eight corners sit at fixed offsets from its lower corner.
 """
 
 from __future__ import annotations
@@ -23,17 +32,21 @@ from mpi4py import MPI
 
 from physflow.sim_adapters.heat2d.solver import slab
 
+#: Bytes of one complex128 mode (the MPI displacements of ``Alltoallw`` are in bytes).
+_COMPLEX_BYTES = 16
+
 
 @dataclass
 class Stencil:
-    """CIC weights of a set of particles on one rank's slab (+ ghost plane): 8 corners each.
+    """CIC stencils of a set of particles on one rank's ghosted slab (see ``SlabMesh.ghosted``).
 
-    ``index[c]`` are flat indices into the (nx + 1, n, n) extended slab, ``weight[c]`` the
-    weights of corner c; 128 bytes per particle.
+    ``base[i]`` is the flat index of particle i's lower corner in the (nx + 1, n + 1, n + 1)
+    ghosted slab; its eight corners are ``base[i] + SlabMesh.corner_offsets``. ``weight[c, i]``
+    is the CIC weight of corner c (the eight sum to 1). 72 bytes per particle.
     """
 
-    index: list[np.ndarray]
-    weight: list[np.ndarray]
+    base: np.ndarray
+    weight: np.ndarray
 
 
 class SlabMesh:
@@ -63,42 +76,82 @@ class SlabMesh:
         self.kz = (np.arange(self.nzc) * kf)[None, None, :]
         self.k_fundamental = kf
         self.k_nyquist = math.pi * n / self.box
+        #: Flat offsets of a CIC stencil's eight corners in the ghosted slab, (dx, dy, dz) in C order.
+        ghosted = n + 1
+        self.corner_offsets = np.array([(dx * ghosted + dy) * ghosted + dz
+                                        for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], dtype=np.intp)
+        self._slab_scratch: np.ndarray | None = None  # (nx, n, nzc) complex
+        self._rows_scratch: np.ndarray | None = None  # (n, ny, nzc) complex; the same array on one rank
 
     # -- Fourier transforms --------------------------------------------------------------------
-    def _alltoallv(self, send: np.ndarray, send_counts: list[int], recv_counts: list[int]) -> np.ndarray:
-        recv = np.empty(sum(recv_counts), dtype=np.complex128)
-        sdispl = np.concatenate([[0], np.cumsum(send_counts)[:-1]]).tolist()
-        rdispl = np.concatenate([[0], np.cumsum(recv_counts)[:-1]]).tolist()
-        self.comm.Alltoallv([send, (send_counts, sdispl), MPI.C_DOUBLE_COMPLEX],
-                            [recv, (recv_counts, rdispl), MPI.C_DOUBLE_COMPLEX])
-        return recv
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """The complex work arrays: x-slab (nx, n, nzc) and ky-rows (n, ny, nzc), made on first use."""
+        if self._slab_scratch is None:
+            self._slab_scratch = np.empty((self.nx, self.n, self.nzc), dtype=np.complex128)
+            self._rows_scratch = (self._slab_scratch if self.size == 1 else
+                                  np.empty((self.n, self.ny, self.nzc), dtype=np.complex128))
+        return self._slab_scratch, self._rows_scratch
+
+    def _transpose(self, slab_array: np.ndarray, rows: np.ndarray, to_rows: bool) -> None:
+        """All-to-all between the x-slab layout (nx, n, nzc) and the ky-row layout (n, ny, nzc).
+
+        Rank s gets (to_rows) or gives the block slab_array[:, y_s:y_e, :] of this rank, a strided
+        MPI vector, which in rows is the contiguous block of planes [x_start, x_stop) of this rank.
+        """
+        n, nzc = self.n, self.nzc
+        widths = [e - s for s, e in self.x_slabs]
+        strided = [MPI.C_DOUBLE_COMPLEX.Create_vector(self.nx, w * nzc, n * nzc).Commit() for w in widths]
+        strided_displ = [s * nzc * _COMPLEX_BYTES for s, _ in self.x_slabs]
+        contiguous = [MPI.C_DOUBLE_COMPLEX] * self.size
+        block_counts = [w * self.ny * nzc for w in widths]
+        block_displ = [s * self.ny * nzc * _COMPLEX_BYTES for s, _ in self.x_slabs]
+        ones = [1] * self.size
+        slab_spec = [slab_array, (ones, strided_displ), strided]
+        rows_spec = [rows, (block_counts, block_displ), contiguous]
+        try:
+            if to_rows:
+                self.comm.Alltoallw(slab_spec, rows_spec)
+            else:
+                self.comm.Alltoallw(rows_spec, slab_spec)
+        finally:
+            for datatype in strided:
+                datatype.Free()
+
+    def release_work(self) -> None:
+        """Free the complex work arrays (they are made again by the next transform)."""
+        self._slab_scratch = self._rows_scratch = None
+
+    def modes_work(self) -> np.ndarray:
+        """The mesh's complex work array (n, ny, nzc): ``backward`` transforms it in place when it is
+        passed as ``modes``, which saves a mesh-sized copy. Every transform overwrites it."""
+        return self._scratch()[1]
 
     def forward(self, real: np.ndarray) -> np.ndarray:
-        """Fourier modes (n, ny, nzc) of the real field whose local slab is ``real`` (nx, n, n)."""
-        n, nzc = self.n, self.nzc
-        a = np.fft.fft(np.fft.rfft(real, axis=2), axis=1)  # (nx, n, nzc)
-        send = np.ascontiguousarray(a.transpose(1, 0, 2)).ravel()  # ky-major: blocks are contiguous
-        widths = [b - s for s, b in self.x_slabs]
-        recv = self._alltoallv(send, [w * self.nx * nzc for w in widths], [self.ny * w * nzc for w in widths])
-        blocks, offset = [], 0
-        for w in widths:  # block from rank s: (ny, nx_s, nzc)
-            blocks.append(recv[offset:offset + self.ny * w * nzc].reshape(self.ny, w, nzc).transpose(1, 0, 2))
-            offset += self.ny * w * nzc
-        full = np.concatenate(blocks, axis=0) if blocks else np.empty((n, self.ny, nzc), complex)
-        return np.fft.fft(full, axis=0)
+        """Fourier modes (n, ny, nzc) of the real field whose local slab is ``real`` (nx, n, n).
 
-    def backward(self, modes: np.ndarray) -> np.ndarray:
-        """Local real slab (nx, n, n) of the field whose local Fourier rows are ``modes``."""
-        n, nzc = self.n, self.nzc
-        b = np.ascontiguousarray(np.fft.ifft(modes, axis=0))  # (n, ny, nzc): x blocks contiguous
-        widths = [e - s for s, e in self.x_slabs]
-        recv = self._alltoallv(b.ravel(), [w * self.ny * nzc for w in widths], [self.nx * w * nzc for w in widths])
-        blocks, offset = [], 0
-        for w in widths:  # block from rank s: (nx, ny_s, nzc)
-            blocks.append(recv[offset:offset + self.nx * w * nzc].reshape(self.nx, w, nzc))
-            offset += self.nx * w * nzc
-        a = np.concatenate(blocks, axis=1)
-        return np.fft.irfft(np.fft.ifft(a, axis=1), n=n, axis=2)
+        ``real`` may be a strided view (e.g. the interior of a ghosted slab); it is not modified.
+        The result is a new array.
+        """
+        slab_array, rows = self._scratch()
+        np.fft.rfft(real, axis=2, out=slab_array)
+        np.fft.fft(slab_array, axis=1, out=slab_array)
+        if self.size > 1:
+            self._transpose(slab_array, rows, to_rows=True)
+        return np.fft.fft(rows, axis=0)
+
+    def backward(self, modes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Local real slab (nx, n, n) of the field whose local Fourier rows are ``modes``.
+
+        ``modes`` (n, ny, nzc) is not modified unless it is ``modes_work()``. With ``out`` (any
+        (nx, n, n) float64 view, e.g. planes of a larger array) the slab is written there and
+        returned.
+        """
+        slab_array, rows = self._scratch()
+        np.fft.ifft(modes, axis=0, out=rows)
+        if self.size > 1:
+            self._transpose(slab_array, rows, to_rows=False)
+        np.fft.ifft(slab_array, axis=1, out=slab_array)
+        return np.fft.irfft(slab_array, n=self.n, axis=2, out=out)
 
     def k_squared(self) -> np.ndarray:
         """|k|^2 (h/Mpc)^2 of the local Fourier rows, shape (n, ny, nzc)."""
@@ -107,7 +160,8 @@ class SlabMesh:
     def cic_window(self) -> np.ndarray:
         """Fourier window W_CIC(k) = prod_i sinc^2(k_i H / 2) of CIC assignment (1 at k = 0)."""
         half = 0.5 * self.cell / math.pi  # np.sinc(x) = sin(pi x) / (pi x)
-        return (np.sinc(self.kx * half) * np.sinc(self.ky * half) * np.sinc(self.kz * half)) ** 2
+        # Squared per axis first: one full-size product instead of three full-size temporaries.
+        return (np.sinc(self.kx * half) ** 2 * np.sinc(self.ky * half) ** 2) * np.sinc(self.kz * half) ** 2
 
     def mode_multiplicity(self) -> np.ndarray:
         """How many modes of the full (complex) FFT each stored rfft mode stands for: 1 or 2."""
@@ -135,49 +189,71 @@ class SlabMesh:
 
     def stencil(self, pos: np.ndarray) -> Stencil:
         """CIC stencil of particles at ``pos`` (N, 3) Mpc/h, all inside this rank's slab."""
-        n = self.n
+        n, ghosted = self.n, self.n + 1
         u = pos / self.cell
-        base = np.floor(u)
-        frac = u - base
-        base = base.astype(np.intp) % n
-        ix = base[:, 0] - self.x_start
-        iy, iz = base[:, 1], base[:, 2]
-        wx = (1.0 - frac[:, 0], frac[:, 0])
-        wy = (1.0 - frac[:, 1], frac[:, 1])
-        wz = (1.0 - frac[:, 2], frac[:, 2])
-        jx = (ix, ix + 1)
-        jy = (iy, (iy + 1) % n)
-        jz = (iz, (iz + 1) % n)
-        index, weight = [], []
-        for a in (0, 1):
-            for b in (0, 1):
-                wab = wx[a] * wy[b]
-                row = (jx[a] * n + jy[b]) * n
-                for c in (0, 1):
-                    index.append(row + jz[c])
-                    weight.append(wab * wz[c])
-        return Stencil(index, weight)
+        lower = np.floor(u)
+        frac = np.subtract(u, lower, out=u)
+        cell = lower.astype(np.intp) % n
+        base = ((cell[:, 0] - self.x_start) * ghosted + cell[:, 1]) * ghosted + cell[:, 2]
+        near = 1.0 - frac
+        weight = np.empty((2, 2, 2, len(pos)))
+        for dy, wy in enumerate((near[:, 1], frac[:, 1])):
+            for dz, wz in enumerate((near[:, 2], frac[:, 2])):
+                wyz = wy * wz
+                np.multiply(near[:, 0], wyz, out=weight[0, dy, dz])
+                np.multiply(frac[:, 0], wyz, out=weight[1, dy, dz])
+        return Stencil(base, weight.reshape(8, len(pos)))
+
+    def fill_x_neighbours(self, field: np.ndarray) -> None:
+        """Fill planes 0 and nx + 1 of ``field`` (nx + 2, ...), whose planes 1..nx are the local
+        slab, with the last plane of the left neighbour's slab and the first of the right's."""
+        nx = self.nx
+        self.comm.Sendrecv(np.ascontiguousarray(field[nx]), dest=self.right, recvbuf=field[0], source=self.left)
+        self.comm.Sendrecv(np.ascontiguousarray(field[1]), dest=self.left, recvbuf=field[nx + 1], source=self.right)
+
+    def ghosted(self, components: int) -> np.ndarray:
+        """An uninitialised ghosted slab (nx + 1, n + 1, n + 1, components) of float64.
+
+        Its interior ``[:nx, :n, :n]`` is the local slab; ``readout`` fills the ghost cells.
+        """
+        return np.empty((self.nx + 1, self.n + 1, self.n + 1, components))
 
     def paint(self, stencil: Stencil) -> np.ndarray:
-        """Particle count per cell of the local slab (nx, n, n), CIC-weighted (each particle adds 1)."""
-        n, cells = self.n, (self.nx + 1) * self.n * self.n
-        ext = np.zeros(cells)
-        for idx, w in zip(stencil.index, stencil.weight, strict=True):
-            ext += np.bincount(idx, weights=w, minlength=cells)
-        ext = ext.reshape(self.nx + 1, n, n)
-        ghost = np.empty((n, n))
-        self.comm.Sendrecv(np.ascontiguousarray(ext[-1]), dest=self.right, recvbuf=ghost, source=self.left)
+        """Particle count per cell of the local slab (nx, n, n), CIC-weighted (each particle adds 1).
+
+        The result is the interior view of a ghosted array (strided; write to it in place).
+        """
+        n, nx, ghosted = self.n, self.nx, self.n + 1
+        corners = self.corner_offsets[:, None] + stencil.base  # (8, N), 64 bytes per particle
+        ext = np.bincount(corners.ravel(), weights=stencil.weight.ravel(), minlength=(nx + 1) * ghosted**2)
+        del corners
+        ext = ext.reshape(nx + 1, ghosted, ghosted)
+        ext[:, :, 0] += ext[:, :, n]  # periodic z, then y: the (y, z) = (n, n) corner ends in (0, 0)
+        ext[:, 0, :] += ext[:, n, :]
+        ghost = np.empty((ghosted, ghosted))
+        self.comm.Sendrecv(ext[nx], dest=self.right, recvbuf=ghost, source=self.left)
         ext[0] += ghost
-        return ext[:-1]
+        return ext[:nx, :n, :n]
 
     def readout(self, field: np.ndarray, stencil: Stencil) -> np.ndarray:
-        """CIC-interpolate a local field (nx, n, n, c) to the stencil's particles: (N, c)."""
-        c = field.shape[3]
-        ext = np.empty((self.nx + 1,) + field.shape[1:])
-        ext[:-1] = field
-        self.comm.Sendrecv(np.ascontiguousarray(field[0]), dest=self.left, recvbuf=ext[-1], source=self.right)
-        flat = ext.reshape(-1, c)
-        out = np.zeros((len(stencil.weight[0]) if stencil.weight else 0, c))
-        for idx, w in zip(stencil.index, stencil.weight, strict=True):
-            out += flat[idx] * w[:, None]
+        """CIC-interpolate a field to the stencil's particles: (N, c).
+
+        ``field`` is a ghosted slab (nx + 1, n + 1, n + 1, c) (see ``ghosted``) whose interior
+        holds the local values; its ghost cells are filled here (the x ghost plane from the next
+        rank).
+        """
+        n, nx = self.n, self.nx
+        field[:nx, :n, n] = field[:nx, :n, 0]
+        field[:nx, n, :] = field[:nx, 0, :]
+        self.comm.Sendrecv(field[0], dest=self.left, recvbuf=field[nx], source=self.right)
+        flat = field.reshape(-1, field.shape[3])
+        # One corner at a time, each from the field shifted by its offset, through one reused
+        # buffer: no temporaries of 8 x N x c.
+        out = np.take(flat, stencil.base, axis=0)  # corner 0, offset 0
+        out *= stencil.weight[0, :, None]
+        values = np.empty_like(out)
+        for c in range(1, 8):
+            np.take(flat[self.corner_offsets[c]:], stencil.base, axis=0, out=values)
+            values *= stencil.weight[c, :, None]
+            out += values
         return out

@@ -13,11 +13,13 @@ At z = 0 the code measures P(k) (``power``) and, on rank 0 after gathering all p
 friends-of-friends halos with linking length 0.2 times the mean interparticle separation
 (``halos``), and writes one HDF5 file.
 
-Memory: per particle about 56 bytes of state (position, momentum, id), 24 of force, 128 of CIC
-stencil and up to 112 in a migration (send + receive buffers), i.e. < 350 bytes per particle per
-rank at peak; per mesh cell about 100 bytes (density, three force components with a ghost plane,
-complex modes and FFT temporaries) divided over the ranks; rank 0 gathers 56 bytes per particle
-plus about 200 bytes per candidate pair in chunks of 2e6 for the halo finder.
+Memory: per particle 56 bytes of state (position, momentum, id), 24 of force, 72 of CIC stencil
+and about 100 of temporaries while the stencil is made, i.e. < 260 bytes per particle per rank
+at peak (a migration packs only the particles that change rank); per mesh cell about 70 bytes
+divided over the ranks: the force with its ghost cells 24, the potential 8, the density modes 8
+(16 while new ones replace the old), FFT work arrays 8 on one rank and 16 on several, and the
+painted density 8. Rank 0 then gathers 56 bytes per particle plus about 200 bytes per candidate
+pair in chunks of 2e6 for the halo finder, after the mesh work arrays are freed.
 
 Run as ``mpiexec -n 2 python -m physflow.sim_adapters.nbody_pm.solver --omega-m 0.3 --sigma8 0.8``.
 """
@@ -25,6 +27,7 @@ Run as ``mpiexec -n 2 python -m physflow.sim_adapters.nbody_pm.solver --omega-m 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import resource
 import time
@@ -35,7 +38,7 @@ import numpy as np
 from mpi4py import MPI
 
 from physflow.sim_adapters.nbody_pm.cosmology import Cosmology
-from physflow.sim_adapters.nbody_pm.gravity import density_modes, force_field
+from physflow.sim_adapters.nbody_pm.gravity import ForceField, density_modes
 from physflow.sim_adapters.nbody_pm.halos import (
     LINKING_B,
     MIN_GROUP_PARTICLES,
@@ -80,13 +83,20 @@ class PMSimulation:
         self.mesh = SlabMesh(settings.n_mesh, settings.box_size, comm)
         lattice = SlabMesh(settings.n_side, settings.box_size, comm)
         self.particles = migrate(zeldovich(lattice, cosmo, settings.seed, settings.a_init, self.mesh.cell), self.mesh)
+        self.field = ForceField(self.mesh)
         self.compute_force()
 
     def compute_force(self) -> None:
         """Density modes ``delta_k`` of the current positions and the force (N, 3) on each particle."""
         stencil = self.mesh.stencil(self.particles.pos)
         self.delta_k = density_modes(self.mesh, stencil, self.n_particles)
-        self.force = self.mesh.readout(force_field(self.mesh, self.delta_k, self.cosmo.omega_m), stencil)
+        self.force = self.mesh.readout(self.field.solve(self.delta_k, self.cosmo.omega_m), stencil)
+
+    def release_mesh_work(self) -> None:
+        """Free the mesh-sized work arrays (force field, potential, FFT work); ``compute_force``
+        cannot run after this."""
+        del self.field
+        self.mesh.release_work()
 
     def kick(self, a_from: float, a_to: float, a_force: float) -> None:
         """Momenta from a_from to a_to with the force computed at a_force."""
@@ -145,6 +155,7 @@ def run(cosmo: Cosmology, settings: Settings, comm: MPI.Comm | None = None) -> R
     power = measure_power(sim.mesh, sim.delta_k)
     momentum_total, momentum_rms = sim.momentum()
     rss = comm.reduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, op=MPI.MAX, root=0)
+    sim.release_mesh_work()  # the halo finder reuses that memory
     everything = gather_to_root(sim.particles, comm)
     if everything is None:
         return None
@@ -182,6 +193,25 @@ def write(path: Path | str, result: Result, **attrs: float) -> None:
                        ranks=result.ranks, max_rss_mb=result.max_rss_mb, **attrs)
 
 
+def keep_freed_memory() -> None:
+    """Have glibc's malloc reuse freed memory instead of returning it to the kernel.
+
+    Each step makes and frees mesh- and particle-sized numpy temporaries (tens to hundreds of MB).
+    By default glibc serves every block over 32 MB with its own mmap and unmaps it on free, so
+    the next step page-faults the same amount back in and the kernel zeroes it: about a third of
+    a 128^3-particle step was system time. With large blocks on the heap and trimming off (up to
+    2 GB free at the top), the process keeps its peak footprint (as it would anyway at the next
+    step) and reuses it. Does nothing where the C library has no ``mallopt`` (not glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2**31 - 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults, fixed = Cosmology(), Settings()
@@ -206,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     problems = settings.problems(comm.Get_size())
     if problems:
         parser.error("; ".join(problems))
+    keep_freed_memory()
     result = run(cosmo, settings, comm)
     if result is not None:
         write(args.out, result)
