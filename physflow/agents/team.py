@@ -82,6 +82,12 @@ ROLES: dict[str, Role] = {
 OUTPUTS: dict[str, type[BaseModel]] = {"domain_expert": Review, "coder": AnalysisCode, "critic": Verdict}
 
 
+def role_tools(spec: WorkflowSpec, role: str) -> list[str]:
+    """The tools ``role`` gets: the workflow's own list for it, else the role's defaults."""
+    agent = spec.agents.get(role)  # type: ignore[call-overload]
+    return list(agent.tools) if agent and agent.tools is not None else list(ROLES[role].tools)
+
+
 def proposal_model(parameters: dict[str, ParameterSpec], max_simulations: int) -> type[BaseModel]:
     """The planner's structured output, with the parameters (and their bounds) spelled out."""
     fields: dict[str, Any] = {}
@@ -222,9 +228,8 @@ class ScienceTeam:
             if role not in clients or not spec.agent_enabled(role):
                 continue
             agent = spec.agents.get(role)  # type: ignore[call-overload]
-            tools = agent.tools if agent and agent.tools is not None else defaults.tools
             self.agents[role] = AssistantAgent(
-                role, model_client=clients[role], tools=toolbox.tools(list(tools)),
+                role, model_client=clients[role], tools=toolbox.tools(role_tools(spec, role)),
                 system_message=agent.system_message if agent and agent.system_message else defaults.system,
                 output_content_type=self.Proposal if role == "planner" else OUTPUTS[role],
                 model_context=BufferedChatCompletionContext(buffer_size=defaults.context),

@@ -22,6 +22,8 @@ from typing import Any
 from physflow.processes import die_with_parent
 
 STDERR_TAIL_BYTES = 2000
+
+
 @dataclass
 class TaskSpec:
     """One simulation to run: a command line (argv, never a shell string) or a Python function."""

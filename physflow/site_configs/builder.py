@@ -126,6 +126,5 @@ def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes
                 label=name, address="127.0.0.1", max_workers_per_node=workers, encrypted=False,
                 provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=pool.max_blocks,
                                        worker_init=f"export PATH={bin_dir}:$PATH; {pool.worker_init}")))
-    level = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}[site.parsl_log_level]
     return Config(executors=executors, run_dir=str(run_dir), strategy="none",
-                  initialize_logging=FileLogging(level=level))
+                  initialize_logging=FileLogging(level=getattr(logging, site.parsl_log_level.upper())))

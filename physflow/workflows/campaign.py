@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from physflow.agents.models import make_client
-from physflow.agents.team import ROLES, PlanOutcome, ScienceTeam, Transcript, Verdict
+from physflow.agents.team import ROLES, PlanOutcome, ScienceTeam, Transcript, Verdict, role_tools
 from physflow.agents.tools import Toolbox, results_table
 from physflow.errors import AdapterError, PhysflowError, ProposalError
 from physflow.optimizer import Optimizer
@@ -386,12 +386,7 @@ class Campaign:
 
         knowledge = KnowledgeBase([self.workflow.resolve(p) for p in self.spec.knowledge]) if self.spec.knowledge \
             else None
-        needs_code = False
-        for role in clients:
-            agent = self.spec.agents.get(role)  # type: ignore[call-overload]
-            tools = agent.tools if agent and agent.tools is not None else ROLES[role].tools
-            needs_code = needs_code or role == "coder" or "run_analysis_code" in tools
-        if needs_code:
+        if any(role == "coder" or "run_analysis_code" in role_tools(self.spec, role) for role in clients):
             try:
                 self.sandbox = Sandbox(self.store.run_dir).start()
                 transcript.note("physflow", "sandbox", f"isolation: {self.sandbox.isolation}",

@@ -326,8 +326,8 @@ class Committer:
     Two stages, each its own thread. The journal stage parses outputs (``finalize``, off Parsl's
     result thread), appends everything that arrived together with one fsync, and then calls
     ``on_committed`` for each result: from that moment the result is durable and the agents may
-    see it. The HDF5 stage writes the same results' groups behind it, in batches as large as
-    have piled up, so a slow HDF5 write (~2 ms a task, mostly attribute creation) never holds
+    see it. The HDF5 stage writes the same results' groups behind it, once results pause or at
+    most HDF5_MAX_LAG_S later, so a slow HDF5 write (~2 ms a task, mostly attribute creation) never holds
     back the journal or the agents. A crash between the two stages loses nothing: resume
     rewrites missing groups from the journal and the task folders (``RunStore.repair_hdf5``).
     """
