@@ -6,10 +6,12 @@ Bad input is one line on stderr (``error: FILE:LINE: field: message``), never a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -126,7 +128,7 @@ def _approver(spec: Any, yes: bool, source: Path):
 def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None) -> None:
     """Serve the model, run (or resume) the campaign, write the report; exits with its code."""
     from physflow.dispatch.parsl_backend import ParslDispatcher
-    from physflow.serving.llama_cpp import LlamaCppServer
+    from physflow.serving.service import ModelService, serving_plan
     from physflow.workflows.campaign import Campaign, model_clients
     from physflow.workflows.report import write_report
 
@@ -136,25 +138,30 @@ def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None)
     logging.getLogger("physflow").setLevel(logging.INFO)
     click.echo(f"physflow {__version__}: campaign {spec.name} on site {checked.site.name}, "
                f"model {spec.llm.provider}:{spec.llm.model}", err=True)
-    server = None
     started = time.time()
+    serving = serving_plan(spec.llm, checked.site) if spec.has_team else None
+    dispatcher = None
     try:
-        base_url = spec.llm.base_url
-        if spec.llm.provider == "embedded" and spec.has_team:
-            click.echo("starting the embedded model server ...", err=True)
-            server = LlamaCppServer(spec.llm.model, run_dir / "llm_server.log").start()
-            base_url = server.base_url
+        # The pools start first: the model server is one of their tasks (a GPU node's on a site).
+        dispatcher = ParslDispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
+                                     spec.simulation.resources.nodes, checked.adapter.uses_mpi,
+                                     service_pool=serving[1] if serving else None)
+        base_url, api_key = spec.llm.base_url, None
+        if serving:
+            click.echo(f"starting the model server on pool {serving[1]} ...", err=True)
+            service = ModelService(serving[0], run_dir / "llm", dispatcher.submit_service)
+            dispatcher.on_close(service.stop)
+            service.start()
+            base_url, api_key = service.base_url, service.api_key
             info = json.loads((run_dir / "run.json").read_text())
             (run_dir / "run.json").write_text(json.dumps({**info, "llm_base_url": base_url}, indent=1))
-        clients = model_clients(wf, base_url)
-        campaign = Campaign(
-            wf, store, checked.site, approver,
-            dispatcher_factory=lambda: ParslDispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
-                                                       spec.simulation.resources.nodes, campaign.adapter.uses_mpi))
+        clients = model_clients(wf, base_url, api_key)
+        pools = dispatcher
+        campaign = Campaign(wf, store, checked.site, approver, dispatcher_factory=lambda: pools)
         state = asyncio.run(campaign.run(clients, previous))
     finally:
-        if server:
-            server.stop()
+        if dispatcher is not None:  # the campaign closed it already unless it failed to start
+            dispatcher.close()
         store.close()
     report = write_report(run_dir)
     best = campaign.best()
@@ -372,7 +379,8 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
 
     from physflow.agents.ask import answer_question
     from physflow.agents.models import make_client
-    from physflow.serving.llama_cpp import LlamaCppServer
+    from physflow.serving.llama_cpp import embedded_plan
+    from physflow.serving.service import ModelService
     from physflow.workflows.spec import LLMSpec
 
     settings = {"provider": provider, "base_url": base_url, "api_key_env": api_key_env,
@@ -391,16 +399,13 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
     run_dir.mkdir(parents=True)
     click.echo(f"physflow {__version__}: {len(catalog.tables)} table(s) in {len(catalog.files)} file(s); "
                f"model {llm.provider}:{llm.model}", err=True)
-    server = None
-    try:
-        if client is None:
+    with contextlib.ExitStack() as stack:
+        if client is None:  # no site here: the server's task runs in a thread of this process
             click.echo("starting the embedded model server ...", err=True)
-            server = LlamaCppServer(llm.model, run_dir / "llm_server.log").start()
-            client = make_client(llm, base_url=server.base_url)
+            threads = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="physflow-llm"))
+            service = stack.enter_context(ModelService(embedded_plan(llm.model), run_dir / "llm", threads.submit))
+            client = make_client(llm, base_url=service.base_url, api_key=service.api_key)
         result = asyncio.run(answer_question(question, catalog, client, run_dir))
-    finally:
-        if server:
-            server.stop()
     answer_md = run_dir / "answer.md"
     if as_json:
         click.echo(json.dumps({**result.as_json(), "answer_md": str(answer_md)}))

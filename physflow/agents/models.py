@@ -69,8 +69,9 @@ def _schema_of(tool: Tool | ToolSchema) -> ToolSchema:
     return tool.schema if isinstance(tool, Tool) else tool
 
 
-def tool_choice_schema(tools: Sequence[ToolSchema], answer: dict[str, Any]) -> dict[str, Any]:
-    """One JSON object that is either a call of one of ``tools`` or the final ``answer``."""
+def tool_choice_schema(tools: Sequence[ToolSchema], answer: dict[str, Any] | None) -> dict[str, Any]:
+    """One JSON object that is either a call of one of ``tools`` or the final ``answer`` (a call
+    only, when ``answer`` is None: the caller named the tool or required one)."""
     defs: dict[str, Any] = {}
     options: list[dict[str, Any]] = []
     for t in tools:
@@ -78,9 +79,10 @@ def tool_choice_schema(tools: Sequence[ToolSchema], answer: dict[str, Any]) -> d
         defs.update(params.pop("$defs", {}))
         options.append({"type": "object", "properties": {"tool": {"const": t["name"]}, "arguments": params},
                         "required": ["tool", "arguments"]})
-    answer = dict(answer)
-    defs.update(answer.pop("$defs", {}))  # "$ref"s point at the root: hoist the definitions there
-    options.append({"type": "object", "properties": {"answer": answer}, "required": ["answer"]})
+    if answer is not None:
+        answer = dict(answer)
+        defs.update(answer.pop("$defs", {}))  # "$ref"s point at the root: hoist the definitions there
+        options.append({"type": "object", "properties": {"answer": answer}, "required": ["answer"]})
     schema: dict[str, Any] = {"anyOf": options}
     if defs:
         schema["$defs"] = defs
@@ -124,10 +126,12 @@ class LlamaCppBridgeClient(OpenAIChatCompletionClient):
             answer = {"type": "string"}
         if schemas:
             listing = "\n".join(f"- {s['name']}: {s.get('description', '')}" for s in schemas)
+            forced = isinstance(tool_choice, Tool) or tool_choice == "required"
             hint = SystemMessage(content=(
-                "You may call one tool by replying {\"tool\": NAME, \"arguments\": {...}}, or give your final "
+                "Call one tool now by replying {\"tool\": NAME, \"arguments\": {...}}. Tools:\n" + listing if forced
+                else "You may call one tool by replying {\"tool\": NAME, \"arguments\": {...}}, or give your final "
                 "reply as {\"answer\": ...}. Tools:\n" + listing))
-            schema = tool_choice_schema(schemas, answer)
+            schema = tool_choice_schema(schemas, None if forced else answer)
             msgs = [hint, *_as_text(messages)]
         elif json_output is not None and json_output is not False:
             schema = answer if answer.get("type") != "string" else {"type": "object"}
@@ -198,8 +202,9 @@ def load_replay_script(path: Path) -> list[str | CreateResult]:
 
 
 def make_client(llm: LLMSpec, *, base_url: str | None = None, script_dir: Path | None = None,
-                model: str | None = None) -> ChatCompletionClient:
-    """The model client for one agent. ``base_url`` is where physflow serves the model itself."""
+                model: str | None = None, api_key: str | None = None) -> ChatCompletionClient:
+    """The model client for one agent. ``base_url`` and ``api_key``: where physflow serves the
+    model itself, and the key it made for that server."""
     name = model or llm.model
     common = {"temperature": llm.temperature, "max_tokens": llm.max_tokens_per_turn}
     if llm.provider == "replay":
@@ -210,10 +215,73 @@ def make_client(llm: LLMSpec, *, base_url: str | None = None, script_dir: Path |
     if llm.provider in ("embedded", "vllm") and base_url is None:
         raise RuntimeError(f"the {llm.provider} model is not being served")
     if llm.provider == "embedded":
-        return LlamaCppBridgeClient(model=name, base_url=base_url, api_key="physflow-local",
+        return LlamaCppBridgeClient(model=name, base_url=base_url, api_key=api_key or "physflow-local",
                                     model_info=LOCAL_MODEL_INFO, **common)
+    if llm.provider == "vllm" and api_key:
+        return OpenAIChatCompletionClient(model=name, base_url=base_url, api_key=api_key,
+                                          model_info=LOCAL_MODEL_INFO, **common)
     key = os.environ.get(llm.api_key_env, "") if llm.api_key_env else "physflow-none"
     if llm.api_key_env and not key:
         raise SpecError(f"environment variable {llm.api_key_env} (llm.api_key_env) is not set")
     return OpenAIChatCompletionClient(model=name, base_url=base_url or llm.base_url, api_key=key,
                                       model_info=LOCAL_MODEL_INFO, **common)
+
+
+class FirstToolClient(ChatCompletionClient):
+    """Wraps a client so that the first model call of every turn must call ``tool``.
+
+    A role whose judgement must rest on data (the critic reads the results, the domain expert
+    the knowledge base) gets its tool named in ``tool_choice`` until the turn has one tool
+    result; after that the model chooses freely and answers. Large models mostly do this when
+    asked; a 135M model does not, and a verdict from memory is worth nothing. Everything else is
+    delegated, so usage counts stay those of the wrapped client.
+    """
+
+    def __init__(self, inner: ChatCompletionClient, tool: Tool) -> None:
+        self.inner = inner
+        self.tool = tool
+
+    def _choice(self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema],
+                tool_choice: Tool | Literal["auto", "required", "none"]) -> Tool | Literal["auto", "required", "none"]:
+        if tool_choice != "auto" or self.tool.name not in {_schema_of(t)["name"] for t in tools}:
+            return tool_choice
+        for m in reversed(messages):  # a tool result since the turn's task: the duty is done
+            if isinstance(m, FunctionExecutionResultMessage):
+                return tool_choice
+            if isinstance(m, UserMessage):
+                return self.tool
+        return self.tool
+
+    async def create(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = [],
+                     tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+                     **kwargs: Any) -> CreateResult:
+        return await self.inner.create(messages, tools=tools, tool_choice=self._choice(messages, tools, tool_choice),
+                                       **kwargs)
+
+    def create_stream(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = [],
+                      tool_choice: Tool | Literal["auto", "required", "none"] = "auto", **kwargs: Any):  # type: ignore[override]
+        return self.inner.create_stream(messages, tools=tools,
+                                        tool_choice=self._choice(messages, tools, tool_choice), **kwargs)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def actual_usage(self) -> RequestUsage:
+        return self.inner.actual_usage()
+
+    def total_usage(self) -> RequestUsage:
+        return self.inner.total_usage()
+
+    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        return self.inner.count_tokens(messages, tools=tools)
+
+    def remaining_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        return self.inner.remaining_tokens(messages, tools=tools)
+
+    @property
+    def capabilities(self) -> Any:  # deprecated in AutoGen, still abstract
+        return self.inner.capabilities
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self.inner.model_info

@@ -25,8 +25,10 @@ from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from autogen_core.model_context import BufferedChatCompletionContext
 from autogen_core.models import ChatCompletionClient
+from autogen_ext.models.replay import ReplayChatCompletionClient
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from physflow.agents.models import FirstToolClient
 from physflow.agents.tools import Toolbox
 from physflow.errors import ProposalError
 from physflow.workflows.spec import ParameterSpec, WorkflowSpec
@@ -56,6 +58,8 @@ class Role:
     system: str
     tools: list[str]
     context: int  # messages of history the agent keeps
+    #: A tool the role must call before it answers (see models.FirstToolClient), when it has it.
+    first_tool: str | None = None
 
 
 ROLES: dict[str, Role] = {
@@ -67,7 +71,7 @@ ROLES: dict[str, Role] = {
     "domain_expert": Role(
         "You are the domain expert of a simulation campaign. Check that a proposed hypothesis and its "
         "simulations make physical sense; cite the knowledge base where it helps. Reply only with JSON.",
-        ["search_knowledge"], 6),
+        ["search_knowledge"], 6, first_tool="search_knowledge"),
     "coder": Role(
         "You are the coder of a simulation campaign. Write short Python (numpy, h5py) that computes what is "
         "asked from the campaign's results; the variable `results` holds them as a list of dicts with keys "
@@ -77,7 +81,7 @@ ROLES: dict[str, Role] = {
         "You are the critic of a simulation campaign. First call query_results to see the best simulations of "
         "the whole campaign. Then judge whether the results support or refute the hypothesis, citing the "
         "numbers. Say inconclusive when they do not decide it. Reply only with JSON.",
-        ["query_results", "make_plot"], 6),
+        ["query_results", "make_plot"], 6, first_tool="query_results"),
 }
 OUTPUTS: dict[str, type[BaseModel]] = {"domain_expert": Review, "coder": AnalysisCode, "critic": Verdict}
 
@@ -228,12 +232,24 @@ class ScienceTeam:
             if role not in clients or not spec.agent_enabled(role):
                 continue
             agent = spec.agents.get(role)  # type: ignore[call-overload]
+            tools = toolbox.tools(role_tools(spec, role))
             self.agents[role] = AssistantAgent(
-                role, model_client=clients[role], tools=toolbox.tools(role_tools(spec, role)),
+                role, model_client=self._client(role, clients[role], tools), tools=tools,
                 system_message=agent.system_message if agent and agent.system_message else defaults.system,
                 output_content_type=self.Proposal if role == "planner" else OUTPUTS[role],
                 model_context=BufferedChatCompletionContext(buffer_size=defaults.context),
                 max_tool_iterations=2)
+
+    def _client(self, role: str, client: ChatCompletionClient, tools: list[Any]) -> ChatCompletionClient:
+        """The role's client, bound to call its ``first_tool`` first where that tool can answer
+        (a scripted replay model follows its script instead)."""
+        name = ROLES[role].first_tool
+        tool = next((t for t in tools if t.name == name), None)
+        if tool is None or isinstance(client, ReplayChatCompletionClient):
+            return client
+        if name == "search_knowledge" and (self.toolbox.knowledge is None or not self.toolbox.knowledge.chunks):
+            return client
+        return FirstToolClient(client, tool)
 
     # -- budgets -------------------------------------------------------------------------------
     @property
@@ -273,7 +289,7 @@ class ScienceTeam:
         """Ask the planner for a hypothesis and up to ``capacity`` valid simulations."""
         outcome = PlanOutcome()
         task = prompt + f"\nPropose at most {capacity} simulation(s)."
-        for attempt in range(self.max_attempts):
+        for _ in range(self.max_attempts):
             if not self.can_speak("planner"):
                 outcome.errors.append("token budget spent")
                 break
@@ -297,7 +313,7 @@ class ScienceTeam:
                     outcome.simulations.append(params)
             outcome.simulations = outcome.simulations[:capacity]
             if outcome.ok and outcome.hypothesis:
-                if attempt == 0 and self.can_speak("domain_expert"):
+                if self.can_speak("domain_expert"):  # the first valid proposal: one review per call
                     revised = await self._review(outcome, capacity)
                     if revised is not None:
                         return revised

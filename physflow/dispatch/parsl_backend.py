@@ -6,8 +6,10 @@ tasks go to the site's MPIExecutor pool with their resource specification, other
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from physflow.dispatch.payload import TaskSpec, execute
 from physflow.site_configs.builder import SiteSpec, build_parsl_config
@@ -15,16 +17,20 @@ from physflow.site_configs.builder import SiteSpec, build_parsl_config
 
 class ParslDispatcher:
     def __init__(self, site: SiteSpec, parsl_dir: Path, max_concurrent: int, nodes_needed: int = 1,
-                 mpi: bool = True) -> None:
+                 mpi: bool = True, service_pool: str | None = None) -> None:
         """``mpi``: whether the campaign's simulations are MPI tasks (then only the site's MPI pool
-        starts, else only its serial pool, or its MPI pool where it has no other)."""
+        starts, else only its serial pool, or its MPI pool where it has no other).
+        ``service_pool``: a pool that runs long-lived services (the model server) beside them."""
         from parsl import python_app
         from parsl.dataflow.dflow import DataFlowKernel
 
         kinds = {pool.kind for pool in site.pools.values()}
         wanted = "mpi" if mpi or "htex" not in kinds else "htex"
-        self.config = build_parsl_config(site, parsl_dir, max_concurrent, nodes_needed, frozenset({wanted}))
+        started = {wanted} | ({site.pools[service_pool].kind} if service_pool else set())
+        self.config = build_parsl_config(site, parsl_dir, max_concurrent, nodes_needed, frozenset(started))
         self.dfk = DataFlowKernel(self.config)
+        self.service_pool = service_pool
+        self._on_close: list[Callable[[], None]] = []
         self._mpi = self._cpu = None
         if wanted == "mpi":
             self._mpi = python_app(execute, executors=[site.mpi_pool()], data_flow_kernel=self.dfk)
@@ -43,5 +49,21 @@ class ParslDispatcher:
                                                                        "num_ranks": 1})
         return app(spec.to_dict())
 
+    def submit_service(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on the service pool: a task that lives as long as the campaign."""
+        from parsl import python_app
+
+        if self.service_pool is None:
+            raise RuntimeError("this dispatcher was made without a service pool")
+        return python_app(fn, executors=[self.service_pool], data_flow_kernel=self.dfk)(*args)
+
+    def on_close(self, stop: Callable[[], None]) -> None:
+        """Call ``stop`` before the pools shut down (a service's task must end first)."""
+        self._on_close.append(stop)
+
     def close(self) -> None:
-        self.dfk.cleanup()
+        """Stop the services, then the pools. Safe to call more than once."""
+        while self._on_close:
+            self._on_close.pop()()
+        if not self.dfk.cleanup_called:
+            self.dfk.cleanup()

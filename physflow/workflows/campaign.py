@@ -560,7 +560,7 @@ def write_run_files(workflow: LoadedWorkflow, run_dir: Path, site: SiteSpec) -> 
                                                  indent=1))
 
 
-def model_clients(workflow: LoadedWorkflow, base_url: str | None) -> dict[str, Any]:
+def model_clients(workflow: LoadedWorkflow, base_url: str | None, api_key: str | None = None) -> dict[str, Any]:
     """One client per enabled role (roles may name their own model, or their own replay script).
 
     Roles that share one replay script share one client, so the script is read in call order.
@@ -583,5 +583,5 @@ def model_clients(workflow: LoadedWorkflow, base_url: str | None) -> dict[str, A
             clients[role] = by_script[script]
         else:
             clients[role] = make_client(llm, base_url=base_url, script_dir=workflow.directory,
-                                        model=agent.model if agent else None)
+                                        model=agent.model if agent else None, api_key=api_key)
     return clients

@@ -77,6 +77,12 @@ class LLMSpec(Strict):
     max_tokens_total: int = Field(200_000, gt=0)
     max_tokens_per_turn: int = Field(768, gt=0)
     temperature: float = Field(0.3, ge=0, le=2)
+    pool: str | None = Field(None, description="embedded, vllm: the site pool that serves the model "
+                                               "(default: the site's llm.serve_on)")
+    tensor_parallel: int = Field(1, ge=1, le=64, description="vllm: GPUs the model is split over "
+                                                             "(--tensor-parallel-size)")
+    serve_args: list[str] = Field([], description="vllm: extra arguments to vllm serve, "
+                                                  "e.g. [--max-model-len, '32768']")
 
     @model_validator(mode="after")
     def _provider_needs(self) -> LLMSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import urllib.request
 
@@ -32,6 +33,40 @@ def test_embedded_model_campaign_end_to_end(tmp_path):
     url = json.loads((run / "run.json").read_text())["llm_base_url"]
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "/models", timeout=5)
+
+
+def _tool_calls(transcript: list[dict]) -> set[str]:
+    """Names of the tools the agents really called (requests, and physflow running the coder's code)."""
+    names = set()
+    for t in transcript:
+        if t.get("type") == "ToolCallRequestEvent":
+            names.update(re.findall(r"name='(\w+)'", " ".join(map(str, t["content"]))))
+        elif t.get("type") == "tool_result" and t.get("tool"):
+            names.add(t["tool"])
+    return names
+
+
+@pytest.mark.slow
+def test_embedded_model_cosmology_campaign_uses_every_role_and_four_tools(tmp_path):
+    """The demo's cosmology problem with the 135M model and no backfill, so that every
+    hypothesis's simulations are the planner's and the critic and the coder get to speak."""
+    for folder in ("data", "knowledge"):
+        shutil.copytree(EXAMPLES / folder, tmp_path / folder)
+    text = (EXAMPLES / "cosmology.yaml").read_text()
+    text = text.replace("tolerance: 1.0", "tolerance: 0.001")
+    text = re.sub(r"budget: \{.*\}", "budget: {max_simulations: 6, max_concurrent: 2, max_rounds: 2, "
+                  "wall_time: 15m, backfill: none}", text)
+    (tmp_path / "wf.yaml").write_text(text)
+    run = tmp_path / "run"
+    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
+    spoke = {t["agent"] for t in transcript if t.get("completion_tokens", 0) > 0}
+    assert spoke == {"planner", "domain_expert", "critic", "coder"}, spoke
+    tools = _tool_calls(transcript)
+    assert {"search_knowledge", "query_results", "run_analysis_code"} <= tools and len(tools) >= 4, tools
+    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    assert rows and all(r["source"] != "backfill" for r in rows)
 
 
 def test_approval_without_terminal_is_refused(tmp_path):
