@@ -109,16 +109,18 @@ def warm_up(dfk: Any, submit_one: Callable[[], Future], count: int) -> list[Any]
 
 
 # -- raw Parsl ---------------------------------------------------------------------------------
-def raw_config(run_dir: Path) -> Any:
-    """Plain Parsl, mirroring physflow's local ``cpu`` pool (``build_parsl_config``)."""
+def raw_config(run_dir: Path, workers: int | None = None, blocks: int = 1) -> Any:
+    """Plain Parsl, mirroring physflow's local ``cpu`` pool (``build_parsl_config``); ``workers``
+    per block (Parsl caps them at one per core), default one per core; ``blocks`` worker pools."""
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
     bin_dir = str(Path(sys.executable).parent)
     htex = HighThroughputExecutor(
-        label="cpu", address="127.0.0.1", max_workers_per_node=os.cpu_count() or 1, encrypted=False,
-        provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=f"export PATH={bin_dir}:$PATH; "))
+        label="cpu", address="127.0.0.1", max_workers_per_node=workers or os.cpu_count() or 1, encrypted=False,
+        provider=LocalProvider(init_blocks=blocks, min_blocks=0, max_blocks=blocks,
+                               worker_init=f"export PATH={bin_dir}:$PATH; "))
     return Config(executors=[htex], run_dir=str(run_dir), strategy="none", initialize_logging=True)
 
 

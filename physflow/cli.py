@@ -29,7 +29,9 @@ class PhysflowGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PhysflowError as exc:
-            click.echo(f"error: {exc}", err=True)
+            # One line, whatever the input held: a key named "a\rb" is shown as a\rb.
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))
+            click.echo(f"error: {text}", err=True)
             sys.exit(exc.exit_code)
 
 
@@ -38,6 +40,8 @@ class PhysflowGroup(click.Group):
 def main() -> None:
     """physflow: hypothesis-driven simulation campaigns steered by LLM agents.
 
+    Exit codes: 0 ok, 1 campaign failed or cancelled, 2 bad input (one line on stderr).
+
     \b
     Example:
       physflow validate workflows/examples/heat2d.yaml
@@ -45,18 +49,25 @@ def main() -> None:
     """
 
 
+#: ``--set key=value`` (repeatable): fills a ``${key}`` placeholder of the site YAML.
+set_option = click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+                          help="fill a placeholder of the site YAML, e.g. --set account=MYPROJ (repeatable)")
+
+
 @main.command()
 @click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--site", help="site name or site YAML path (overrides the workflow's site:)")
-def validate(workflow: Path, site: str | None) -> None:
+@set_option
+def validate(workflow: Path, site: str | None, assignments: tuple[str, ...]) -> None:
     """Check a workflow YAML (types, bounds, adapter, metric, files, site); print ok.
 
     \b
     Example: physflow validate workflows/examples/heat2d.yaml
     """
+    from physflow.site_configs.builder import parse_assignments
     from physflow.workflows.validate import check_workflow
 
-    check_workflow(workflow, site)
+    check_workflow(workflow, site, parse_assignments(assignments))
     click.echo("ok")
 
 
@@ -72,17 +83,58 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-@main.command()
-def sites() -> None:
-    """List the built-in sites.
+@main.group(invoke_without_command=True)
+@click.pass_context
+def sites(ctx: click.Context) -> None:
+    """List the built-in sites; 'physflow sites show NAME' prints one resolved.
 
     \b
     Example: physflow sites
     """
-    from physflow.site_configs.builder import builtin_sites, load_site
+    from physflow.site_configs.builder import builtin_sites, site_description
 
-    for name in sorted(builtin_sites()):
-        click.echo(f"{name:12s} {load_site(name).description}")
+    if ctx.invoked_subcommand is None:
+        for name in sorted(builtin_sites()):
+            click.echo(f"{name:12s} {site_description(name)}")
+
+
+@sites.command("show")
+@click.argument("site")
+@set_option
+def sites_show(site: str, assignments: tuple[str, ...]) -> None:
+    """Print a site (built-in name or YAML path) as it will run: placeholders filled, defaults
+    written out. The output is itself a valid site YAML.
+
+    \b
+    Example: physflow sites show polaris --set account=MYPROJ
+    """
+    from physflow.site_configs.builder import load_site, parse_assignments, site_yaml
+
+    click.echo(site_yaml(load_site(site, Path.cwd(), parse_assignments(assignments))), nl=False)
+
+
+@main.command("endpoint-config")
+@click.argument("site")
+@set_option
+@click.option("--pool", help="the pool the endpoint serves (default: the site's MPI pool, else its serial pool)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="write here, not to stdout")
+def endpoint_config(site: str, assignments: tuple[str, ...], pool: str | None, output: Path | None) -> None:
+    """Write a Globus Compute endpoint config.yaml for a site's pool (GlobusMPIEngine for an MPI
+    pool, GlobusComputeEngine otherwise, with the site's batch provider).
+
+    \b
+    Example: physflow endpoint-config polaris --set account=MYPROJ -o ~/.globus_compute/physflow/config.yaml
+    """
+    from physflow.site_configs.builder import load_site, parse_assignments
+    from physflow.site_configs.endpoint_config import endpoint_config_yaml
+
+    text = endpoint_config_yaml(load_site(site, Path.cwd(), parse_assignments(assignments)), pool, site)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        output.expanduser().write_text(text)
+        click.echo(str(output.expanduser()), err=True)
 
 
 def _default_run_dir(name: str) -> Path:
@@ -127,9 +179,8 @@ def _approver(spec: Any, yes: bool, source: Path):
 
 def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None) -> None:
     """Serve the model, run (or resume) the campaign, write the report; exits with its code."""
-    from physflow.dispatch.parsl_backend import ParslDispatcher
     from physflow.serving.service import ModelService, serving_plan
-    from physflow.workflows.campaign import Campaign, model_clients
+    from physflow.workflows.campaign import Campaign, model_clients, open_dispatcher
     from physflow.workflows.report import write_report
 
     wf, spec, run_dir = checked.workflow, checked.workflow.spec, store.run_dir
@@ -143,7 +194,7 @@ def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None)
     dispatcher = None
     try:
         # The pools start first: the model server is one of their tasks (a GPU node's on a site).
-        dispatcher = ParslDispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
+        dispatcher = open_dispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
                                      spec.simulation.resources.nodes, checked.adapter.uses_mpi,
                                      service_pool=serving[1] if serving else None)
         base_url, api_key = spec.llm.base_url, None
@@ -158,7 +209,11 @@ def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None)
         clients = model_clients(wf, base_url, api_key)
         pools = dispatcher
         campaign = Campaign(wf, store, checked.site, approver, dispatcher_factory=lambda: pools)
-        state = asyncio.run(campaign.run(clients, previous))
+        from physflow.ui.watch import live_progress
+
+        # The rich panel only on a terminal, and not while approval prompts need it.
+        with live_progress(run_dir) if approver is None else contextlib.nullcontext():
+            state = asyncio.run(campaign.run(clients, previous))
     finally:
         if dispatcher is not None:  # the campaign closed it already unless it failed to start
             dispatcher.close()
@@ -181,19 +236,41 @@ def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None)
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="where to write the run (default: runs/<name>-<UTC time>)")
 @click.option("--yes", "-y", is_flag=True, help="approve every batch without asking")
-def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool) -> None:
+@click.option("--detach", is_flag=True,
+              help="return at once, printing the run directory; the campaign runs on in its own session")
+@set_option
+def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool, detach: bool,
+           assignments: tuple[str, ...]) -> None:
     """Run a campaign in the foreground; the last line printed is the run directory.
 
+    On a terminal a live panel shows its progress; otherwise the output stays a short log on
+    stderr. With --detach the command returns once the run directory exists (exit 0) and the
+    campaign goes on after the terminal closes: follow it with watch, stop it with cancel.
+
     \b
-    Example: physflow submit workflows/examples/heat2d.yaml --yes
+    Example:
+      physflow submit workflows/examples/heat2d.yaml --yes
+      physflow watch "$(physflow submit workflows/examples/heat2d.yaml --detach)"
     """
     from physflow.errors import RunDirError
+    from physflow.site_configs.builder import parse_assignments
     from physflow.workflows.campaign import write_run_files
     from physflow.workflows.store import RunStore
     from physflow.workflows.validate import check_workflow
 
-    checked = check_workflow(workflow, site)
+    checked = check_workflow(workflow, site, parse_assignments(assignments))
     spec = checked.workflow.spec
+    if detach:
+        from physflow.ui.detach import submit_detached
+
+        if spec.approval != "auto" and not yes:
+            raise RunDirError(f"{checked.workflow.path}: approval is {spec.approval!r}, but a detached campaign "
+                              "has no terminal to ask; pass --yes to approve every batch")
+        run_dir = (run_dir or _default_run_dir(spec.name)).resolve()
+        options = (["--site", site] if site else []) + [f"--set={a}" for a in assignments] + ["--yes"]
+        submit_detached(workflow, run_dir, options)
+        click.echo(str(run_dir))
+        return
     approver = _approver(spec, yes, checked.workflow.path)
     run_dir = (run_dir or _default_run_dir(spec.name)).resolve()
     try:
@@ -223,6 +300,11 @@ def resume(run: Path, yes: bool) -> None:
     store = _store(run.resolve())
     store.open_for_writing()  # refuses while another orchestrator holds the run
     try:
+        from physflow.processes import reap_leftovers
+
+        ended = reap_leftovers(store.run_dir / "parsl")  # what a killed orchestrator left running
+        if ended:
+            click.echo(f"ended {len(ended)} process(es) left running by the previous orchestrator", err=True)
         previous = store.state()
         if previous.state == "finished":
             raise RunDirError(f"{run}: the campaign already finished ({previous.reason}); nothing to resume")
@@ -282,11 +364,11 @@ def status(run: Path, as_json: bool) -> None:
     \b
     Example: physflow status runs/heat2d-20261125T120000Z --json
     """
+    from physflow.ui.snapshot import effective_state
+
     store = _store(run)
     st = store.state()
-    state = st.state
-    if state == "running" and not store.is_live():
-        state = "failed"  # the orchestrator died without ending the campaign: resumable
+    state = effective_state(store, st)  # "failed" if the orchestrator died mid-campaign: resumable
     counts: dict[str, int] = {}
     for t in st.tasks.values():
         counts[t.status] = counts.get(t.status, 0) + 1
@@ -303,12 +385,45 @@ def status(run: Path, as_json: bool) -> None:
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repair", is_flag=True, help="rewrite what disagrees from the journal, then check again")
+@click.option("--json", "as_json", is_flag=True, help="print the findings as one JSON object")
+def fsck(run: Path, repair: bool, as_json: bool) -> None:
+    """Check that a stopped run's journal and campaign.h5 agree; exit 0 clean, 1 problems left.
+
+    Every finished or failed task of the journal must have its whole group in campaign.h5 with
+    the same status, params and metrics. --repair mends the file from the journal.
+
+    \b
+    Example: physflow fsck runs/heat2d-inverse-20261125T120000Z --repair
+    """
+    from physflow.workflows.fsck import fsck as check_run
+    from physflow.workflows.fsck import run_arrays
+
+    store = _store(run.resolve())
+    report = check_run(store, repair, lambda: run_arrays(store))  # refused while an orchestrator runs
+    if as_json:
+        click.echo(json.dumps(report.as_json()))
+    else:
+        for p in report.repaired:
+            click.echo(f"repaired: {p.task + ': ' if p.task else ''}{p.what}")
+        for p in report.problems:
+            click.echo(f"problem: {p.task + ': ' if p.task else ''}{p.what}")
+        click.echo("clean" if report.clean else f"{len(report.problems)} problem(s)"
+                   + ("" if repair else "; physflow fsck --repair mends them from the journal"))
+    sys.exit(0 if report.clean else 1)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list of tasks")
-def results(run: Path, as_json: bool) -> None:
+@click.option("--csv", "as_csv", is_flag=True, help="print CSV: one row per task, a column per parameter and metric")
+def results(run: Path, as_json: bool, as_csv: bool) -> None:
     """List a campaign's simulations (readable while it runs).
 
     \b
-    Example: physflow results runs/heat2d-20261125T120000Z --json
+    Example:
+      physflow results runs/heat2d-20261125T120000Z --json
+      physflow results runs/heat2d-20261125T120000Z --csv > results.csv
     """
     st = _store(run).state()
     rows = []
@@ -320,6 +435,11 @@ def results(run: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows))
         return
+    if as_csv:
+        from physflow.ui.export import results_csv
+
+        click.echo(results_csv(rows), nl=False)
+        return
     for r in rows:
         params = " ".join(f"{k}={v:.4g}" for k, v in r["params"].items())
         metrics = " ".join(f"{k}={v:.4g}" for k, v in r["metrics"].items() if v is not None)
@@ -328,8 +448,10 @@ def results(run: Path, as_json: bool) -> None:
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def report(run: Path) -> None:
-    """(Re)write report.md of a run, at any time.
+@click.option("--json", "as_json", is_flag=True, help="print the paths written as one JSON object")
+def report(run: Path, as_json: bool) -> None:
+    """(Re)write report.md, report.html (figures inline) and plots/*.png of a run, at any time,
+    also while it runs; prints report.md's path.
 
     \b
     Example: physflow report runs/heat2d-20261125T120000Z
@@ -337,7 +459,73 @@ def report(run: Path) -> None:
     from physflow.workflows.report import write_report
 
     _store(run)
-    click.echo(str(write_report(run)))
+    path = write_report(run)
+    if as_json:
+        click.echo(json.dumps({"markdown": str(path), "html": str(path.with_suffix(".html")),
+                               "plots": sorted(str(p) for p in (run / "plots").glob("*.png"))}))
+    else:
+        click.echo(str(path))
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--once", is_flag=True, help="print one snapshot and exit")
+@click.option("--json", "as_json", is_flag=True, help="print snapshots as JSON, one object per line")
+@click.option("--interval", default=1.0, show_default=True, help="seconds between looks at the run")
+def watch(run: Path, once: bool, as_json: bool, interval: float) -> None:
+    """Follow a campaign live until it ends: tasks by state, hypotheses and verdicts, best metric,
+    tokens spent, ETA. A panel on a terminal; otherwise one line per change. Exit 0 when the
+    campaign finished, 1 when it failed or was cancelled (with --once: its state now).
+
+    \b
+    Example: physflow watch runs/heat2d-20261125T120000Z
+    """
+    from physflow.ui.watch import watch as follow
+
+    _store(run)
+    state = follow(run, once, as_json, interval)
+    sys.exit(1 if state in ("failed", "cancelled") else 0)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--port", default=8765, show_default=True, help="TCP port on 127.0.0.1 (0: any free port)")
+@click.option("--poll", default=1.0, show_default=True, help="seconds between the page's updates")
+def dashboard(run: Path, port: int, poll: float) -> None:
+    """Serve a live page of a run on http://127.0.0.1:PORT/ (this machine only) until Ctrl-C:
+    tasks, hypotheses, best metric, and the report's figures, updated as results arrive.
+
+    \b
+    Example: physflow dashboard runs/heat2d-20261125T120000Z --port 8765
+    """
+    from physflow.errors import RunDirError
+    from physflow.ui.dashboard import make_server
+
+    _store(run)
+    try:
+        server = make_server(run.resolve(), port, int(poll * 1000))
+    except OSError as exc:
+        raise RunDirError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+    click.echo(f"http://127.0.0.1:{server.server_address[1]}/", err=True)
+    with contextlib.suppress(KeyboardInterrupt), server:
+        server.serve_forever()
+
+
+@main.command()
+@click.argument("folder", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--adapter", type=click.Choice(["nbody_pm", "heat2d", "executable", "python"]), default="heat2d",
+              show_default=True, help="the kind of simulation the workflow runs")
+def init(folder: Path, adapter: str) -> None:
+    """Write a workflow folder to start from: a commented workflow.yaml that validates, and what
+    it needs (a target made by the built-in code, or a stand-in sim.py / model.py to replace).
+
+    \b
+    Example: physflow init my-campaign --adapter nbody_pm && physflow validate my-campaign/workflow.yaml
+    """
+    from physflow.ui.scaffold import scaffold
+
+    for path in scaffold(folder, adapter):
+        click.echo(str(path))
 
 
 @main.command()

@@ -7,7 +7,10 @@ port and gigabytes of memory.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
@@ -23,3 +26,38 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+
+
+def reap_leftovers(folder: Path, grace: float = 3.0) -> list[int]:
+    """End what a killed orchestrator left running under ``folder`` (its Parsl run directory).
+
+    ``kill -9`` of an orchestrator leaves Parsl's interchange and worker pools running for good
+    (they wait for a client that never returns), and with them any simulation still in flight.
+    They are found by the paths in their command lines and open files (log files, submit
+    scripts), and get SIGTERM, then SIGKILL after ``grace`` seconds; a simulation dies with its
+    worker (``die_with_parent``). This process, its ancestors and its children are never touched.
+    Returns the pids ended.
+    """
+    import psutil  # a dependency of Parsl
+
+    me = psutil.Process()
+    keep = {me.pid, *(p.pid for p in me.parents()), *(p.pid for p in me.children(recursive=True))}
+    prefix = str(folder.resolve()) + os.sep
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid in keep:
+            continue
+        try:
+            paths = [*(proc.info["cmdline"] or []), *(f.path for f in proc.open_files())]
+        except psutil.Error:
+            continue
+        if any(prefix in p for p in paths):
+            found.append(proc)
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return [p.pid for p in found]

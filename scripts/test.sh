@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # System services the tests start for real (each test skips with a reason where one is missing).
-TEST_APT_PACKAGES="slurm-wlm munge"
+TEST_APT_PACKAGES="slurm-wlm munge chromium chromium-driver"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $TEST_APT_PACKAGES) >/dev/null 2>&1 \
     || echo "test: could not install $TEST_APT_PACKAGES; the tests that need them will be skipped" >&2

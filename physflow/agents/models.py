@@ -158,6 +158,44 @@ class LlamaCppBridgeClient(OpenAIChatCompletionClient):
         return result
 
 
+class OpenAICompatibleClient(OpenAIChatCompletionClient):
+    """AutoGen's OpenAI client for a turn that has both tools and a structured reply.
+
+    For a pydantic reply type AutoGen calls the OpenAI SDK's ``parse``, which refuses every tool
+    that is not ``strict`` (strict tools may have no defaults and no free-form objects, which
+    ``suggest_parameters(n=2)`` and ``propose_simulations`` need). A turn with tools therefore
+    asks in plain mode, with the reply's JSON Schema in a system message: the model may call a
+    tool or answer, and the answer is still parsed against the same pydantic model (an invalid
+    one goes back to the agent). Turns without tools keep the server-enforced schema. A vLLM
+    server needs this anyway: a schema-guided reply could never contain a tool call.
+    """
+
+    @staticmethod
+    def _plain(messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema], tool_choice: Any,
+               json_output: Any) -> tuple[Sequence[LLMMessage], Any]:
+        if not (tools and tool_choice != "none" and isinstance(json_output, type)
+                and issubclass(json_output, BaseModel)):
+            return messages, json_output
+        hint = SystemMessage(content="When you give your final reply (not a tool call), reply with one JSON object "
+                             "and nothing else, matching this JSON Schema:\n"
+                             + json.dumps(json_output.model_json_schema()))
+        return [*messages, hint], None
+
+    async def create(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = [],
+                     tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+                     json_output: bool | type[BaseModel] | None = None, **kwargs: Any) -> CreateResult:
+        messages, json_output = self._plain(messages, tools, tool_choice, json_output)
+        return await super().create(messages, tools=tools, tool_choice=tool_choice, json_output=json_output,
+                                    **kwargs)
+
+    def create_stream(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = [],
+                      tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+                      json_output: bool | type[BaseModel] | None = None, **kwargs: Any):  # type: ignore[override]
+        messages, json_output = self._plain(messages, tools, tool_choice, json_output)
+        return super().create_stream(messages, tools=tools, tool_choice=tool_choice, json_output=json_output,
+                                     **kwargs)
+
+
 class PacedReplayClient(ReplayChatCompletionClient):
     """A replay model whose every turn takes ``delay`` seconds, like a real model's would."""
 
@@ -218,13 +256,13 @@ def make_client(llm: LLMSpec, *, base_url: str | None = None, script_dir: Path |
         return LlamaCppBridgeClient(model=name, base_url=base_url, api_key=api_key or "physflow-local",
                                     model_info=LOCAL_MODEL_INFO, **common)
     if llm.provider == "vllm" and api_key:
-        return OpenAIChatCompletionClient(model=name, base_url=base_url, api_key=api_key,
-                                          model_info=LOCAL_MODEL_INFO, **common)
+        return OpenAICompatibleClient(model=name, base_url=base_url, api_key=api_key,
+                                      model_info=LOCAL_MODEL_INFO, **common)
     key = os.environ.get(llm.api_key_env, "") if llm.api_key_env else "physflow-none"
     if llm.api_key_env and not key:
         raise SpecError(f"environment variable {llm.api_key_env} (llm.api_key_env) is not set")
-    return OpenAIChatCompletionClient(model=name, base_url=base_url or llm.base_url, api_key=key,
-                                      model_info=LOCAL_MODEL_INFO, **common)
+    return OpenAICompatibleClient(model=name, base_url=base_url or llm.base_url, api_key=key,
+                                  model_info=LOCAL_MODEL_INFO, **common)
 
 
 class FirstToolClient(ChatCompletionClient):

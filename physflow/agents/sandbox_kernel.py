@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import traceback
 
@@ -31,7 +32,13 @@ for _module in ("numpy", "h5py", "matplotlib", "matplotlib.pyplot", "csv", "math
 _BLOCKED = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo", "subprocess.Popen",
             "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "pty.spawn",
             "os.kill", "os.killpg", "ctypes.dlopen", "ctypes.dlsym", "sys.addaudithook", "resource.setrlimit",
-            "os.chroot", "os.setuid", "os.putenv"}
+            "os.chroot", "os.setuid", "os.putenv", "gc.get_objects", "gc.get_referrers", "gc.get_referents"}
+#: Modules that start processes without an audit event (``_posixsubprocess.fork_exec``): purged
+#: from the interpreter before the code runs and refused on import (gc is blocked above, so no
+#: reference to them can be dug up).
+_NO_IMPORT = {"_posixsubprocess"}
+#: Other processes' environments hold the orchestrator's API keys (the kernel's own is clean).
+_SECRET_PROC_FILES = re.compile(r"^/proc/.+/(environ|mem)$")
 _PATH_CHANGES = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.chmod", "os.chown",
                  "os.symlink", "os.link", "os.truncate", "os.utime"}
 
@@ -44,13 +51,29 @@ def _inside_scratch(path) -> bool:
     return real == SCRATCH or real.startswith(SCRATCH + os.sep)
 
 
+def _purge_process_modules() -> None:
+    for name in _NO_IMPORT:
+        module = sys.modules.pop(name, None)
+        for other in list(sys.modules.values()):  # e.g. subprocess._posixsubprocess, subprocess._fork_exec
+            for attr, value in list(getattr(other, "__dict__", {}).items()):
+                with contextlib.suppress(Exception):  # odd module attributes may raise on access
+                    if value is module or getattr(value, "__module__", None) == name:
+                        setattr(other, attr, None)
+
+
 def _hook(event, args):
     if event in _BLOCKED:
         raise PermissionError(MARK + f"{event} is not allowed in the sandbox")
+    if event == "import" and args and str(args[0]).partition(".")[0] in _NO_IMPORT:
+        raise PermissionError(MARK + f"importing {args[0]} is not allowed in the sandbox")
     if event == "open" and args:
         path, mode, flags = args[0], args[1] if len(args) > 1 else "r", args[2] if len(args) > 2 else 0
         if isinstance(path, int):
             return
+        with contextlib.suppress(TypeError, ValueError):
+            if _SECRET_PROC_FILES.match(os.path.abspath(os.fsdecode(path))) or \
+                    _SECRET_PROC_FILES.match(os.path.realpath(os.fsdecode(path))):
+                raise PermissionError(MARK + f"reading {os.fsdecode(path)} is not allowed in the sandbox")
         writing = any(c in str(mode or "") for c in "wax+") or (flags or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
         if writing and not _inside_scratch(path):
             raise PermissionError(MARK + f"writing {path} is not allowed: write only under {SCRATCH}")
@@ -72,6 +95,7 @@ def main() -> None:
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     namespace = {"__name__": "__sandbox__", "SCRATCH": SCRATCH}
+    _purge_process_modules()
     sys.addaudithook(_hook)
     proto.write(json.dumps({"ready": True}) + "\n")
     proto.flush()

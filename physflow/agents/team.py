@@ -14,6 +14,7 @@ the science down but never stalls the allocation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from autogen_core.model_context import BufferedChatCompletionContext
 from autogen_core.models import ChatCompletionClient
 from autogen_ext.models.replay import ReplayChatCompletionClient
-from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from physflow.agents.models import FirstToolClient
 from physflow.agents.tools import Toolbox
@@ -97,8 +98,11 @@ def proposal_model(parameters: dict[str, ParameterSpec], max_simulations: int) -
     fields: dict[str, Any] = {}
     for name, p in parameters.items():
         units = f" [{p.units}]" if p.units else ""
-        fields[name] = (float, Field(description=f"{p.description or name}{units}, between {p.min} and {p.max}"))
-    simulation = create_model("Simulation", **fields)
+        # strict: a model's true or "0.5" is sent back as an error, never coerced into 1.0 or 0.5
+        fields[name] = (float, Field(strict=True, description=f"{p.description or name}{units}, between {p.min} "
+                                                              f"and {p.max}"))
+    # extra keys forbidden: a parameter the model made up is an error it hears about, not dropped
+    simulation = create_model("Simulation", __config__=ConfigDict(extra="forbid"), **fields)
     return create_model(
         "Proposal",
         hypothesis=(str, Field(description="a falsifiable statement about the parameters and the objective",
@@ -193,6 +197,9 @@ async def take_turn(agent: AssistantAgent, task: str, transcript: Transcript) ->
                 final = item.messages[-1] if item.messages else None
             else:
                 used += transcript.message(role, item)
+    except asyncio.CancelledError:  # the campaign stopped the turn: what it spent still counts
+        transcript.spent(role, used)
+        raise
     except ValidationError as exc:
         error = "invalid JSON reply: " + "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors()[:6])

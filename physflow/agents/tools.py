@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from autogen_core.tools import FunctionTool
+from pydantic import StrictFloat
 
 from physflow.errors import ProposalError, QueryError
+
+#: Simulations one propose_simulations call may stage (more are rejected, with the reason).
+MAX_PROPOSED = 8
 
 
 class CampaignView(Protocol):
@@ -96,7 +100,7 @@ class Toolbox:
             return f"error: limit must be an integer between 1 and 50, got {limit!r}"
         return json.dumps(results_table(self.view, sort_by or None, limit, status))
 
-    def propose_simulations(self, simulations: list[dict[str, float]]) -> str:
+    def propose_simulations(self, simulations: list[dict[str, StrictFloat]]) -> str:
         """Check and stage simulations (each an object of parameter values within the bounds) for
         your hypothesis. Invalid ones are rejected with the reason; valid ones will be run."""
         self._count("propose_simulations")
@@ -105,12 +109,15 @@ class Toolbox:
         if not isinstance(simulations, list) or not simulations:
             return "error: simulations must be a non-empty list of parameter objects"
         lines = []
-        for i, sim in enumerate(simulations[:8], 1):
+        for i, sim in enumerate(simulations[:MAX_PROPOSED], 1):
             try:
                 self.staged.append(self.validate(sim))
                 lines.append(f"simulation {i}: accepted")
             except ProposalError as exc:
                 lines.append(f"simulation {i}: rejected: {exc}")
+        if len(simulations) > MAX_PROPOSED:
+            lines.append(f"simulations {MAX_PROPOSED + 1}-{len(simulations)}: rejected: "
+                         f"at most {MAX_PROPOSED} per call")
         return "\n".join(lines)
 
     def run_analysis_code(self, code: str) -> str:

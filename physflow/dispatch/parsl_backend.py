@@ -26,8 +26,11 @@ class ParslDispatcher:
 
         kinds = {pool.kind for pool in site.pools.values()}
         wanted = "mpi" if mpi or "htex" not in kinds else "htex"
-        started = {wanted} | ({site.pools[service_pool].kind} if service_pool else set())
-        self.config = build_parsl_config(site, parsl_dir, max_concurrent, nodes_needed, frozenset(started))
+        started = {site.mpi_pool() if wanted == "mpi" else site.cpu_pool()}
+        started |= {service_pool} if service_pool else set()
+        self.config = build_parsl_config(site, parsl_dir, max_concurrent, nodes_needed,
+                                         frozenset(site.pools[name].kind for name in started),
+                                         pools=frozenset(started))
         self.dfk = DataFlowKernel(self.config)
         self.service_pool = service_pool
         self._on_close: list[Callable[[], None]] = []

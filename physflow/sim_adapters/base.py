@@ -120,6 +120,14 @@ class Adapter(ABC):
     def parse_outputs(self, workdir: Path, outcome: dict[str, Any]) -> SimOutput:
         """Metrics and arrays of a finished run; raise AdapterError if they are missing."""
 
+    def stored_arrays(self, workdir: Path) -> dict[str, Array]:
+        """A finished run's arrays parsed again from its working directory, to rebuild its HDF5
+        group after a crash; empty when its files are gone (or live only in the worker's memory)."""
+        try:
+            return self.parse_outputs(workdir, {"returncode": 0}).arrays
+        except (AdapterError, OSError):
+            return {}
+
 
 def split_values(data: dict[str, Any], where: str) -> SimOutput:
     """Numbers become metrics, lists of numbers become arrays; anything else is an error."""

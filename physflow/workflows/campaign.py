@@ -164,7 +164,11 @@ class Campaign:
                 if not (thinking and self.budget.backfill == "optimizer" and self.simulations_left > 0
                         and self._approved_once):
                     return
-                self._new_task(self.suggest(1)[0], "backfill", None)
+                # One optimizer call for every free slot: a call costs 10-50 ms (it refits on all
+                # results), which per slot would make this loop the bottleneck of short simulations.
+                free = min(self.budget.max_concurrent - len(self.in_flight), self.simulations_left)
+                for params in self.suggest(free):
+                    self._new_task(params, "backfill", None)
             task = self.queue.popleft()
             spec = self.adapter.build_task(task.id, task.params, self.store.task_dir(task.id))
             task.status, task.submitted = "submitted", time.time()
@@ -398,10 +402,7 @@ class Campaign:
 
     def _arrays_from_workdir(self, task: TaskRecord) -> dict[str, Array]:
         """A finished task's arrays, parsed again from its working directory (HDF5 repair)."""
-        try:
-            return self.adapter.parse_outputs(self.store.task_dir(task.id), {"returncode": 0}).arrays
-        except (AdapterError, OSError):
-            return {}
+        return self.adapter.stored_arrays(self.store.task_dir(task.id))
 
     def restore(self, previous: CampaignState) -> None:
         """Continue from a journal: finished work is kept, in-flight work resubmitted once.
@@ -432,7 +433,7 @@ class Campaign:
             if "verdict" not in h and h["tasks"] and all(
                     self.tasks[t].status in ("finished", "failed") for t in h["tasks"]):
                 self._to_judge.append(hid)
-        self.rounds = previous.rounds
+        self.rounds = previous.rounds - previous.round_unanswered  # a turn cut short by the crash is redone
         self.tokens_before = sum(previous.tokens.values())
         finished = sum(t.status == "finished" for t in self.tasks.values())
         log.info("resumed: %d finished kept, %d requeued, %d lost, %d HDF5 groups repaired",
@@ -482,10 +483,11 @@ class Campaign:
                         self._new_task(params, "optimizer", None)
                     continue
                 planner_busy = self._planner is not None and not self._planner.done()
-                if planner_busy and self.stop_reason:
+                if planner_busy and (self.stop_reason or self.simulations_left <= 0):
                     # Nothing it proposes could run any more: stop the turn instead of waiting for it.
                     self._planner.cancel()
-                    self.team.transcript.note("physflow", "cancelled", f"planner turn stopped: {self.stop_reason}")
+                    self.team.transcript.note("physflow", "cancelled", "planner turn stopped: "
+                                              + (self.stop_reason or "simulation budget spent"))
                     planner_busy = False
                 critic_busy = self._critic is not None and not self._critic.done()
                 if self.cancel_requested:
@@ -525,6 +527,8 @@ class Campaign:
             for task in list(self.in_flight.values()) + list(self.queue):
                 task.status = "cancelled"
                 self.committer.event("cancelled", task=task.id)
+            with contextlib.suppress(Exception):  # every result in HDF5 before the journal says "ended"
+                self.committer.flush()
             self.committer.event("campaign_ended", state=state, reason=self.stop_reason,
                                  best=self.best().id if self.best() else None)
             self.committer.close()
@@ -534,6 +538,19 @@ class Campaign:
             if self.dispatcher is not None:
                 await asyncio.to_thread(self.dispatcher.close)
         return state
+
+
+def open_dispatcher(site: SiteSpec, parsl_dir: Path, max_concurrent: int, nodes_needed: int = 1,
+                    mpi: bool = True, service_pool: str | None = None) -> Any:
+    """The backend the site names: Globus Compute for ``scheduler: globus``, else Parsl pools
+    (``parsl_dir``: Parsl's run_dir). Both have the same submit/submit_service/on_close/close."""
+    if site.scheduler == "globus":
+        from physflow.dispatch.globus_backend import GlobusDispatcher
+
+        return GlobusDispatcher(site, max_concurrent, nodes_needed, mpi, service_pool)
+    from physflow.dispatch.parsl_backend import ParslDispatcher
+
+    return ParslDispatcher(site, parsl_dir, max_concurrent, nodes_needed, mpi, service_pool=service_pool)
 
 
 def resolved_workflow(workflow: LoadedWorkflow) -> dict[str, Any]:

@@ -1,15 +1,28 @@
-"""report.md from the store: what was hypothesised, what ran, what was learned.
+"""report.md and report.html from the store: what was hypothesised, what ran, what was learned.
 
-Built from the journal alone, so ``physflow report RUN`` works on a finished, a crashed or a
-still-running campaign.
+Built from the journal (and, for arrays, campaign.h5 and the objective's target file), so
+``physflow report RUN`` works on a finished, a crashed or a still-running campaign. The figures
+are PNGs in ``plots/``; report.html carries them inline (base64) so it is one file to mail.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from physflow.workflows.store import CampaignState, RunStore
+import h5py
+import numpy as np
+
+from physflow.workflows.store import CampaignState, RunStore, TaskRecord
+
+PLOTS = "plots"
+#: How many of the best simulations the array figures (P(k), mass function) compare with the target.
+N_BEST_CURVES = 3
 
 
 def busy_fraction(state: CampaignState, slots: int) -> float | None:
@@ -22,22 +35,314 @@ def busy_fraction(state: CampaignState, slots: int) -> float | None:
     return sum(t.finished - t.started for t in ran) / (slots * span) if span > 0 else None
 
 
+def scored_tasks(state: CampaignState, metric: str) -> list[TaskRecord]:
+    """Finished tasks with a finite value of ``metric``, in the order they were proposed."""
+    return [t for t in state.tasks.values()
+            if t.status == "finished" and metric in t.metrics and math.isfinite(t.metrics[metric])]
+
+
+def ranked_tasks(state: CampaignState, metric: str, goal: str) -> list[TaskRecord]:
+    """Scored tasks, best first (smallest ``metric`` when minimizing, largest when maximizing)."""
+    sign = 1 if goal == "minimize" else -1
+    return sorted(scored_tasks(state, metric), key=lambda t: sign * t.metrics[metric])
+
+
+@dataclass
+class ModelTurn:
+    """One model reply: ``start`` is the transcript record before it (what the model was answering),
+    ``end`` the reply itself; UNIX seconds."""
+
+    agent: str
+    start: float
+    end: float
+    tokens: int
+
+
+def model_turns(run_dir: Path) -> list[ModelTurn]:
+    """The model turns in transcript.jsonl (records that carry token counts); [] without one."""
+    path = run_dir / "transcript.jsonl"
+    if not path.is_file():
+        return []
+    turns, previous = [], None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a crash
+        t = record.get("t")
+        tokens = int(record.get("prompt_tokens", 0) or 0) + int(record.get("completion_tokens", 0) or 0)
+        if t is not None and tokens and previous is not None:
+            turns.append(ModelTurn(record.get("agent", "?"), min(previous, t), t, tokens))
+        previous = t if t is not None else previous
+    return turns
+
+
+def target_path(spec: dict[str, Any], run_dir: Path) -> Path | None:
+    """The objective's target file (absolute in a run's workflow.yaml), if it exists."""
+    target = spec.get("objective", {}).get("target")
+    if not target:
+        return None
+    path = Path(target) if Path(target).is_absolute() else run_dir / target
+    return path if path.is_file() else None
+
+
+def true_parameters(spec: dict[str, Any], run_dir: Path) -> dict[str, float]:
+    """Parameters the target was made with, where its file says (HDF5 root attributes ``true_<name>``)."""
+    path = target_path(spec, run_dir)
+    if path is None or path.suffix not in (".h5", ".hdf5"):
+        return {}
+    try:
+        with h5py.File(path, "r") as f:
+            return {name: float(f.attrs[f"true_{name}"]) for name in spec["simulation"]["parameters"]
+                    if f"true_{name}" in f.attrs}
+    except OSError:
+        return {}
+
+
+def _read_arrays(path: Path, group: str, names: tuple[str, ...]) -> dict[str, tuple[np.ndarray, str]] | None:
+    """Datasets ``names`` of ``group`` with their units, or None if any is missing."""
+    try:
+        with h5py.File(path, "r") as f:
+            g = f[group] if group else f
+            if not all(n in g for n in names):
+                return None
+            return {n: (g[n][()], str(g[n].attrs.get("units", ""))) for n in names}
+    except (OSError, KeyError):
+        return None
+
+
 def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     return f"{value:.4g}"
 
 
-def render(state: CampaignState, spec: dict, metric: str, slots: int) -> str:
+def _label(name: str, units: str | None) -> str:
+    return f"{name} [{units}]" if units else f"{name} (dimensionless)"
+
+
+class Figures:
+    """The report's figures, drawn with matplotlib's Agg backend into ``plots/``.
+
+    Each method returns the PNG's path, or None when the run has nothing to draw yet. Sizes and
+    fonts are chosen to stay legible when printed at half a page's width.
+    """
+
+    def __init__(self, run_dir: Path, state: CampaignState, spec: dict[str, Any]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.plt = plt
+        plt.rcParams.update({"font.size": 10, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 110})
+        self.run_dir, self.state, self.spec = run_dir, state, spec
+        self.metric = spec["objective"]["metric"]
+        self.goal = spec["objective"].get("goal", "minimize")
+        self.params: dict[str, dict[str, Any]] = spec["simulation"]["parameters"]
+        self.out = run_dir / PLOTS
+        self.out.mkdir(exist_ok=True)
+
+    def _save(self, fig: Any, name: str) -> Path:
+        path = self.out / f"{name}.png"
+        fig.tight_layout()
+        fig.savefig(path)
+        self.plt.close(fig)
+        return path
+
+    def _metric_scale(self, values: list[float]) -> str:
+        positive = [v for v in values if v > 0]
+        return "log" if len(positive) == len(values) and max(values) > 20 * min(values) else "linear"
+
+    def objective(self) -> Path | None:
+        """Metric of each finished simulation against its number, with the best so far."""
+        scored = scored_tasks(self.state, self.metric)
+        if not scored:
+            return None
+        n = np.arange(1, len(scored) + 1)
+        values = np.array([t.metrics[self.metric] for t in scored])
+        best = np.minimum.accumulate(values) if self.goal == "minimize" else np.maximum.accumulate(values)
+        fig, ax = self.plt.subplots(figsize=(6, 3.6))
+        for source, marker in (("planner", "o"), ("backfill", "s"), ("optimizer", "^"), ("user", "D")):
+            pick = [i for i, t in enumerate(scored) if t.source == source]
+            if pick:
+                ax.scatter(n[pick], values[pick], marker=marker, label=f"{source} proposal", zorder=3)
+        ax.step(n, best, where="post", color="black", label="best so far")
+        tolerance = self.spec["objective"].get("tolerance")
+        if tolerance is not None:
+            ax.axhline(tolerance, color="tab:green", ls="--", label=f"tolerance {tolerance:g}")
+        ax.set_yscale(self._metric_scale(list(values)))
+        ax.set_xlabel("simulation number (in order proposed)")
+        ax.set_ylabel(_label(self.metric, None))
+        ax.legend(fontsize=8)
+        return self._save(fig, "objective")
+
+    def parameter_space(self) -> Path | None:
+        """Simulated points coloured by the metric (pairs of up to 4 parameters), best and truth marked."""
+        scored = scored_tasks(self.state, self.metric)
+        if not scored:
+            return None
+        names = list(self.params)[:4]
+        truth = true_parameters(self.spec, self.run_dir)
+        best = ranked_tasks(self.state, self.metric, self.goal)[0]
+        values = np.array([t.metrics[self.metric] for t in scored])
+        norm = None
+        if self._metric_scale(list(values)) == "log":
+            from matplotlib.colors import LogNorm
+
+            norm = LogNorm(values.min(), values.max())
+        if len(names) == 1:
+            (p,) = names
+            fig, ax = self.plt.subplots(figsize=(6, 3.6))
+            x = [t.params[p] for t in scored]
+            ax.scatter(x, values, c=values, norm=norm, cmap="viridis_r", edgecolor="k", zorder=3)
+            ax.scatter([best.params[p]], [best.metrics[self.metric]], marker="*", s=250, c="red", label="best")
+            if p in truth:
+                ax.axvline(truth[p], color="black", ls="--", label="truth")
+            ax.set_xlabel(_label(p, self.params[p].get("units")))
+            ax.set_ylabel(_label(self.metric, None))
+            ax.legend(fontsize=8)
+            return self._save(fig, "parameters")
+        k = len(names) - 1
+        fig, axes = self.plt.subplots(k, k, figsize=(3.2 * k + 1.6, 3.0 * k + 0.4), squeeze=False, layout="constrained")
+        sc = None
+        for row in range(k):
+            for col in range(k):
+                ax = axes[row][col]
+                if col > row:
+                    ax.set_visible(False)
+                    continue
+                px, py = names[col], names[row + 1]
+                sc = ax.scatter([t.params[px] for t in scored], [t.params[py] for t in scored], c=values,
+                                norm=norm, cmap="viridis_r", edgecolor="k", s=40, zorder=3)
+                ax.scatter([best.params[px]], [best.params[py]], marker="*", s=300, c="red", edgecolor="k",
+                           zorder=4, label=f"best ({best.id})")
+                if px in truth and py in truth:
+                    ax.scatter([truth[px]], [truth[py]], marker="X", s=200, c="white", edgecolor="k", zorder=5,
+                               label="truth")
+                ax.set_xlim(self.params[px]["min"], self.params[px]["max"])
+                ax.set_ylim(self.params[py]["min"], self.params[py]["max"])
+                ax.set_xlabel(_label(px, self.params[px].get("units")))
+                ax.set_ylabel(_label(py, self.params[py].get("units")))
+                if row == col == 0:
+                    ax.legend(fontsize=8, loc="best")
+        fig.colorbar(sc, ax=axes, label=_label(self.metric, None), shrink=0.9)
+        path = self.out / "parameters.png"
+        fig.savefig(path)  # constrained layout (a colorbar over several axes): no tight_layout
+        self.plt.close(fig)
+        return path
+
+    def _curves(self, names: tuple[str, str], name: str, xlabel: str, ylabel: str) -> Path | None:
+        """An array figure: the best simulations' ``names`` arrays (campaign.h5) against the target's."""
+        h5 = self.run_dir / "campaign.h5"
+        best = ranked_tasks(self.state, self.metric, self.goal)[:N_BEST_CURVES]
+        curves = [(t, a) for t in best if h5.is_file()
+                  and (a := _read_arrays(h5, f"tasks/{t.id}", names)) is not None]
+        target = target_path(self.spec, self.run_dir)
+        target_arrays = _read_arrays(target, "", names) if target and target.suffix in (".h5", ".hdf5") else None
+        if not curves:
+            return None
+        x, y = names
+        fig, ax = self.plt.subplots(figsize=(6, 3.8))
+        for task, arrays in curves:
+            params = ", ".join(f"{k}={v:.3g}" for k, v in task.params.items())
+            ok = arrays[y][0] > 0
+            ax.plot(arrays[x][0][ok], arrays[y][0][ok], marker=".", label=f"{task.id}: {params}")
+        if target_arrays is not None:
+            ok = target_arrays[y][0] > 0
+            ax.plot(target_arrays[x][0][ok], target_arrays[y][0][ok], color="black", lw=2.5, ls="--",
+                    label="target")
+        units = curves[0][1]
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{xlabel} [{units[x][1]}]")
+        ax.set_ylabel(f"{ylabel} [{units[y][1]}]")
+        ax.legend(fontsize=7)
+        return self._save(fig, name)
+
+    def power_spectrum(self) -> Path | None:
+        """Matter power spectrum P(k) of the best simulations against the target (nbody_pm arrays)."""
+        return self._curves(("k", "pk"), "power_spectrum", "wavenumber k", "P(k)")
+
+    def mass_function(self) -> Path | None:
+        """Halo mass function dn/dlnM of the best simulations against the target (nbody_pm arrays)."""
+        return self._curves(("m", "dn_dlnm"), "mass_function", "halo mass M", "dn/dlnM")
+
+    def timeline(self, turns: list[ModelTurn], slots: int) -> Path | None:
+        """Each worker slot busy (a simulation) or idle, and the model turns, against campaign time."""
+        ran = sorted((t for t in self.state.tasks.values() if t.started and t.finished), key=lambda t: t.started)
+        if not ran:
+            return None
+        t0 = self.state.started or min(t.started for t in ran)
+        free_at = [t0] * max(slots, 1)  # greedy lanes: a task goes to the slot that fell free first
+        bars: list[list[tuple[float, float]]] = [[] for _ in free_at]
+        failed: list[list[tuple[float, float]]] = [[] for _ in free_at]
+        for t in ran:
+            lane = min(range(len(free_at)), key=lambda i: (free_at[i] > t.started + 1e-6, free_at[i]))
+            (failed if t.status == "failed" else bars)[lane].append((t.started - t0, t.finished - t.started))
+            free_at[lane] = t.finished
+        agents = sorted({turn.agent for turn in turns})
+        fig, ax = self.plt.subplots(figsize=(7, 1.2 + 0.45 * (len(bars) + len(agents))))
+        labels = []
+        for i, (lane, bad) in enumerate(zip(bars, failed, strict=True)):
+            ax.broken_barh(lane, (i - 0.4, 0.8), color="tab:blue")
+            ax.broken_barh(bad, (i - 0.4, 0.8), color="tab:red")
+            labels.append(f"slot {i + 1}")
+        for j, agent in enumerate(agents):
+            spans = [(turn.start - t0, max(turn.end - turn.start, 0.05)) for turn in turns if turn.agent == agent]
+            ax.broken_barh(spans, (len(bars) + j - 0.4, 0.8), color="tab:orange")
+            labels.append(f"model: {agent}")
+        ax.set_yticks(range(len(labels)), labels)
+        end = max([self.state.ended or 0.0] + [t.finished for t in ran] + [turn.end for turn in turns]) - t0
+        ax.set_xlim(0, end * 1.02)
+        ax.set_xlabel("time since the campaign started [s]")
+        bf = busy_fraction(self.state, slots)
+        ax.set_title(f"workers busy (blue; red: failed) and idle (white); utilization {_fmt(bf)}", fontsize=9)
+        ax.grid(axis="y", visible=False)
+        return self._save(fig, "timeline")
+
+    def tokens(self) -> Path | None:
+        """Model tokens spent by each agent."""
+        if not self.state.tokens:
+            return None
+        agents = sorted(self.state.tokens)
+        fig, ax = self.plt.subplots(figsize=(5, 0.8 + 0.4 * len(agents)))
+        ax.barh(agents, [self.state.tokens[a] for a in agents], color="tab:orange")
+        ax.set_xlabel("tokens (prompt + completion)")
+        return self._save(fig, "tokens")
+
+
+def _observed(h_tasks: list[str], state: CampaignState, metric: str, goal: str) -> str:
+    """What the hypothesis' simulations measured: the best metric among its finished tasks."""
+    done = [state.tasks[i] for i in h_tasks if i in state.tasks]
+    scored = [t for t in done if t.status == "finished" and math.isfinite(t.metrics.get(metric, math.nan))]
+    if not scored:
+        return "pending" if done else ""
+    pick = min if goal == "minimize" else max
+    best = pick(scored, key=lambda t: t.metrics[metric])
+    return f"best {metric} = {_fmt(best.metrics[metric])} ({best.id}; {len(scored)}/{len(done)} done)"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def render(state: CampaignState, spec: dict, metric: str, slots: int,
+           figures: dict[str, Path] | None = None, turns: list[ModelTurn] | None = None) -> str:
+    """The report as Markdown; ``figures`` (name -> PNG path) are linked relative to the run dir."""
+    figures = figures or {}
     goal = spec.get("objective", {}).get("goal", "minimize")
     tasks = list(state.tasks.values())
-    finished = [t for t in tasks if t.status == "finished" and metric in t.metrics
-                and math.isfinite(t.metrics[metric])]
-    sign = 1 if goal == "minimize" else -1
-    best = min(finished, key=lambda t: sign * t.metrics[metric]) if finished else None
+    ranked = ranked_tasks(state, metric, goal)
+    best = ranked[0] if ranked else None
+    failures = [t for t in tasks if t.status == "failed"]
+
+    def figure(name: str, caption: str) -> list[str]:
+        return [f"![{caption}]({PLOTS}/{figures[name].name})", "", f"*{caption}*", ""] if name in figures else []
+
     out = [f"# Campaign report: {state.name}", "", f"**Goal.** {spec.get('goal', '').strip()}", "",
            f"**State:** {state.state} ({state.reason or 'running'}). "
-           f"**Simulations:** {len(finished)} finished, {sum(t.status == 'failed' for t in tasks)} failed, "
+           f"**Simulations:** {len(scored_tasks(state, metric))} finished, {len(failures)} failed, "
            f"{len(tasks)} proposed. **Rounds:** {state.rounds}.", ""]
     if best:
         params = ", ".join(f"{k} = {v:.4g}" for k, v in best.params.items())
@@ -46,37 +351,82 @@ def render(state: CampaignState, spec: dict, metric: str, slots: int) -> str:
     if state.started and state.ended:
         out += [f"**Wall time:** {state.ended - state.started:.1f} s; "
                 f"**worker busy fraction:** {_fmt(bf)} over {slots} slot(s).", ""]
-    out += ["## Hypotheses", "", "| id | hypothesis | predicted | verdict | evidence | tasks |",
-            "|---|---|---|---|---|---|"]
+    out += ["## Hypotheses", "", "| id | hypothesis | predicted | observed | verdict | evidence | tasks |",
+            "|---|---|---|---|---|---|---|"]
     for h in state.hypotheses.values():
-        cells = [h.id, h.statement, h.prediction, h.verdict or "pending", h.evidence, ", ".join(h.tasks)]
-        out.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
+        cells = [h.id, h.statement, h.prediction, _observed(h.tasks, state, metric, goal), h.verdict or "pending",
+                 h.evidence, ", ".join(h.tasks)]
+        out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     if not state.hypotheses:
-        out.append("| — | no hypothesis was stated (optimizer only) | | | | |")
+        out.append("| — | no hypothesis was stated (optimizer only) | | | | | |")
+    out += ["", "## Objective", ""] + figure("objective", f"{metric} of each simulation, in the order proposed")
+    out += figure("parameters", f"Simulated parameters coloured by {metric}; star: best, X: the target's truth")
+    out += figure("power_spectrum", "P(k) of the best simulations against the target")
+    out += figure("mass_function", "Halo mass function of the best simulations against the target")
     names = list(spec.get("simulation", {}).get("parameters", {}))
     header = "| task | source | hypothesis | " + " | ".join(names) + f" | {metric} | status | seconds |"
-    out += ["", "## Simulations", "", header, "|---" * (len(names) + 6) + "|"]
+    out += ["## Simulations", "", header, "|---" * (len(names) + 6) + "|"]
     for t in tasks:
         secs = t.finished - t.started if t.finished and t.started else None
         out.append(f"| {t.id} | {t.source} | {t.hypothesis or ''} | " + " | ".join(_fmt(t.params.get(n)) for n in names)
                    + f" | {_fmt(t.metrics.get(metric))} | {t.status} | {_fmt(secs)} |")
-    failures = [t for t in tasks if t.status == "failed"]
+    out += ["", "## Workers and model", "", f"Utilization (busy fraction over {slots} slot(s)): {_fmt(bf)}; "
+            f"model turns: {len(turns or [])}.", ""]
+    out += figure("timeline", "Worker slots busy or idle, and model turns, over the campaign")
     if failures:
-        out += ["", "## Failures", ""] + [f"- {t.id}: {(t.error or '').strip()[:400]}" for t in failures]
+        out += ["## Failures", ""] + [f"- {t.id}: {_cell((t.error or '').strip()[:400])}" for t in failures] + [""]
     if state.tokens:
-        out += ["", "## Model tokens", "", "| agent | tokens |", "|---|---|"]
+        out += ["## Model tokens", "", "| agent | tokens |", "|---|---|"]
         out += [f"| {a} | {n} |" for a, n in sorted(state.tokens.items())]
-        out.append(f"| total | {sum(state.tokens.values())} |")
-    return "\n".join(out) + "\n"
+        out += [f"| total | {sum(state.tokens.values())} |", ""]
+        out += figure("tokens", "Tokens spent per agent")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_html(markdown: str, run_dir: Path, title: str) -> str:
+    """report.md as one self-contained HTML page: the PNGs it links are inlined as base64."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+
+    def inline(match: re.Match[str]) -> str:
+        path = run_dir / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        return f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', inline, body)
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
+             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #999;padding:2px 6px}"
+             "img{max-width:100%}@media print{img{max-width:90%;page-break-inside:avoid}}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")
+
+
+def draw_figures(run_dir: Path, state: CampaignState, spec: dict[str, Any], turns: list[ModelTurn]) -> dict[str, Path]:
+    """Every figure the run has data for, by name (objective, parameters, power_spectrum, ...)."""
+    fig = Figures(run_dir, state, spec)
+    drawn = {"objective": fig.objective(), "parameters": fig.parameter_space(),
+             "power_spectrum": fig.power_spectrum(), "mass_function": fig.mass_function(),
+             "timeline": fig.timeline(turns, int(spec["budget"]["max_concurrent"])), "tokens": fig.tokens()}
+    return {name: path for name, path in drawn.items() if path is not None}
+
+
+def run_spec(run_dir: Path) -> dict[str, Any]:
+    """The resolved workflow a run was started with (its workflow.yaml)."""
+    import yaml
+
+    return yaml.safe_load((run_dir / "workflow.yaml").read_text())
 
 
 def write_report(run_dir: Path) -> Path:
-    import yaml
-
-    store = RunStore(run_dir)
-    state = store.state()
-    spec = yaml.safe_load((run_dir / "workflow.yaml").read_text())
-    text = render(state, spec, spec["objective"]["metric"], int(spec["budget"]["max_concurrent"]))
+    """Write report.md, plots/*.png and report.html; returns report.md's path."""
+    state = RunStore(run_dir).state()
+    spec = run_spec(run_dir)
+    turns = model_turns(run_dir)
+    figures = draw_figures(run_dir, state, spec, turns)
+    text = render(state, spec, spec["objective"]["metric"], int(spec["budget"]["max_concurrent"]), figures, turns)
     path = run_dir / "report.md"
     path.write_text(text)
+    (run_dir / "report.html").write_text(render_html(text, run_dir, f"physflow: {state.name}"))
     return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -228,7 +229,11 @@ class LoadedWorkflow(BaseModel):
 def load_yaml_with_lines(path: Path, text: str | None = None) -> tuple[Any, dict[Location, int]]:
     """Parse YAML into plain data plus a map from key path to 1-based line number."""
     text = path.read_text(encoding="utf-8") if text is None else text
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters first: a NUL byte fails here
+    except yaml.reader.ReaderError as exc:
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise SpecError(f"invalid YAML: character {char} is not allowed (position {exc.position})", str(path)) from None
     lines: dict[Location, int] = {}
     try:
         node = loader.get_single_node()
@@ -285,8 +290,12 @@ def first_error(exc: ValidationError, path: Path, lines: dict[Location, int]) ->
     return SpecError(message, str(path), line_of(lines, loc), field or None)
 
 
-def parse_model(model: type[BaseModel], path: Path, text: str | None = None) -> tuple[Any, dict[Location, int]]:
-    """Load a YAML file into ``model``; any problem becomes a located SpecError."""
+def parse_model(model: type[BaseModel], path: Path, text: str | None = None,
+                fill: Callable[[Any, dict[Location, int]], Any] | None = None) -> tuple[Any, dict[Location, int]]:
+    """Load a YAML file into ``model``; any problem becomes a located SpecError.
+
+    ``fill(data, lines)`` may rewrite the parsed data before validation (a site's placeholders).
+    """
     if text is None:
         try:
             text = path.read_text(encoding="utf-8")
@@ -297,6 +306,8 @@ def parse_model(model: type[BaseModel], path: Path, text: str | None = None) -> 
     data, lines = load_yaml_with_lines(path, text)
     if not isinstance(data, dict):
         raise SpecError("the file must be a YAML mapping", str(path), 1)
+    if fill is not None:
+        data = fill(data, lines)
     try:
         return model.model_validate(data), lines
     except ValidationError as exc:

@@ -14,6 +14,8 @@ import json
 import math
 import os
 import queue
+import re
+import shutil
 import socket
 import threading
 import time
@@ -85,6 +87,9 @@ class CampaignState:
     hypotheses: dict[str, Hypothesis] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     rounds: int = 0
+    #: True while the last round's planner turn has given nothing yet (no hypothesis, no proposal):
+    #: an orchestrator killed mid-turn did not use that round, so resume gives it back.
+    round_unanswered: bool = False
     #: How many times each task was submitted (resume resubmits an in-flight task once only).
     submits: dict[str, int] = field(default_factory=dict)
 
@@ -120,6 +125,32 @@ class Journal:
         self._fh.close()
 
 
+def torn_journal_tail(path: Path) -> int:
+    """Bytes after the journal's last complete line: a crash cut the last write short. Readers
+    ignore them, but an append after them would glue the next event onto the torn line."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return 0
+    return len(data) - (data.rfind(b"\n") + 1)
+
+
+def heal_journal(path: Path) -> int:
+    """Move a torn last line (see ``torn_journal_tail``) to ``journal.jsonl.torn-<time>``; returns
+    how many bytes were moved. The events before it are untouched."""
+    torn = torn_journal_tail(path)
+    if torn:
+        with open(path, "r+b") as fh:
+            fh.seek(-torn, os.SEEK_END)
+            tail = fh.read()
+            fh.seek(-torn, os.SEEK_END)
+            fh.truncate()
+            os.fsync(fh.fileno())
+        path.with_name(f"{JOURNAL}.torn-{int(time.time())}").write_bytes(tail)
+    return torn
+
+
 def read_journal(path: Path) -> list[dict[str, Any]]:
     """All complete events; a torn last line (crash mid-write) is dropped."""
     events = []
@@ -149,15 +180,18 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
         elif kind == "campaign_ended":
             st.state, st.reason, st.ended = e["state"], e.get("reason", ""), t
         elif kind == "hypothesis":
+            st.round_unanswered = False
             st.hypotheses[e["id"]] = Hypothesis(e["id"], e["statement"], e.get("prediction", ""), e.get("round", 0))
         elif kind == "verdict" and e["id"] in st.hypotheses:
             h = st.hypotheses[e["id"]]
             h.verdict, h.evidence, h.advice = e["verdict"], e.get("evidence", ""), e.get("advice", "")
         elif kind == "round":
             st.rounds = max(st.rounds, e["round"])
+            st.round_unanswered = True
         elif kind == "tokens":
             st.tokens[e["agent"]] = st.tokens.get(e["agent"], 0) + e["tokens"]
         elif kind == "proposed":
+            st.round_unanswered = st.round_unanswered and e.get("source") == "backfill"
             st.tasks[e["task"]] = TaskRecord(id=e["task"], params=e["params"], hypothesis=e.get("hypothesis"),
                                              source=e.get("source", "planner"), created=t)
             if e.get("hypothesis") in st.hypotheses:
@@ -203,6 +237,20 @@ def write_task_hdf5(f: h5py.File, task: TaskRecord, arrays: dict[str, Array]) ->
         d.attrs["units"] = arr.units
 
 
+#: Characters a shell treats specially. Parsl's providers put paths under the run directory into
+#: shell command lines unquoted (LocalProvider's launch command, submit scripts), so a run
+#: directory named ``a $(touch x)`` would run ``touch x`` and one with a space would not start.
+SHELL_SPECIAL = re.compile(r"""[\s"'`$\\;&|<>()*?\[\]{}!#]""")
+
+
+def check_shell_safe(run_dir: Path) -> None:
+    """Refuse a run directory whose absolute path a shell would not read as one plain word."""
+    bad = SHELL_SPECIAL.search(str(run_dir.absolute()))
+    if bad:
+        raise RunDirError(f"{run_dir}: the run directory's path contains {bad.group()!r}; Parsl passes it to a "
+                          "shell unquoted, so choose a path without spaces or shell characters")
+
+
 class RunStore:
     """A campaign's run directory, opened by the one orchestrator that writes it."""
 
@@ -215,11 +263,20 @@ class RunStore:
 
     @classmethod
     def create(cls, run_dir: Path) -> RunStore:
+        check_shell_safe(run_dir)
         run_dir.mkdir(parents=True, exist_ok=False)
         (run_dir / "tasks").mkdir()
         return cls(run_dir)
 
     def open_for_writing(self) -> None:
+        """Take the run-dir lock (refused while another live orchestrator holds it) and open the
+        journal for appending, after moving aside a line torn by a crash."""
+        check_shell_safe(self.run_dir)
+        self.lock()
+        heal_journal(self.journal_path)
+        self.journal = Journal(self.journal_path)
+
+    def lock(self) -> None:
         """Take the run-dir lock (refused while another live orchestrator holds it)."""
         lock_path = self.run_dir / LOCK
         self._lock_fh = open(lock_path, "a+")
@@ -235,7 +292,6 @@ class RunStore:
         self._lock_fh.truncate()
         self._lock_fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         self._lock_fh.flush()
-        self.journal = Journal(self.journal_path)
 
     def close(self) -> None:
         if self.journal:
@@ -282,14 +338,24 @@ class RunStore:
         done = [t for t in tasks if t.status in ("finished", "failed")]
         present = self.stored_task_ids()
         if present is None:
-            self.h5_path.rename(self.h5_path.with_name(f"{HDF5}.torn-{int(time.time())}"))
+            self.set_aside_hdf5()
             present = set()
         missing = [t for t in done if t.id not in present]
-        if missing:
-            with h5py.File(self.h5_path, "a") as f:
-                for task in missing:
-                    write_task_hdf5(f, task, arrays_of(task) if task.status == "finished" else {})
+        self.rewrite_hdf5(missing, arrays_of)
         return len(missing)
+
+    def rewrite_hdf5(self, tasks: Iterable[TaskRecord], arrays_of: Callable[[TaskRecord], dict[str, Array]],
+                     remove: Iterable[str] = ()) -> None:
+        """Write these done tasks' groups whole, from their journal records (and task folders)."""
+        tasks, remove = list(tasks), list(remove)
+        if tasks or remove:
+            self.write_hdf5([(t, arrays_of(t) if t.status == "finished" else {}) for t in tasks], remove)
+
+    def set_aside_hdf5(self) -> Path:
+        """Move an unreadable campaign.h5 (torn by a crash) aside; the journal can rebuild it."""
+        target = self.h5_path.with_name(f"{HDF5}.torn-{int(time.time())}")
+        self.h5_path.rename(target)
+        return target
 
     def holder_pid(self) -> int | None:
         """The pid written by the orchestrator that holds (or held) the lock."""
@@ -304,15 +370,33 @@ class RunStore:
         assert self.journal is not None, "store not opened for writing"
         self.journal.append(events)
 
-    def write_hdf5(self, results: list[tuple[TaskRecord, dict[str, Array]]]) -> None:
-        """Write finished tasks' groups (one open of the file for the whole batch)."""
-        with h5py.File(self.h5_path, "a") as f:
+    def write_hdf5(self, results: list[tuple[TaskRecord, dict[str, Array]]], remove: Iterable[str] = ()) -> None:
+        """Write finished tasks' groups (and drop the ``remove`` ones) in one atomic replace.
+
+        The batch goes into a copy of campaign.h5 that then takes its name in one rename. HDF5
+        locks a file while it is open, so writing in place would fail whenever a reader (the
+        coder's sandbox, h5py in a notebook, ``physflow ask``) has it open, and a reader opening it
+        mid-write would fail or see half a group. With the rename, a reader keeps the whole file it
+        opened, a new reader gets the last whole file, and a crash mid-write leaves the previous
+        file intact. The copy costs ~1 ms per MB, once per batch.
+        """
+        tmp = self.h5_path.with_name(f"{HDF5}.writing")
+        if self.h5_path.exists():
+            shutil.copyfile(self.h5_path, tmp)
+        else:
+            tmp.unlink(missing_ok=True)
+        with h5py.File(tmp, "a") as f:
+            for name in remove:
+                f.pop(f"tasks/{name}", None)
             for task, arrays in results:
                 write_task_hdf5(f, task, arrays)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.h5_path)
 
 
 #: The HDF5 stage writes once results pause this long (s) ...
-HDF5_QUIET_S = 0.05
+HDF5_QUIET_S = 0.01
 #: ... or once its oldest unwritten result is this old (s): the most campaign.h5 lags the journal.
 HDF5_MAX_LAG_S = 5.0
 

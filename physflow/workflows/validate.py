@@ -7,12 +7,13 @@ the site exists and its pools can hold the simulation's request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from physflow.errors import SiteError
+from physflow.errors import PhysflowError
 from physflow.sim_adapters.base import Adapter, get_adapter
-from physflow.site_configs.builder import SiteSpec, load_site
+from physflow.site_configs.builder import SiteSpec, builtin_sites, check_gpus, check_mpi_request, load_site
 from physflow.workflows.spec import LoadedWorkflow, load_workflow
 
 
@@ -23,11 +24,16 @@ class Checked:
     site: SiteSpec
 
 
-def check_workflow(path: str | Path, site: str | None = None) -> Checked:
+def check_workflow(path: str | Path, site: str | None = None, values: Mapping[str, str] | None = None,
+                   site_spec: SiteSpec | None = None) -> Checked:
+    """``site`` overrides the workflow's ``site:`` (a name, or a site YAML path relative to the
+    current folder); ``values`` fill the site's placeholders (``--set``); ``site_spec`` is an
+    already resolved site (the one a run used, on resume)."""
     workflow = load_workflow(path)
     spec = workflow.spec
     if site:
-        spec.site = site
+        own = site not in builtin_sites() and site.endswith((".yaml", ".yml"))
+        spec.site = str(Path(site).expanduser().resolve()) if own else site
     files = [("objective.target", spec.objective.target), ("llm.script", spec.llm.script)]
     files += [(f"agents.{role}.script", agent.script) for role, agent in spec.agents.items()]
     for field, value in files:
@@ -40,21 +46,20 @@ def check_workflow(path: str | Path, site: str | None = None) -> Checked:
                              f"adapter {adapter.name} does not report {spec.objective.metric!r} "
                              f"(it reports: {', '.join(sorted(metrics))})")
     try:
-        site_spec = load_site(spec.site, workflow.directory)
-    except SiteError as exc:
-        if exc.file:  # an error inside the site's own YAML
+        if site_spec is None:
+            site_spec = load_site(spec.site, workflow.directory, values)
+        res = spec.simulation.resources
+        if adapter.uses_mpi:
+            check_mpi_request(site_spec, site_spec.mpi_pool(), res.nodes, res.ranks)
+        if spec.has_team and spec.llm.provider == "vllm" and not spec.llm.base_url:
+            from physflow.serving.service import serving_plan
+
+            check_gpus(site_spec, serving_plan(spec.llm, site_spec)[1], spec.llm.tensor_parallel)
+    except PhysflowError as exc:
+        if getattr(exc, "file", None):  # an error inside the site's own YAML
             raise
-        raise workflow.error("site", exc.message) from None
-    res = spec.simulation.resources
-    if adapter.uses_mpi:
-        try:
-            pool = site_spec.pools[site_spec.mpi_pool()]
-        except SiteError as exc:
-            raise workflow.error("site", exc.message) from None
-        if res.nodes > pool.nodes_per_block:
-            raise workflow.error("simulation.resources.nodes",
-                                 f"{res.nodes} nodes do not fit a block of site {site_spec.name} "
-                                 f"({pool.nodes_per_block} nodes per block); Parsl would wait forever")
+        field = getattr(exc, "field", None) or "site"
+        raise workflow.error(field, getattr(exc, "message", str(exc))) from None
     return Checked(workflow, adapter, site_spec)
 
 
@@ -63,6 +68,8 @@ def check_run_dir(run_dir: Path) -> Checked:
     import json
 
     info = json.loads((run_dir / "run.json").read_text())
-    checked = check_workflow(run_dir / "workflow.yaml")
+    # The site as it was resolved at submit: placeholders filled then need not be set again.
+    site = SiteSpec.model_validate(info["site"]) if "site" in info else None
+    checked = check_workflow(run_dir / "workflow.yaml", site_spec=site)
     checked.workflow.path = Path(info["source"])  # {workflow_dir} and relative paths as at submit
     return checked

@@ -108,3 +108,43 @@ def test_data_files_given_to_the_sandbox_are_readable_and_nothing_more(isolation
             assert "No such file" in box.run(f"open({str(elsewhere / 'notes.txt')!r}).read()").error
     with h5py.File(halos, "r") as f:
         assert f["mass"][...].sum() == 6.0
+
+
+def test_other_processes_environments_are_not_readable(box):
+    """The orchestrator (this test process here) holds API keys in its environment."""
+    for path in ("f'/proc/{os.getppid()}/environ'", "'/proc/1/environ'", "'/proc/self/environ'",
+                 "f'/proc/{os.getppid()}/task/{os.getppid()}/environ'"):
+        res = box.run(f"import os\nprint(open({path}, 'rb').read())")
+        assert "s3cr3t" not in res.stdout + res.error
+
+
+def test_native_code_cannot_start_processes(box, tmp_path: Path):
+    sentinel = tmp_path / "pwned"
+    attempts = [
+        "import ctypes\nctypes.CDLL(None).system(b'touch {s}')",
+        "import ctypes\nctypes.pythonapi.system(b'touch {s}')",
+        "import ctypes.util\nctypes.CDLL(ctypes.util.find_library('c')).system(b'touch {s}')",
+        "import _posixsubprocess",
+        "import sys\nsys.modules['_posixsubprocess'].fork_exec",
+        "import subprocess\nsubprocess._fork_exec([b'/bin/sh'], [b'/bin/sh'], True, (), None, None, -1, -1, -1, -1, "
+        "-1, -1, -1, -1, True, False, 0, None, None, None, -1, None, False)",
+        "import subprocess\nsubprocess._posixsubprocess.fork_exec",
+        "import gc\n[o for o in gc.get_objects() if getattr(o, '__name__', '') == 'fork_exec'][0]",
+        "import os\nos.posix_spawn('/bin/sh', ['sh', '-c', 'touch {s}'], {{}})",
+        "import multiprocessing\nmultiprocessing.Process(target=print).start()",
+    ]
+    for code in attempts:
+        res = box.run(code.format(s=sentinel))
+        assert not res.ok, code
+    assert not sentinel.exists()
+    assert box.run("print('alive')").stdout.strip() == "alive"
+
+
+def test_symlinks_do_not_lead_out_of_scratch(box):
+    journal = box.run_dir / "journal.jsonl"
+    journal.write_text("the truth\n")
+    res = box.run(f"import os\nos.symlink({str(journal)!r}, 'j')\nopen('j', 'w').write('forged')")
+    assert not res.ok
+    res = box.run("import os\nos.makedirs('d', exist_ok=True)\nopen('d/../../journal.jsonl', 'a').write('x')")
+    assert not res.ok
+    assert journal.read_text() == "the truth\n"

@@ -102,3 +102,73 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
     tokens = {e["agent"] for e in events if e["event"] == "tokens"}
     assert tokens >= {"planner", "domain_expert", "critic", "coder"}
     assert (run / "plots" / "chi2_vs_kappa_by_power.png").stat().st_size > 1000
+
+
+CORPUS_WORKFLOW = """\
+physflow: 1
+name: malformed-models
+goal: find x
+llm: {provider: replay, script: planner.jsonl}
+agents: {domain_expert: {enabled: false}, coder: {enabled: false}, critic: {enabled: false}}
+simulation:
+  adapter: executable
+  command: "{python} {workflow_dir}/sim.py {x}"
+  parameters: {x: {min: 0, max: 1}}
+objective: {metric: loss}
+budget: {max_simulations: 24, max_concurrent: 2, max_rounds: 12, wall_time: 5m, backfill: none}
+"""
+
+CORPUS_SIM = "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n"
+
+
+def _plan(simulations, **extra) -> str:
+    """One planner reply as raw text (json.dumps writes NaN and Infinity as the bare words a model might)."""
+    return json.dumps({"content": json.dumps({"hypothesis": "h", "prediction": "p", "simulations": simulations,
+                                              **extra})})
+
+
+def test_a_corpus_of_malformed_model_outputs_never_runs_a_bad_simulation(tmp_path):
+    """What test_every_role_and_tool_and_error_path does not cover: non-finite and non-numeric
+    parameters, shell text as a parameter, wrong shapes, huge batches and replies, JSON cut mid-number."""
+    sentinel = tmp_path / "pwned"
+    corpus = [
+        _plan([{"x": float("nan")}]), _plan([{"x": float("inf")}]), _plan([{"x": -float("inf")}]),
+        json.dumps({"content": '{"hypothesis": "h", "prediction": "p", "simulations": [{"x": 1e999}]}'}),
+        _plan([{"x": "0.5"}]), _plan([{"x": f"$(touch {sentinel})"}]), _plan([{"x": None}]), _plan([{"x": True}]),
+        _plan([{"x": [0.5]}]), _plan([{"x": {"value": 0.5}}]), _plan([{"x": 1.0000001}]), _plan([{"x": 1e308}]),
+        _plan([{"x": 0.5, "y": 2}]), _plan([{}]), _plan({"x": 0.5}), _plan("all of them"), _plan([0.5]),
+        json.dumps({"content": 42}), json.dumps({"content": []}), json.dumps(""), json.dumps({"content": None}),
+        json.dumps({"tool": "propose_simulations", "arguments": "not an object"}),
+        json.dumps({"tool": "rm -rf /", "arguments": {"path": "/"}}),
+        json.dumps('{"hypothesis": "h", "prediction": "p", "simulations": [{"x": 0.'),   # cut at max_tokens
+        _plan([{"x": 0.5}], hypothesis="\u0000\u202e" + "very long " * 20_000),
+        _plan([{"x": 0.31}] * 5000),                                                    # a huge batch
+        _plan([{"x": 0.29}]),
+    ]
+    (tmp_path / "planner.jsonl").write_text("\n".join(corpus) + "\n")
+    (tmp_path / "wf.yaml").write_text(CORPUS_WORKFLOW)
+    (tmp_path / "sim.py").write_text(CORPUS_SIM)
+    run = tmp_path / "run"
+    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and not sentinel.exists()
+
+    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    assert 0 < len(rows) <= 24
+    for r in rows:  # nothing out of bounds, non-finite or non-numeric ever ran
+        x = r["params"]["x"]
+        assert set(r["params"]) == {"x"} and isinstance(x, float) and 0 <= x <= 1, r
+        assert r["status"] == "finished", r
+    planned = [r["params"]["x"] for r in rows if r["source"] == "planner"]
+    assert planned == [0.29]  # the one valid proposal; true, "0.5" and {"x": 0.5, "y": 2} are not coerced
+
+    transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
+    text = json.dumps([t for t in transcript if t["type"] in ("rejected", "error")])
+    for reason in ("x=nan is not finite", "x=inf is not finite", "x=-inf is not finite",
+                   "simulations.0.x: Input should be a valid number", "x=1.0000001 is outside [0.0, 1.0]",
+                   "simulations.0.y: Extra inputs are not permitted", "simulations.0.x: Field required",
+                   "EOF while parsing", "hypothesis: String should have at most 400 characters",
+                   "simulations: List should have at most 8 items"):
+        assert reason in text, reason
+    assert sum(t["type"] == "fallback" for t in transcript) >= 3
+    assert json.loads(physflow("status", str(run), "--json").stdout)["state"] == "finished"

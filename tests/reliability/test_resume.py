@@ -5,62 +5,25 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import h5py
 import pytest
 
 from tests.conftest import physflow
+from tests.reliability.campaigns import (
+    SIM,
+    WORKFLOW,
+    execution_counts,
+    finished_ids,
+    journal,
+    processes_in,
+    submit,
+    wait_for,
+)
 
-WORKFLOW = """\
-physflow: 1
-name: resumable
-goal: find x
-agents: {planner: {enabled: false}}
-simulation:
-  adapter: executable
-  command: "{python} {workflow_dir}/sim.py {task_id} {x}"
-  parameters: {x: {min: 0, max: 1}}
-objective: {metric: loss}
-budget: {max_simulations: 12, max_concurrent: 2, wall_time: 10m}
-"""
-
-SIM = """\
-import json, sys, time
-task, x = sys.argv[1], float(sys.argv[2])
-with open(__file__.replace("sim.py", "executions.log"), "a") as log:
-    log.write(task + "\\n")
-time.sleep(0.4)
-json.dump({"loss": (x - 0.3) ** 2}, open("result.json", "w"))
-"""
-
-
-def journal(run: Path) -> list[dict]:
-    path = run / "journal.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-
-
-def finished_ids(run: Path) -> set[str]:
-    return {e["task"] for e in journal(run) if e["event"] == "finished"}
-
-
-def start(folder: Path, run: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "physflow", "submit", str(folder / "wf.yaml"), "--run-dir",
-                             str(run)], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-
-
-def wait_for(predicate, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+pytestmark = pytest.mark.reliability
 
 
 @pytest.fixture
@@ -72,7 +35,7 @@ def folder(tmp_path: Path) -> Path:
 
 def test_resume_after_kill_reruns_nothing(folder: Path):
     run = folder / "run"
-    proc = start(folder, run)
+    proc = submit(folder, run)
     wait_for(lambda: len(finished_ids(run)) >= 4)
     os.killpg(proc.pid, signal.SIGKILL)  # the orchestrator and everything in its session
     proc.wait()
@@ -83,7 +46,7 @@ def test_resume_after_kill_reruns_nothing(folder: Path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(physflow("results", str(run), "--json").stdout)
     assert len(rows) == 12 and all(r["status"] == "finished" for r in rows)
-    runs = Counter((folder / "executions.log").read_text().split())
+    runs = execution_counts(folder)
     for task in before:
         assert runs[task] == 1, f"{task} finished before the kill but ran {runs[task]} times"
     assert all(n <= 2 for n in runs.values())  # in-flight tasks resubmitted once at most
@@ -98,15 +61,15 @@ def test_resume_after_kill_reruns_nothing(folder: Path):
 
 def test_cancel_stops_cleanly_and_stays_resumable(folder: Path):
     run = folder / "run"
-    proc = start(folder, run)
+    proc = submit(folder, run)
     wait_for(lambda: len(finished_ids(run)) >= 2)
     out = physflow("cancel", str(run))
     assert out.returncode == 0, out.stderr
     assert proc.wait(timeout=60) == 1
     assert json.loads(physflow("status", str(run), "--json").stdout)["state"] == "cancelled"
     time.sleep(1)
-    leftovers = subprocess.run(["pgrep", "-f", str(folder / "sim.py")], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == "", "simulations outlived the cancelled campaign"
+    left = [" ".join(p.info["cmdline"] or []) for p in processes_in(folder)]
+    assert left == [], f"processes outlived the cancelled campaign: {left}"
     done = physflow("resume", str(run), cwd=folder)
     assert done.returncode == 0, done.stderr
     rows = json.loads(physflow("results", str(run), "--json").stdout)
@@ -115,7 +78,7 @@ def test_cancel_stops_cleanly_and_stays_resumable(folder: Path):
 
 def test_resume_repairs_a_torn_hdf5_file(folder: Path):
     run = folder / "run"
-    proc = start(folder, run)
+    proc = submit(folder, run)
     wait_for(lambda: len(finished_ids(run)) >= 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -125,3 +88,49 @@ def test_resume_repairs_a_torn_hdf5_file(folder: Path):
     with h5py.File(run / "campaign.h5") as f:
         assert len(f["tasks"]) == 12
     assert list(run.glob("campaign.h5.torn-*"))
+
+
+MPI_WORKFLOW = """\
+physflow: 1
+name: cancellable
+goal: find x
+agents: {planner: {enabled: false}}
+simulation:
+  adapter: executable
+  command: "{python} {workflow_dir}/mpi_sim.py {x}"
+  mpi: true
+  resources: {ranks: 2, nodes: 1}
+  parameters: {x: {min: 0, max: 1}}
+objective: {metric: loss}
+budget: {max_simulations: 6, max_concurrent: 2, wall_time: 10m}
+"""
+
+MPI_SIM = """\
+import json, sys, time
+from mpi4py import MPI
+x = float(sys.argv[1])
+time.sleep(4)
+MPI.COMM_WORLD.Barrier()
+if MPI.COMM_WORLD.rank == 0:
+    json.dump({"loss": (x - 0.3) ** 2}, open("result.json", "w"))
+"""
+
+
+def test_cancel_leaves_no_mpi_rank_behind(tmp_path: Path):
+    (tmp_path / "wf.yaml").write_text(MPI_WORKFLOW)
+    (tmp_path / "mpi_sim.py").write_text(MPI_SIM)
+    run = tmp_path / "run"
+    proc = submit(tmp_path, run)
+    ranks = lambda: [p for p in processes_in(tmp_path) if "mpi_sim.py" in " ".join(p.info["cmdline"] or [])]  # noqa: E731
+    wait_for(lambda: len(ranks()) >= 2)  # a simulation's two ranks are running
+    out = physflow("cancel", str(run))
+    assert out.returncode == 0 and out.stdout.strip() == f"{run}: cancelled", out.stderr
+    assert proc.wait(timeout=60) == 1
+    time.sleep(0.5)
+    left = [(p.pid, " ".join(p.info["cmdline"] or [])[:80]) for p in processes_in(tmp_path)]
+    assert left == [], f"processes outlived the cancelled campaign: {left}"
+    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    assert {r["status"] for r in rows} == {"cancelled"}
+    done = physflow("resume", str(run), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [r["status"] for r in json.loads(physflow("results", str(run), "--json").stdout)] == ["finished"] * 6

@@ -18,7 +18,7 @@ from physflow.dispatch.parsl_backend import ParslDispatcher
 from physflow.serving import service
 from physflow.serving.llama_cpp import embedded_plan
 from physflow.serving.service import ModelService, ServerPlan, ServingError, serve, serving_plan, vllm_plan
-from physflow.site_configs.builder import load_site
+from physflow.site_configs.builder import SiteLLM, load_site
 from physflow.workflows.spec import EMBEDDED_MODEL, LLMSpec
 
 
@@ -38,7 +38,7 @@ def _alive(pid: int) -> bool:
 
 def test_embedded_model_is_served_as_a_parsl_task_and_stopped_with_the_pools(tmp_path):
     site = load_site("local")
-    dispatcher = ParslDispatcher(site, tmp_path / "parsl", 2, mpi=False, service_pool="cpu")
+    dispatcher = ParslDispatcher(site, tmp_path / "parsl", 2, mpi=False, service_pool="llm")
     try:
         svc = ModelService(embedded_plan(EMBEDDED_MODEL), tmp_path / "llm", dispatcher.submit_service)
         dispatcher.on_close(svc.stop)
@@ -105,8 +105,9 @@ def test_vllm_command_line():
 def test_serving_plan_picks_the_pool_and_refuses_one_that_cannot_serve():
     site = load_site("local")
     assert serving_plan(LLMSpec(provider="openai", base_url="http://x/v1"), site) is None
-    plan, pool = serving_plan(LLMSpec(), site)
-    assert pool == "cpu" and plan.bind == "127.0.0.1" and plan.key_env == "API_KEY"
+    plan, pool = serving_plan(LLMSpec(), site)  # its own pool: the server never holds a simulation's worker
+    assert pool == "llm" and plan.bind == "127.0.0.1" and plan.key_env == "API_KEY"
+    assert serving_plan(LLMSpec(), site.model_copy(update={"llm": SiteLLM(serve_on="local")}))[1] == "cpu"
     with pytest.raises(ServingError, match="no htex pool 'mpi'"):
         serving_plan(LLMSpec(provider="vllm", model="m", pool="mpi"), site)
     plan, pool = serving_plan(LLMSpec(provider="vllm", model="m", pool="cpu", tensor_parallel=2), site)

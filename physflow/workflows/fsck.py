@@ -1,0 +1,154 @@
+"""``physflow fsck``: do the journal and campaign.h5 of a stopped run agree, and if not, mend them.
+
+The journal is the truth; campaign.h5 is a view of it. Every task the journal calls finished or
+failed must have its group in campaign.h5, whole (attributes, params, metrics, the arrays the
+journal lists), with the same status and numbers; campaign.h5 holds nothing the journal does not.
+A repair rewrites what disagrees from the journal (arrays parsed again from the task folders),
+moves a torn journal line or an unreadable file aside, and then checks again: what still
+disagrees is reported as unrepaired.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import h5py
+
+from physflow.errors import PhysflowError
+from physflow.sim_adapters.base import Array
+from physflow.workflows.store import JOURNAL, RunStore, TaskRecord, heal_journal, torn_journal_tail
+
+ArraysOf = Callable[[TaskRecord], dict[str, Array]]
+
+
+@dataclass
+class Problem:
+    """One disagreement: where (``task`` id, or None for a whole file) and what."""
+
+    what: str
+    task: str | None = None
+
+
+@dataclass
+class FsckReport:
+    problems: list[Problem] = field(default_factory=list)
+    repaired: list[Problem] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def as_json(self) -> dict[str, Any]:
+        return {"clean": self.clean, "problems": [asdict(p) for p in self.problems],
+                "repaired": [asdict(p) for p in self.repaired]}
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal mappings of numbers, where NaN equals NaN (a non-finite metric is journaled as null)."""
+    if set(a) != set(b):
+        return False
+    for key, x in a.items():
+        y = b[key]
+        x = math.nan if x is None else float(x)
+        y = math.nan if y is None else float(y)
+        if not (x == y or (math.isnan(x) and math.isnan(y))):
+            return False
+    return True
+
+
+def _group_problem(g: h5py.Group, task: TaskRecord) -> str | None:
+    """What is wrong with one task's group, or None."""
+    if "params" not in g or "metrics" not in g or "params_json" not in g.attrs or "status" not in g.attrs:
+        return "half-written group (params, metrics or status missing)"
+    if g.attrs["status"] != task.status:
+        return f"status {g.attrs['status']!r} in campaign.h5 but {task.status!r} in the journal"
+    if not _same(dict(g["params"].attrs), task.params):
+        return "params differ from the journal"
+    if not _same(dict(g["metrics"].attrs), task.metrics):
+        return "metrics differ from the journal"
+    missing = [name for name in task.arrays if name not in g]
+    if missing:
+        return f"arrays missing: {', '.join(missing)}"
+    return None
+
+
+def check(store: RunStore) -> list[Problem]:
+    """Every disagreement between the journal and campaign.h5 of a run (read only)."""
+    problems = []
+    torn = torn_journal_tail(store.journal_path)
+    if torn:
+        problems.append(Problem(f"{JOURNAL}: last line torn by a crash ({torn} bytes, ignored by readers)"))
+    lines = store.journal_path.read_bytes().split(b"\n")[:-1] if store.journal_path.exists() else []
+    for number, line in enumerate(lines, 1):
+        try:
+            json.loads(line)
+        except ValueError:
+            problems.append(Problem(f"{JOURNAL}: line {number} is not JSON; readers ignore every event after it"))
+            break
+    done = {t.id: t for t in store.state().tasks.values() if t.status in ("finished", "failed")}
+    if not store.h5_path.exists():
+        if done:
+            problems.append(Problem(f"campaign.h5 is missing ({len(done)} done tasks in the journal)"))
+        return problems
+    try:
+        with h5py.File(store.h5_path, "r") as f:
+            groups = f["tasks"] if "tasks" in f else {}
+            for tid, task in sorted(done.items()):
+                if tid not in groups:
+                    problems.append(Problem(f"{task.status} in the journal, no group in campaign.h5", tid))
+                elif (why := _group_problem(groups[tid], task)) is not None:
+                    problems.append(Problem(why, tid))
+            for tid in sorted(set(groups) - set(done)):
+                problems.append(Problem("group in campaign.h5 for a task the journal has not finished", tid))
+    except (OSError, KeyError) as exc:
+        problems.append(Problem(f"campaign.h5 is unreadable ({type(exc).__name__}: {str(exc)[:120]})"))
+    return problems
+
+
+def repair(store: RunStore, problems: list[Problem], arrays_of: ArraysOf) -> None:
+    """Mend what ``check`` found, from the journal (the caller holds the run's lock)."""
+    if any(p.what.startswith(f"{JOURNAL}: last line torn") for p in problems):
+        heal_journal(store.journal_path)
+    if any(p.what.startswith("campaign.h5 is unreadable") for p in problems):
+        store.set_aside_hdf5()
+    done = {t.id: t for t in store.state().tasks.values() if t.status in ("finished", "failed")}
+    if not store.h5_path.exists():  # missing or set aside: rebuilt whole
+        rewrite = list(done.values())
+    else:
+        rewrite = [done[p.task] for p in problems if p.task in done]
+    strays = [p.task for p in problems if p.task and p.task not in done]
+    store.rewrite_hdf5(rewrite, arrays_of, remove=strays)
+
+
+def fsck(store: RunStore, mend: bool = False, arrays_of: Callable[[], ArraysOf] | None = None) -> FsckReport:
+    """Check a stopped run (taking its lock, so never one an orchestrator is writing); with
+    ``mend``, repair and check again. ``arrays_of`` makes the array parser, only if needed."""
+    store.lock()
+    try:
+        report = FsckReport(problems=check(store))
+        if mend and report.problems:
+            parse = arrays_of() if arrays_of else (lambda task: {})
+            repair(store, report.problems, parse)
+            after = check(store)
+            left = {(p.what, p.task) for p in after}
+            report.repaired = [p for p in report.problems if (p.what, p.task) not in left]
+            report.problems = after
+        return report
+    finally:
+        store.close()
+
+
+def run_arrays(store: RunStore) -> ArraysOf:
+    """Arrays of a finished task, parsed again from its folder by the run's own adapter; none when
+    the run's workflow can no longer be loaded (its groups are still rebuilt, without arrays)."""
+    from physflow.workflows.validate import check_run_dir
+
+    try:
+        adapter = check_run_dir(store.run_dir).adapter
+    except (PhysflowError, OSError, ValueError):
+        return lambda task: {}
+    return lambda task: adapter.stored_arrays(store.task_dir(task.id))

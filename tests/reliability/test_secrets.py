@@ -1,0 +1,96 @@
+"""API keys come from the environment and go nowhere else: not the run directory, not the logs."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import physflow
+from tests.reliability.campaigns import SIM, record_figures
+
+pytestmark = pytest.mark.reliability
+
+WORKFLOW = """\
+physflow: 1
+name: keyed
+goal: find x
+llm: {{provider: openai, base_url: "{url}", model: local-test-model, api_key_env: PHYSFLOW_TEST_API_KEY}}
+agents:
+  domain_expert: {{enabled: false}}
+  coder: {{enabled: false}}
+  critic: {{enabled: false}}
+simulation:
+  adapter: executable
+  command: "{{python}} {{workflow_dir}}/sim.py {{task_id}} {{x}}"
+  parameters: {{x: {{min: 0, max: 1}}}}
+objective: {{metric: loss}}
+budget: {{max_simulations: 4, max_concurrent: 2, max_rounds: 2, wall_time: 5m, backfill: none}}
+"""
+
+PLAN = {"hypothesis": "the loss is smallest near x=0.3", "prediction": "loss below 0.01",
+        "simulations": [{"x": 0.3}, {"x": 0.35}]}
+
+
+class OpenAIChat(BaseHTTPRequestHandler):
+    """The one route of the OpenAI API a campaign uses, answering every turn with PLAN; it records the
+    Authorization header and the tools offered of every request."""
+
+    key = ""
+    seen: list[str] = []
+    tools: set[str] = set()
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        OpenAIChat.seen.append(self.headers.get("Authorization", ""))
+        OpenAIChat.tools.update(t["function"]["name"] for t in body.get("tools", []))
+        if self.headers.get("Authorization") != f"Bearer {OpenAIChat.key}":
+            self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+            return
+        self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": json.dumps(PLAN)}}],
+                         "usage": {"prompt_tokens": 50, "completion_tokens": 30, "total_tokens": 80}})
+
+    def _send(self, code: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_api_key_appears_in_no_file_of_the_run(tmp_path: Path):
+    key = "sk-physflow-" + secrets.token_hex(16)
+    OpenAIChat.key, OpenAIChat.seen, OpenAIChat.tools = key, [], set()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OpenAIChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        (tmp_path / "wf.yaml").write_text(WORKFLOW.format(url=url))
+        (tmp_path / "sim.py").write_text(SIM)
+        run = tmp_path / "run"
+        proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path,
+                        env={"PHYSFLOW_TEST_API_KEY": key, "SIM_SECONDS": "0.05"})
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    assert OpenAIChat.seen and all(h == f"Bearer {key}" for h in OpenAIChat.seen)  # the key was used ...
+    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    assert [r["params"] for r in rows if r["source"] == "planner"][:2] == PLAN["simulations"]
+    assert "suggest_parameters" in OpenAIChat.tools  # the planner's turns offer its tools (not strict ones)
+
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]  # run dir, parsl/ logs, task folders, ...
+    assert any(p.parent.name == "parsl" or "parsl" in p.parts for p in files)
+    leaks = [str(p) for p in files if key.encode() in p.read_bytes()]
+    assert leaks == [] and key not in proc.stdout + proc.stderr, leaks  # ... and written nowhere
+    record_figures("secrets", {"files_scanned": len(files), "requests_with_key": len(OpenAIChat.seen),
+                               "leaks": len(leaks)})
