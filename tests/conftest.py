@@ -36,6 +36,19 @@ def physflow(*args: str, cwd: Path | None = None, timeout: float = 600, env: dic
                           timeout=timeout, env={**os.environ, **(env or {})}, input=stdin)
 
 
+def submit_folder(folder: Path, files: dict[str, str] | None = None) -> tuple[Path, subprocess.CompletedProcess]:
+    """Write ``files`` (name -> text) into ``folder`` and submit its wf.yaml into ``folder/run``."""
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
+    run = folder / "run"
+    return run, physflow("submit", str(folder / "wf.yaml"), "--run-dir", str(run), cwd=folder)
+
+
+def results_of(run: Path) -> list[dict]:
+    """``physflow results RUN --json``: one dict per task."""
+    return json.loads(physflow("results", str(run), "--json").stdout)
+
+
 def write_script(path: Path, lines: list) -> Path:
     """A replay model script: one JSON value per line."""
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import physflow, write_script
+from tests.conftest import physflow, submit_folder, write_script
 
 WORKFLOW = """\
 physflow: 1
@@ -146,10 +146,7 @@ def test_a_corpus_of_malformed_model_outputs_never_runs_a_bad_simulation(tmp_pat
         _plan([{"x": 0.29}]),
     ]
     (tmp_path / "planner.jsonl").write_text("\n".join(corpus) + "\n")
-    (tmp_path / "wf.yaml").write_text(CORPUS_WORKFLOW)
-    (tmp_path / "sim.py").write_text(CORPUS_SIM)
-    run = tmp_path / "run"
-    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path)
+    run, proc = submit_folder(tmp_path, {"wf.yaml": CORPUS_WORKFLOW, "sim.py": CORPUS_SIM})
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and not sentinel.exists()
 

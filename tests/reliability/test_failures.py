@@ -13,7 +13,7 @@ from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost
 
 from physflow.dispatch.retry import TRANSIENT_RETRIES, is_transient, retry_cost
 from physflow.errors import AdapterError, ProposalError
-from tests.conftest import physflow, write_script
+from tests.conftest import results_of, submit_folder, write_script
 from tests.reliability.campaigns import execution_counts, planner_rounds, processes_in, record_figures
 
 pytestmark = pytest.mark.reliability
@@ -60,11 +60,10 @@ def test_injected_failures_are_stored_shown_to_the_agents_and_never_retried(tmp_
     write_script(tmp_path / "planner.jsonl", planner_rounds(5))
     write_script(tmp_path / "critic.jsonl", [{"content": {"verdict": "inconclusive", "evidence": "one run failed",
                                                           "advice": "retry elsewhere"}}] * 5)
-    run = tmp_path / "run"
-    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path)
+    run, proc = submit_folder(tmp_path)
     assert proc.returncode == 0, proc.stderr  # the campaign finishes despite the failures
 
-    rows = {r["id"]: r for r in json.loads(physflow("results", str(run), "--json").stdout)}
+    rows = {r["id"]: r for r in results_of(run)}
     assert len(rows) == 10
     failed = sorted(t for t, r in rows.items() if r["status"] == "failed")
     assert failed == ["t0004", "t0009"]  # 20%
@@ -116,12 +115,9 @@ if MPI.COMM_WORLD.rank == 0:
 
 
 def test_walltime_kills_the_whole_mpi_process_tree(tmp_path: Path):
-    (tmp_path / "wf.yaml").write_text(HANGING)
-    (tmp_path / "sim.py").write_text(HANGING_SIM)
-    run = tmp_path / "run"
-    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path)
+    run, proc = submit_folder(tmp_path, {"wf.yaml": HANGING, "sim.py": HANGING_SIM})
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    rows = results_of(run)
     hung = [r for r in rows if r["params"]["x"] > 0.4]
     assert hung, "the optimizer proposed no x > 0.4 (seeded: it should)"
     for r in rows:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from physflow.errors import SpecError
 from physflow.sim_adapters.base import get_adapter
 from physflow.workflows.spec import load_workflow
-from tests.conftest import EXAMPLES, physflow
+from tests.conftest import EXAMPLES, results_of, submit_folder
 
 MELT = EXAMPLES / "lammps_melt"
 
@@ -38,11 +37,9 @@ def test_lammps_campaign_runs_for_real(tmp_path):
     text = text.replace("llm: {provider: embedded}", "agents: {planner: {enabled: false}}")
     text = text.replace("max_simulations: 24", "max_simulations: 2").replace("equilibrate: 1000", "equilibrate: 300")
     text = text.replace("production: 1000", "production: 300").replace("samples: 100", "samples: 30")
-    (tmp_path / "wf.yaml").write_text(text)
-    run = tmp_path / "run"
-    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path)
+    run, proc = submit_folder(tmp_path, {"wf.yaml": text})
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    rows = results_of(run)
     assert len(rows) == 2
     for row in rows:
         assert row["status"] == "finished", row

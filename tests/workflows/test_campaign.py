@@ -7,7 +7,7 @@ from pathlib import Path
 
 import h5py
 
-from tests.conftest import physflow, write_script
+from tests.conftest import physflow, results_of, submit_folder, write_script
 
 HEAT = """\
 physflow: 1
@@ -120,12 +120,9 @@ if comm.rank == 0:
 
 
 def test_optimizer_only_mpi_executable_campaign_records_failures(tmp_path: Path):
-    (tmp_path / "sim.py").write_text(MPI_SIM)
-    (tmp_path / "wf.yaml").write_text(MPI_EXE)
-    run = tmp_path / "run"
-    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path)
+    run, proc = submit_folder(tmp_path, {"sim.py": MPI_SIM, "wf.yaml": MPI_EXE})
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    rows = results_of(run)
     assert len(rows) == 6 and {r["source"] for r in rows} == {"optimizer"}
     for row in rows:
         if row["params"]["alpha"] > 0.5:
