@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -26,6 +27,26 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+
+
+def end_group(proc: subprocess.Popen, grace: float) -> None:
+    """End ``proc`` and its process group (it was started with ``start_new_session``): SIGTERM,
+    then SIGKILL if it has not exited after ``grace`` seconds; returns once it is reaped.
+
+    The group, not the process: an MPI launcher's ranks and a model server's workers go with it.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+        return
+    except ProcessLookupError:
+        proc.wait()
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def reap_leftovers(folder: Path, grace: float = 3.0) -> list[int]:

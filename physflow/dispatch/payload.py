@@ -12,14 +12,13 @@ from __future__ import annotations
 import importlib
 import os
 import shlex
-import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from physflow.processes import die_with_parent
+from physflow.processes import die_with_parent, end_group
 
 STDERR_TAIL_BYTES = 2000
 
@@ -75,12 +74,7 @@ def _run_argv(spec: TaskSpec, workdir: Path) -> dict[str, Any]:
             code = proc.wait(timeout=spec.walltime)
             timed_out = False
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            end_group(proc, grace=5.0)
             code, timed_out = 124, True
     return {"returncode": code, "timed_out": timed_out, "command": shlex.join(argv),
             "stderr_tail": _tail(workdir / "stderr.txt") if code else ""}

@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from physflow.errors import PhysflowError
-from physflow.processes import die_with_parent
+from physflow.processes import die_with_parent, end_group
 
 #: Seconds between the orchestrator's heartbeats, and after which a server without one stops.
 HEARTBEAT_S = 5.0
@@ -131,15 +130,7 @@ def serve(plan: dict[str, Any], service_dir: str, api_key: str) -> dict[str, Any
             pass
         time.sleep(0.5)
     if proc.poll() is None:  # the whole group: vLLM runs its tensor-parallel workers as children
-        for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        end_group(proc, grace=20.0)
     return {"reason": reason, "returncode": proc.returncode}
 
 
