@@ -127,14 +127,16 @@ def endpoint_config(site: str, assignments: tuple[str, ...], pool: str | None, o
     """
     from physflow.site_configs.builder import load_site, parse_assignments
     from physflow.site_configs.endpoint_config import endpoint_config_yaml
+    from physflow.workflows.spec import user_path
 
     text = endpoint_config_yaml(load_site(site, Path.cwd(), parse_assignments(assignments)), pool, site)
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.expanduser().parent.mkdir(parents=True, exist_ok=True)
-        output.expanduser().write_text(text)
-        click.echo(str(output.expanduser()), err=True)
+        output = user_path(str(output))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        click.echo(str(output), err=True)
 
 
 def _default_run_dir(name: str) -> Path:

@@ -29,7 +29,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from physflow.errors import SiteError, SpecError
-from physflow.workflows.spec import Location, Strict, line_of, parse_model
+from physflow.workflows.spec import Location, Strict, line_of, parse_model, path_kind, user_path
 
 #: ``${name}`` or ``${name:-default}``; lower-case names only, so ``${HOME}`` stays shell syntax.
 PLACEHOLDER = re.compile(r"\$\{([a-z][a-z0-9_]*)(?::-([^}]*))?\}")
@@ -159,10 +159,10 @@ def site_path(name_or_path: str, relative_to: Path | None = None) -> Path:
     sites = builtin_sites()
     if name_or_path in sites:
         return sites[name_or_path]
-    p = Path(name_or_path).expanduser()
+    p = user_path(name_or_path)
     if not p.is_absolute() and relative_to is not None:
         p = relative_to / p
-    if p.suffix in (".yaml", ".yml") and p.is_file():
+    if p.suffix in (".yaml", ".yml") and path_kind(p) == "file":
         return p.resolve()
     raise SiteError(f"unknown site {name_or_path!r} (built-in: {', '.join(sorted(sites))}; or a path to a site YAML)")
 

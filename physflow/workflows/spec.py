@@ -8,7 +8,9 @@ key it names. Unknown keys are errors: a typo must never be silently ignored on 
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -217,13 +219,33 @@ class LoadedWorkflow(BaseModel):
 
     def resolve(self, relative: str) -> Path:
         """A path named in the YAML, relative to the YAML's folder."""
-        p = Path(relative).expanduser()
+        p = user_path(relative)
         return p if p.is_absolute() else (self.directory / p).resolve()
 
     def error(self, field: str, message: str) -> SpecError:
         """A SpecError located at ``field`` (dotted path) of this file."""
         loc = tuple(int(p) if p.isdigit() else p for p in field.split("."))
         return SpecError(message, str(self.path), line_of(self.lines, loc), field)
+
+
+def user_path(text: str) -> Path:
+    """``text`` with a leading ``~`` or ``~user`` expanded where that user exists.
+
+    ``Path.expanduser`` raises on an unknown ``~user`` (a RuntimeError out of a YAML value such
+    as ``site: ~0``); ``os.path.expanduser`` leaves it as written, so it is then a path that does
+    not exist and gets the usual located error.
+    """
+    return Path(os.path.expanduser(text))
+
+
+def path_kind(path: Path) -> Literal["file", "folder"] | None:
+    """What ``path`` names: a regular file, a folder, or nothing usable (missing, a device, or a
+    name the OS refuses, e.g. longer than 255 bytes, where ``Path.is_file`` would raise)."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return None
+    return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else None
 
 
 def load_yaml_with_lines(path: Path, text: str | None = None) -> tuple[Any, dict[Location, int]]:
@@ -244,7 +266,7 @@ def load_yaml_with_lines(path: Path, text: str | None = None) -> tuple[Any, dict
                 out: dict[Any, Any] = {}
                 for key_node, value_node in n.value:
                     key = loader.construct_object(key_node, deep=True)
-                    if not isinstance(key, (str, int, float, bool)) or key is None:
+                    if not isinstance(key, (str, int, float, bool)) or key is None or "\x00" in str(key):
                         raise SpecError("keys must be plain names", str(path), key_node.start_mark.line + 1,
                                         ".".join(map(str, loc)) or None)
                     if key in out:
@@ -255,7 +277,12 @@ def load_yaml_with_lines(path: Path, text: str | None = None) -> tuple[Any, dict
                 return out
             if isinstance(n, yaml.SequenceNode):
                 return [build(v, loc + (i,)) for i, v in enumerate(n.value)]
-            return loader.construct_object(n, deep=True)
+            value = loader.construct_object(n, deep=True)
+            if isinstance(value, str) and "\x00" in value:
+                # a "\0" escape: no path, command or name can hold one, and os calls raise on it
+                raise SpecError("a NUL character (\\0) is not allowed in a value", str(path), n.start_mark.line + 1,
+                                ".".join(map(str, loc)) or None)
+            return value
 
         data = None if node is None else build(node, ())
     except yaml.MarkedYAMLError as exc:
@@ -316,7 +343,7 @@ def parse_model(model: type[BaseModel], path: Path, text: str | None = None,
 
 def load_workflow(path: str | Path) -> LoadedWorkflow:
     """Parse and type-check a workflow YAML (no cross-checks against adapters or sites)."""
-    path = Path(path).expanduser().resolve()
+    path = user_path(str(path)).resolve()
     spec, lines = parse_model(WorkflowSpec, path)
     return LoadedWorkflow(spec=spec, path=path, lines=lines)
 

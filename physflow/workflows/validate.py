@@ -14,7 +14,7 @@ from pathlib import Path
 from physflow.errors import PhysflowError
 from physflow.sim_adapters.base import Adapter, get_adapter
 from physflow.site_configs.builder import SiteSpec, builtin_sites, check_gpus, check_mpi_request, load_site
-from physflow.workflows.spec import LoadedWorkflow, load_workflow
+from physflow.workflows.spec import LoadedWorkflow, load_workflow, path_kind, user_path
 
 
 @dataclass
@@ -33,12 +33,15 @@ def check_workflow(path: str | Path, site: str | None = None, values: Mapping[st
     spec = workflow.spec
     if site:
         own = site not in builtin_sites() and site.endswith((".yaml", ".yml"))
-        spec.site = str(Path(site).expanduser().resolve()) if own else site
+        spec.site = str(user_path(site).resolve()) if own else site
     files = [("objective.target", spec.objective.target), ("llm.script", spec.llm.script)]
     files += [(f"agents.{role}.script", agent.script) for role, agent in spec.agents.items()]
     for field, value in files:
-        if value and not workflow.resolve(value).is_file():
+        if value and path_kind(workflow.resolve(value)) != "file":
             raise workflow.error(field, f"file not found: {value}")
+    for i, entry in enumerate(spec.knowledge):
+        if path_kind(workflow.resolve(entry)) is None:
+            raise workflow.error(f"knowledge.{i}", f"no such file or folder: {entry}")
     adapter = get_adapter(workflow)
     metrics = adapter.metric_names()
     if metrics is not None and spec.objective.metric not in metrics:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -120,7 +121,9 @@ def _check_one_line(result, outcomes: Counter) -> None:
         outcomes["refused"] += 1
 
 
-HYPOTHESIS = settings(max_examples=200, deadline=None, derandomize=False, database=None,
+# PHYSFLOW_HOSTILE_EXAMPLES raises the count for a long local hunt (CI uses the default).
+HYPOTHESIS = settings(max_examples=int(os.environ.get("PHYSFLOW_HOSTILE_EXAMPLES", "200")), deadline=None,
+                      derandomize=False, database=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                              HealthCheck.data_too_large])
 
@@ -191,6 +194,12 @@ def _set(doc: dict, dotted: str, value) -> dict:
     ("budget.wall_time", "-5s"),
     ("objective.target", "../../no/such/target.h5"),
     ("llm.script", "/etc"),                                 # exists, but is no file
+    ("simulation.inputs", {"in.txt": "\0"}),               # a NUL byte: os calls raise ValueError on it
+    ("knowledge", ["notes\0/x"]),
+    ("goal", "find\0x"),
+    ("objective.target", "a" * 300),                        # the OS refuses the name (ENAMETOOLONG)
+    ("site", "~0"),                                         # ~user of no user: Path.expanduser raises
+    ("knowledge", ["no/such/folder"]),
 ], ids=lambda v: v if isinstance(v, str) else repr(v)[:30])
 def test_hostile_values_through_a_real_process(tmp_path: Path, field: str, value):
     """The same contract end to end: a real ``physflow`` process, its real stderr and exit code."""
