@@ -32,12 +32,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: The longest duration a workflow may give (s): one year.
+MAX_DURATION = 365 * 86400.0
+
+
 def parse_duration(value: Any) -> float:
     """Turn ``90``, ``"90s"``, ``"30m"``, ``"2h"`` or ``"1h30m"`` into seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like 30m, 2h, 1h30m")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int of hundreds of digits
+            seconds = math.inf
     else:
         text = str(value).strip().lower()
         parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
@@ -47,6 +54,9 @@ def parse_duration(value: Any) -> float:
         seconds = 3600 * h + 60 * m + s
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError("a duration must be positive and finite")
+    if seconds > MAX_DURATION:
+        # timers and waits take no more (threading.TIMEOUT_MAX, epoll's milliseconds), nor does an allocation
+        raise ValueError(f"a duration must be at most a year ({MAX_DURATION:.0f} s)")
     return seconds
 
 
@@ -112,8 +122,8 @@ class AgentSpec(Strict):
 
 
 class Resources(Strict):
-    ranks: int = Field(1, ge=1)
-    nodes: int = Field(1, ge=1)
+    ranks: int = Field(1, ge=1, le=10_000_000)
+    nodes: int = Field(1, ge=1, le=1_000_000)
 
 
 class OutputsSpec(Strict):
@@ -168,9 +178,9 @@ class ObjectiveSpec(Strict):
 
 
 class BudgetSpec(Strict):
-    max_simulations: int = Field(32, ge=1)
-    max_concurrent: int = Field(2, ge=1)
-    max_rounds: int = Field(8, ge=1)
+    max_simulations: int = Field(32, ge=1, le=10_000_000)
+    max_concurrent: int = Field(2, ge=1, le=1_000_000)
+    max_rounds: int = Field(8, ge=1, le=1_000_000)
     wall_time: float = 1800.0
     backfill: Literal["optimizer", "none"] = "optimizer"
 

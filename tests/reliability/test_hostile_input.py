@@ -200,6 +200,8 @@ def _set(doc: dict, dotted: str, value) -> dict:
     ("objective.target", "a" * 300),                        # the OS refuses the name (ENAMETOOLONG)
     ("site", "~0"),                                         # ~user of no user: Path.expanduser raises
     ("knowledge", ["no/such/folder"]),
+    ("simulation.walltime", 10**400),                      # float() of it overflows
+    ("budget.wall_time", "99999999h"),
 ], ids=lambda v: v if isinstance(v, str) else repr(v)[:30])
 def test_hostile_values_through_a_real_process(tmp_path: Path, field: str, value):
     """The same contract end to end: a real ``physflow`` process, its real stderr and exit code."""
