@@ -44,7 +44,7 @@ Approver = Callable[[str, list[dict[str, float]]], Awaitable[list[Any] | None]]
 
 @dataclass
 class Event:
-    kind: str  # result | planned | judged
+    kind: str  # result | planned | judged | suggested | wake
     payload: Any = None
 
 
@@ -77,6 +77,7 @@ class Campaign:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._planner: asyncio.Task | None = None
         self._critic: asyncio.Task | None = None
+        self._suggesting: asyncio.Task | None = None
         self._to_judge: deque[str] = deque()
         self._approved_once = workflow.spec.approval == "auto" or approver is None
         self.tokens_before = 0
@@ -155,20 +156,10 @@ class Campaign:
         self.committer.result(task, outcome)
 
     def submit_ready(self) -> None:
-        """A slot is free: submit queued proposals, or backfill from the optimizer."""
+        """A slot is free: submit queued proposals (the optimizer's arrive by ``request_suggestions``)."""
         if self.stop_reason:
             return
-        while len(self.in_flight) < self.budget.max_concurrent:
-            if not self.queue:
-                thinking = self._planner is not None and not self._planner.done()
-                if not (thinking and self.budget.backfill == "optimizer" and self.simulations_left > 0
-                        and self._approved_once):
-                    return
-                # One optimizer call for every free slot: a call costs 10-50 ms (it refits on all
-                # results), which per slot would make this loop the bottleneck of short simulations.
-                free = min(self.budget.max_concurrent - len(self.in_flight), self.simulations_left)
-                for params in self.suggest(free):
-                    self._new_task(params, "backfill", None)
+        while self.queue and len(self.in_flight) < self.budget.max_concurrent:
             task = self.queue.popleft()
             spec = self.adapter.build_task(task.id, task.params, self.store.task_dir(task.id))
             task.status, task.submitted = "submitted", time.time()
@@ -176,6 +167,63 @@ class Campaign:
             self.in_flight[task.id] = task
             future = self.dispatcher.submit(spec)
             future.add_done_callback(lambda f, t=task: self._on_done(t, f))
+
+    def _slots_for_optimizer(self) -> tuple[int, str] | None:
+        """How many free slots the optimizer should fill now, and as what source; None for none.
+
+        It steers alone when there is no team; with a team it backfills only while the planner
+        thinks (``budget.backfill: optimizer``), and never before the user approved a first batch.
+        """
+        if self.stop_reason or self.queue or self.simulations_left <= 0:
+            return None
+        free = min(self.budget.max_concurrent - len(self.in_flight), self.simulations_left)
+        if free <= 0:
+            return None
+        if self.team is None:
+            return free, "optimizer"
+        thinking = self._planner is not None and not self._planner.done()
+        if thinking and self.budget.backfill == "optimizer" and self._approved_once:
+            return free, "backfill"
+        return None
+
+    def request_suggestions(self) -> None:
+        """Ask the optimizer for points for the free slots, in a worker thread.
+
+        A suggestion refits on every result (10-50 ms with TPE, more with a Gaussian process at a
+        few hundred results): on the loop's thread that would cap the campaign at a few tens of
+        simulations per second. Off it, results keep being taken and journaled meanwhile, and the
+        slots freed during one call are asked for together by the next, so one refit serves many
+        slots as the rate grows. One request at a time; the points arrive as a "suggested" event.
+        """
+        if self._suggesting is not None and not self._suggesting.done():
+            return
+        wanted = self._slots_for_optimizer()
+        if wanted is None:
+            return
+        n, source = wanted
+        pending = [t.params for t in (*self.in_flight.values(), *self.queue)]
+
+        async def work() -> None:
+            try:  # Optimizer.suggest copies the results it fits on; observe() may go on meanwhile
+                points: list[dict[str, float]] | BaseException = await asyncio.to_thread(
+                    self.optimizer.suggest, n, pending)
+            except Exception as exc:  # noqa: BLE001 - raised again on the loop's thread
+                points = exc
+            await self._events.put(Event("suggested", (source, points)))
+
+        self._suggesting = asyncio.create_task(work())
+
+    def on_suggested(self, source: str, points: list[dict[str, float]] | BaseException) -> None:
+        """Queue the optimizer's points for the slots still free (a planner's proposals that came
+        meanwhile go first; points no slot wants any more are dropped: they cost nothing)."""
+        self._suggesting = None
+        if isinstance(points, BaseException):
+            raise points
+        wanted = self._slots_for_optimizer()
+        if wanted is None:
+            return
+        for params in points[:wanted[0]]:
+            self._new_task(params, source, None)
 
     def maybe_think(self) -> None:
         """The queue runs low: ask the planner for the next hypothesis while simulations run."""
@@ -475,13 +523,8 @@ class Campaign:
             while True:
                 self.maybe_think()
                 self.submit_ready()
+                self.request_suggestions()
                 self.maybe_judge()
-                if self.team is None and not self.stop_reason and not self.queue and self.simulations_left > 0 \
-                        and len(self.in_flight) < self.budget.max_concurrent:
-                    for params in self.suggest(min(self.simulations_left,
-                                                   self.budget.max_concurrent - len(self.in_flight))):
-                        self._new_task(params, "optimizer", None)
-                    continue
                 planner_busy = self._planner is not None and not self._planner.done()
                 if planner_busy and (self.stop_reason or self.simulations_left <= 0):
                     # Nothing it proposes could run any more: stop the turn instead of waiting for it.
@@ -490,10 +533,11 @@ class Campaign:
                                               + (self.stop_reason or "simulation budget spent"))
                     planner_busy = False
                 critic_busy = self._critic is not None and not self._critic.done()
+                suggesting = self._suggesting is not None and not self._suggesting.done()
                 if self.cancel_requested:
                     break
                 if not self.in_flight and not planner_busy and not critic_busy and not self._to_judge \
-                        and (self.stop_reason or not self.queue):
+                        and not suggesting and (self.stop_reason or not self.queue):
                     break
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
@@ -509,6 +553,8 @@ class Campaign:
                     await self.on_planned(*event.payload)
                 elif event.kind == "judged":
                     self.on_judged(*event.payload)
+                elif event.kind == "suggested":
+                    self.on_suggested(*event.payload)
             if not self.stop_reason:
                 self.stop_reason = ("simulation budget spent" if self.simulations_left <= 0
                                     else "rounds done" if self.rounds >= self.budget.max_rounds
@@ -521,7 +567,7 @@ class Campaign:
             self.stop_reason = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            for t in (self._planner, self._critic):
+            for t in (self._planner, self._critic, self._suggesting):
                 if t and not t.done():
                     t.cancel()
             for task in list(self.in_flight.values()) + list(self.queue):

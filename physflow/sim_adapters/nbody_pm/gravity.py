@@ -46,7 +46,7 @@ class ForceField:
 
     def __init__(self, mesh: SlabMesh) -> None:
         self.mesh = mesh
-        #: The force, a ghosted slab (nx + 1, n + 1, n + 1, 3) whose interior [:nx, :n, :n] is set.
+        #: The force, a ghosted slab (3, nx + 1, n + 1, n + 1) whose interiors [:, :nx, :n, :n] are set.
         self.values = mesh.ghosted(3)
         # phi / (2 H) on planes x_start - 1 .. x_stop, so that a centred difference is a subtraction.
         self._half_phi = np.empty((mesh.nx + 2, mesh.n, mesh.n))
@@ -73,12 +73,13 @@ class ForceField:
         half_phi = self._half_phi
         mesh.backward(half_phi_k, out=half_phi[1:nx + 1])
         mesh.fill_x_neighbours(half_phi)
-        f, phi = self.values[:nx, :n, :n], half_phi[1:nx + 1]
-        np.subtract(half_phi[:nx], half_phi[2:], out=f[..., 0])
-        np.subtract(phi[:, :-2], phi[:, 2:], out=f[:, 1:-1, :, 1])
-        np.subtract(phi[:, -1], phi[:, 1], out=f[:, 0, :, 1])
-        np.subtract(phi[:, -2], phi[:, 0], out=f[:, -1, :, 1])
-        np.subtract(phi[:, :, :-2], phi[:, :, 2:], out=f[:, :, 1:-1, 2])
-        np.subtract(phi[:, :, -1], phi[:, :, 1], out=f[:, :, 0, 2])
-        np.subtract(phi[:, :, -2], phi[:, :, 0], out=f[:, :, -1, 2])
+        fx, fy, fz = self.values[:, :nx, :n, :n]
+        phi = half_phi[1:nx + 1]
+        np.subtract(half_phi[:nx], half_phi[2:], out=fx)
+        np.subtract(phi[:, :-2], phi[:, 2:], out=fy[:, 1:-1])
+        np.subtract(phi[:, -1], phi[:, 1], out=fy[:, 0])
+        np.subtract(phi[:, -2], phi[:, 0], out=fy[:, -1])
+        np.subtract(phi[:, :, :-2], phi[:, :, 2:], out=fz[:, :, 1:-1])
+        np.subtract(phi[:, :, -1], phi[:, :, 1], out=fz[:, :, 0])
+        np.subtract(phi[:, :, -2], phi[:, :, 0], out=fz[:, :, -1])
         return self.values

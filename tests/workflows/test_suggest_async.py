@@ -1,0 +1,79 @@
+"""The optimizer suggests in a worker thread: the loop keeps taking results while it fits, and the
+slots freed meanwhile are asked for together by the next call (one refit for many slots)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from physflow.optimizer import Optimizer
+from physflow.workflows.campaign import Campaign, open_dispatcher, write_run_files
+from physflow.workflows.store import RunStore
+from physflow.workflows.validate import check_workflow
+
+WORKFLOW = """\
+physflow: 1
+name: suggest-async
+goal: Find the x in [0, 1] that minimises y.
+agents: {planner: {enabled: false}}
+simulation:
+  adapter: python
+  function: parabola.run
+  parameters: {x: {min: 0.0, max: 1.0}}
+objective: {metric: y, goal: minimize}
+budget: {max_simulations: 16, max_concurrent: 4, max_rounds: 4, wall_time: 5m, backfill: none}
+"""
+
+
+PARABOLA = """\
+def run(x):
+    return {"y": (x - 0.3) ** 2}
+"""
+
+
+class PatientOptimizer(Optimizer):
+    """After its first call, answers only once the loop has taken every result in flight (60 s at
+    most): a fit that outlasts the simulations. It deadlocks if the loop waits for it."""
+
+    campaign: Campaign
+    calls: list[tuple[int, bool]]  # (points asked, gave up waiting), shared by all snapshots
+
+    def suggest(self, n: int = 1, pending: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
+        gave_up = False
+        if self.calls:
+            deadline = time.monotonic() + 60.0
+            while self.campaign.in_flight and not gave_up:
+                time.sleep(0.01)
+                gave_up = time.monotonic() > deadline
+        self.calls.append((n, gave_up))
+        return super().suggest(n, pending)
+
+
+def test_results_are_taken_while_the_optimizer_fits_and_freed_slots_are_batched(tmp_path: Path, monkeypatch):
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    (tmp_path / "parabola.py").write_text(PARABOLA)  # a simulation that returns at once
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # for the Parsl workers
+    checked = check_workflow(tmp_path / "wf.yaml")
+    run_dir = tmp_path / "run"
+    store = RunStore.create(run_dir)
+    store.open_for_writing()
+    write_run_files(checked.workflow, run_dir, checked.site)
+    campaign = Campaign(checked.workflow, store, checked.site, dispatcher_factory=lambda: open_dispatcher(
+        checked.site, run_dir / "parsl", 4, 1, mpi=False))
+    optimizer = PatientOptimizer(campaign.optimizer.parameters, "minimize", seed=1)
+    optimizer.campaign, optimizer.calls = campaign, []
+    campaign.optimizer = optimizer
+    try:
+        state = asyncio.run(campaign.run(None))
+    finally:
+        store.close()
+    tasks: list[Any] = list(campaign.tasks.values())
+    assert state == "finished" and len(tasks) == 16, campaign.stop_reason
+    assert all(t.status == "finished" and t.source == "optimizer" for t in tasks), [(t.status, t.error) for t in tasks]
+    asked = [n for n, _ in optimizer.calls]
+    assert not any(gave_up for _, gave_up in optimizer.calls), optimizer.calls  # the loop never waited on a fit
+    assert asked[0] == 4 and max(asked[1:]) >= 2, asked  # slots freed during a fit were asked for together
+    assert len(asked) < 16 and sum(asked) >= 16, asked
