@@ -89,8 +89,11 @@ class Campaign:
         return [t.public() for t in self.tasks.values()]
 
     def suggest(self, n: int) -> list[dict[str, float]]:
-        pending = [t.params for t in (*self.in_flight.values(), *self.queue)]
-        return self.optimizer.suggest(n, pending)
+        return self.optimizer.suggest(n, self._pending())
+
+    def _pending(self) -> list[dict[str, float]]:
+        """Parameters of the simulations running or queued: the optimizer spreads away from them."""
+        return [t.params for t in (*self.in_flight.values(), *self.queue)]
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _new_task(self, params: dict[str, float], source: str, hypothesis: str | None) -> TaskRecord:
@@ -201,7 +204,7 @@ class Campaign:
         if wanted is None:
             return
         n, source = wanted
-        pending = [t.params for t in (*self.in_flight.values(), *self.queue)]
+        pending = self._pending()
 
         async def work() -> None:
             try:  # Optimizer.suggest copies the results it fits on; observe() may go on meanwhile
