@@ -1,0 +1,188 @@
+"""Offline comparison of samplers on a stand-in of the cosmology problem (a development aid).
+
+The stand-in: ``bench/data/cosmology_grid.npz`` (``bench/cosmology_grid.py``: the real
+simulation's chi2_hmf on a 13 x 13 grid over omega_m in [0.1, 0.5], sigma8 in [0.5, 1.1]),
+interpolated smoothly (cubic in log chi2_hmf with scipy's RegularGridInterpolator). It keeps the
+problem's shape, a curved degenerate valley whose floor dips below the tolerance over a few
+percent of the box, but not the real surface's jaggedness below the grid spacing (halo counts
+change in steps), so its numbers are not those of real campaigns. THIS IS A STAND-IN, NOT THE
+BENCHMARK OF RECORD: that is ``bench/sample_efficiency.py``, which runs real campaigns. Against
+the real simulation on the 25 x 25 grid (``bench/data/cosmology_grid_25.npz``) at the points
+between the 13 x 13 nodes the interpolant is off by 8% (median) and agrees on chi2_hmf <= 1 at
+98% of them; chi2_hmf <= 1 covers 4.3% of the box in the interpolant, 3.7% of the real grid's
+points. ``--grid bench/data/cosmology_grid_25.npz`` runs on that finer grid instead.
+
+Each run replays the campaign's loop without simulations: budget 24, 2 in flight, first
+``suggest(2)``, then as each finishes (first submitted, first finished) ``observe`` it and
+``suggest(1, pending=[the other])``. Simulations to tolerance: results up to and including the
+first with chi2_hmf <= 1 (runs that never reach it count as budget + 1 in the mean and make the
+median a lower bound, shown as "> 24"). Strategies, seed k for each run k:
+
+``random``       independent uniform draws (what random search meant before the GP optimizer)
+``sobol``        physflow's ``Optimizer`` held in its start-up phase (``startup`` > budget), as
+                 ``sample_efficiency.py``'s "random" now is: scrambled Sobol points
+``tpe``          the previous optimizer: 4 uniform start-up points, then Optuna multivariate TPE
+``gp``           physflow's ``Optimizer`` as shipped (GP Bayesian optimisation)
+``gp[k=v,..]``   with class attributes or ``startup`` changed (``--gp startup=6 candidates=4096``)
+
+It also times ``suggest`` at 10, 50 and 200 observations.
+
+Run from the repository root: ``python bench/optimizer_offline.py [--seeds 100] [--gp K=V ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.interpolate import RegularGridInterpolator
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from physflow.optimizer import Optimizer  # noqa: E402
+from physflow.workflows.spec import ParameterSpec  # noqa: E402
+
+GRID = REPO / "bench" / "data" / "cosmology_grid.npz"
+PARAMETERS = {"omega_m": ParameterSpec(min=0.1, max=0.5), "sigma8": ParameterSpec(min=0.5, max=1.1)}
+BUDGET, CONCURRENT, TOLERANCE = 24, 2, 1.0
+Objective = Callable[[dict[str, float]], float]
+
+
+def stand_in(path: Path = GRID) -> Objective:
+    """chi2_hmf(params), interpolated cubically in log chi2_hmf from the grid in ``path``."""
+    with np.load(path) as f:
+        axes, chi2 = (f["omega_m"], f["sigma8"]), f["chi2_hmf"]
+    if np.isnan(chi2).any():
+        raise SystemExit(f"{path} is incomplete: run bench/cosmology_grid.py to finish it")
+    interp = RegularGridInterpolator(axes, np.log(np.maximum(chi2, 1e-3)), method="cubic")
+    return lambda p: float(np.exp(interp([[p["omega_m"], p["sigma8"]]])[0]))
+
+
+class RandomSearch:
+    """Independent uniform draws (the same interface as ``Optimizer``)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def observe(self, params: dict[str, float], value: float) -> None:
+        pass
+
+    def suggest(self, n: int = 1, pending: Any = None) -> list[dict[str, float]]:
+        return [{k: self.rng.uniform(p.min, p.max) for k, p in PARAMETERS.items()} for _ in range(n)]
+
+
+class PreviousTPE(Optimizer):
+    """The optimizer before the GP: uniform start-up draws, then TPE throughout."""
+
+    gp_max_observations = 0
+
+    def _sobol_points(self, n: int) -> np.ndarray:
+        rng = random.Random(self.seed * 1_000_003 + self._calls)
+        return np.array([[rng.uniform(0.0, 1.0) for _ in self.parameters] for _ in range(n)])
+
+
+def gp_variant(settings: dict[str, str]) -> Callable[[int], Optimizer]:
+    """A factory of ``Optimizer`` with class attributes (or ``startup``) set as in ``settings``."""
+    startup = int(settings["startup"]) if "startup" in settings else None
+    attrs = {k: type(getattr(Optimizer, k))(v) for k, v in settings.items() if k != "startup"}
+    cls = type("Variant", (Optimizer,), attrs)
+    return lambda seed: cls(PARAMETERS, "minimize", seed=seed, startup=startup)
+
+
+def replay(opt: Any, objective: Objective) -> list[float]:
+    """The objective values in the order a campaign with 2 in flight would store them."""
+    values: list[float] = []
+    in_flight = deque(opt.suggest(min(CONCURRENT, BUDGET), pending=[]))
+    submitted = len(in_flight)
+    while in_flight:
+        params = in_flight.popleft()
+        value = objective(params)
+        opt.observe(params, value)
+        values.append(value)
+        free = min(CONCURRENT - len(in_flight), BUDGET - submitted)
+        if free > 0:
+            new = opt.suggest(free, pending=list(in_flight))
+            in_flight.extend(new)
+            submitted += len(new)
+    return values
+
+
+def to_tolerance(values: list[float]) -> int:
+    """Simulations up to the first within tolerance; BUDGET + 1 if none."""
+    return next((i + 1 for i, v in enumerate(values) if v <= TOLERANCE), BUDGET + 1)
+
+
+def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int) -> dict[str, float]:
+    """Median and mean simulations to tolerance, fraction reached and seconds per run."""
+    start = time.perf_counter()
+    counts = [to_tolerance(replay(make(seed), objective)) for seed in range(seeds)]
+    return {"median": statistics.median(counts), "mean": statistics.fmean(counts),
+            "reached": sum(c <= BUDGET for c in counts) / seeds, "s_per_run": (time.perf_counter() - start) / seeds}
+
+
+def suggest_seconds(objective: Objective, sizes: tuple[int, ...] = (10, 50, 200)) -> dict[int, tuple[float, float]]:
+    """Seconds of ``suggest(1, pending=[one])`` with n observations: first call and mean of 3 more."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for n in sizes:
+        opt = Optimizer(PARAMETERS, seed=0)
+        for u in rng.random((n, 2)):
+            params = {k: p.min + ui * (p.max - p.min) for ui, (k, p) in zip(u, PARAMETERS.items(), strict=True)}
+            opt.observe(params, objective(params))
+        pending = [opt.best()[0]]
+        times = []
+        for _ in range(4):
+            tick = time.perf_counter()
+            opt.suggest(1, pending=pending)
+            times.append(time.perf_counter() - tick)
+        out[n] = (times[0], statistics.fmean(times[1:]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=100, help="runs per strategy (default 100)")
+    parser.add_argument("--grid", type=Path, default=GRID, help=f"grid file (default {GRID})")
+    parser.add_argument("--only", nargs="*", default=["random", "sobol", "tpe", "gp"],
+                        help="strategies to run (default: random sobol tpe gp)")
+    parser.add_argument("--gp", nargs="*", action="append", default=[], metavar="K=V",
+                        help="an extra GP row with these settings (repeatable), e.g. --gp startup=6 polish=8")
+    parser.add_argument("--no-timing", action="store_true", help="skip the suggest timings")
+    args = parser.parse_args(argv)
+    objective = stand_in(args.grid)
+    strategies: dict[str, Callable[[int], Any]] = {
+        "random": RandomSearch,
+        "sobol": lambda seed: Optimizer(PARAMETERS, seed=seed, startup=10**9),
+        "tpe": lambda seed: PreviousTPE(PARAMETERS, seed=seed),
+        "gp": lambda seed: Optimizer(PARAMETERS, seed=seed)}
+    strategies = {k: v for k, v in strategies.items() if k in args.only}
+    for settings in args.gp:
+        pairs = dict(s.split("=", 1) for s in settings)
+        strategies[f"gp[{','.join(settings)}]"] = gp_variant(pairs)
+    print(f"stand-in {args.grid.name}; {args.seeds} seeds; budget {BUDGET}, {CONCURRENT} in flight, "
+          f"tolerance chi2_hmf <= {TOLERANCE}")
+    print(f"{'strategy':<32} {'median':>7} {'mean':>6} {'reached':>8} {'s/run':>6}")
+    for name, make in strategies.items():
+        r = evaluate(make, objective, args.seeds)
+        median = f"> {BUDGET}" if r["median"] > BUDGET else f"{r['median']:g}"
+        print(f"{name:<32} {median:>7} {r['mean']:>6.1f} {r['reached']:>8.0%} {r['s_per_run']:>6.2f}", flush=True)
+    if not args.no_timing:
+        for n, (first, later) in suggest_seconds(objective).items():
+            print(f"suggest with {n:>3} observations: {1e3 * first:6.0f} ms first call, {1e3 * later:6.0f} ms later "
+                  f"(warm-started fit)")
+    print("mean counts a run that never reaches the tolerance as", BUDGET + 1, "; this is a stand-in",
+          "(bench/sample_efficiency.py runs the real campaigns)")
+
+
+if __name__ == "__main__":
+    main()
