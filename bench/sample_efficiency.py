@@ -8,23 +8,23 @@ simulations, 2 at a time. Three strategies, each a real campaign in this process
 on the local site, real MPI simulations, journal and HDF5), differing only in who chooses:
 
 ``random``
-    No agents; the campaign's optimizer is physflow's ``Optimizer`` held in its random start-up
-    phase for the whole run (``startup`` larger than the budget): independent uniform draws.
+    No agents; the campaign's optimizer is replaced by ``UniformRandom``: independent uniform
+    draws in the box (log parameters on a log scale), blind to the results.
 ``optimizer``
-    No agents: the optimizer steers alone (what ``suggest_parameters`` returns; TPE after 4
-    random start-up points).
+    No agents: the optimizer steers alone (what ``suggest_parameters`` returns: a Gaussian
+    process after 4 scrambled-Sobol start-up points).
 ``physflow``
     The embedded model (SmolLM2-135M-Instruct on llama.cpp, served as physflow serves it) as the
     planner with the default team, the same optimizer as its ``suggest_parameters`` tool and
     backfill.
 
-Seed k is the optimizer's seed in all three, so their first draws come from the same stream
-(common random numbers: the strategies differ in what follows the start-up, not in luck at
-the start); the simulation's initial phases stay those of the target (seed 7), as the problem
-requires. Simulations to tolerance: results stored up to and including the first with
-chi2_hmf <= 1, in the order they were stored; a run that never reaches it counts as "> budget"
-(the median then is a lower bound). The distance to the truth is that of the best point, in units
-of each parameter's range (and in raw units).
+Seed k is the optimizer's seed in ``optimizer`` and ``physflow``, so their start-up points are
+the same (common random numbers: they differ in what follows the start-up, not in luck at the
+start), and the random sampler's seed in ``random``; the simulation's initial phases stay those
+of the target (seed 7), as the problem requires. Simulations to tolerance: results stored up to
+and including the first with chi2_hmf <= 1, in the order they were stored; a run that never
+reaches it counts as "> budget" (the median then is a lower bound). The distance to the truth is
+that of the best point, in units of each parameter's range (and in raw units).
 
 A run is real every time: nothing is cached. Default: 5 seeds (--seeds N for more).
 
@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import math
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -73,6 +74,30 @@ class Outcome:
 
     def to_tolerance(self, tol: float) -> int | None:
         return next((i + 1 for i, v in enumerate(self.values) if v <= tol), None)
+
+
+class UniformRandom:
+    """Random search, in the campaign's optimizer slot: independent uniform draws, each parameter
+    on its own scale (log-uniform for log parameters), whatever the results say."""
+
+    def __init__(self, parameters: dict[str, Any], seed: int) -> None:
+        self.parameters = parameters
+        self.rng = random.Random(seed)
+
+    def observe(self, params: dict[str, float], value: float) -> None:
+        pass
+
+    def suggest(self, n: int = 1, pending: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
+        out = []
+        for _ in range(max(0, n)):
+            point = {}
+            for name, p in self.parameters.items():
+                if p.log:
+                    point[name] = math.exp(self.rng.uniform(math.log(p.min), math.log(p.max)))
+                else:
+                    point[name] = self.rng.uniform(p.min, p.max)
+            out.append(point)
+        return out
 
 
 def truth() -> dict[str, float]:
@@ -125,8 +150,8 @@ def run_one(method: str, seed: int, budget: int, folder: Path, steps: int | None
             service.start()
             clients = model_clients(checked.workflow, service.base_url, service.api_key)
         campaign = Campaign(checked.workflow, store, checked.site, dispatcher_factory=lambda: dispatcher)
-        campaign.optimizer = Optimizer(campaign.adapter.parameters, campaign.goal, seed=seed,
-                                       startup=10 ** 9 if method == "random" else None)
+        campaign.optimizer = (UniformRandom(campaign.adapter.parameters, seed) if method == "random"
+                              else Optimizer(campaign.adapter.parameters, campaign.goal, seed=seed))
         asyncio.run(campaign.run(clients))
     finally:
         dispatcher.close()

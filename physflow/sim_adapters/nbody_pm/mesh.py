@@ -8,11 +8,20 @@ Each mode sees the same one-dimensional transforms whatever the rank count, so r
 across decompositions to round-off. numpy's FFT normalisation: forward unnormalised, backward
 divided by n^3.
 
-The transforms work in place in two complex work arrays that the mesh keeps between calls (one
-on a single rank, where the transpose is the identity and is skipped), because a fresh
-mesh-sized temporary costs about as much in page faults and zeroing as the FFT pass that fills
-it. The all-to-all sends and receives strided blocks with MPI vector datatypes, so no
-transposed copy is made on either side.
+The transforms work in place in complex work arrays that the mesh keeps between calls, because
+a fresh mesh-sized temporary costs about as much in page faults and zeroing as the FFT pass that
+fills it. How the transpose moves data (``transport``):
+
+- ``local``: one rank; slab and rows are the same array and the transpose is the identity.
+- ``shared``: all ranks on one node (``auto`` picks it then). The work array is one (n, n, nzc)
+  array in an MPI-3 shared-memory window; a rank's slab is its planes, its rows are a strided
+  view across every rank's planes, and the transpose is a barrier: nothing is copied. Barriers
+  also open each transform, so no rank writes what another still reads.
+- ``alltoall``: ranks on several nodes. Each rank has its own slab and rows arrays, and
+  ``Alltoallw`` sends and receives strided blocks with MPI vector datatypes, so no transposed
+  copy is made on either side.
+
+The per-mode arithmetic is the same in all three, so they agree to the last bit.
 
 Cloud-in-cell (CIC) assignment uses mesh nodes at x = i * cell. A particle owned by a rank lies
 in [x_start, x_stop) * cell, so its stencil reaches one plane past the slab, and one row and
@@ -25,7 +34,9 @@ there, readout fetches it from there), the y and z ghosts are this rank's own ro
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from mpi4py import MPI
@@ -37,6 +48,29 @@ from physflow.sim_adapters.heat2d.solver import slab
 READOUT_CHUNK = 16384
 #: Bytes of one complex128 mode (the MPI displacements of ``Alltoallw`` are in bytes).
 _COMPLEX_BYTES = 16
+#: Environment variable that picks the transpose (``auto``, ``shared`` or ``alltoall``) where the
+#: caller does not: the tests and benchmarks compare the two on one node.
+TRANSPORT_ENV = "PHYSFLOW_NBODY_TRANSPOSE"
+
+Transport = Literal["local", "shared", "alltoall"]
+
+
+def choose_transport(comm: MPI.Comm, asked: str | None = None) -> Transport:
+    """How a mesh on ``comm`` transposes (module docstring): ``asked`` (default: the environment
+    variable ``TRANSPORT_ENV``, else ``auto``) is ``auto``, ``shared`` or ``alltoall`` (collective)."""
+    asked = asked or os.environ.get(TRANSPORT_ENV) or "auto"
+    if asked not in ("auto", "shared", "alltoall"):
+        raise ValueError(f"{TRANSPORT_ENV}={asked!r}: expected auto, shared or alltoall")
+    if comm.Get_size() == 1:
+        return "local"
+    if asked == "alltoall":
+        return "alltoall"
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    one_node = node.Get_size() == comm.Get_size()
+    node.Free()
+    if asked == "shared" and not one_node:
+        raise ValueError("a shared-memory transpose needs every rank on one node")
+    return "shared" if one_node else "alltoall"
 
 
 @dataclass
@@ -55,7 +89,7 @@ class Stencil:
 class SlabMesh:
     """An n^3 mesh over a periodic box of side ``box`` (Mpc/h), slab-decomposed over ``comm``."""
 
-    def __init__(self, n: int, box: float, comm: MPI.Comm) -> None:
+    def __init__(self, n: int, box: float, comm: MPI.Comm, transport: str | None = None) -> None:
         size, rank = comm.Get_size(), comm.Get_rank()
         if n < size:
             raise ValueError(f"a mesh of {n} planes cannot be split over {size} ranks")
@@ -83,24 +117,46 @@ class SlabMesh:
         ghosted = n + 1
         self.corner_offsets = np.array([(dx * ghosted + dy) * ghosted + dz
                                         for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], dtype=np.intp)
+        self.transport = choose_transport(comm, transport)
         self._slab_scratch: np.ndarray | None = None  # (nx, n, nzc) complex
         self._rows_scratch: np.ndarray | None = None  # (n, ny, nzc) complex; the same array on one rank
+        self._window: MPI.Win | None = None  # holds both (as views) with the shared transport
 
     # -- Fourier transforms --------------------------------------------------------------------
     def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
-        """The complex work arrays: x-slab (nx, n, nzc) and ky-rows (n, ny, nzc), made on first use."""
+        """The complex work arrays: x-slab (nx, n, nzc) and ky-rows (n, ny, nzc), made on first use
+        (collective with the shared transport)."""
         if self._slab_scratch is None:
-            self._slab_scratch = np.empty((self.nx, self.n, self.nzc), dtype=np.complex128)
-            self._rows_scratch = (self._slab_scratch if self.size == 1 else
-                                  np.empty((self.n, self.ny, self.nzc), dtype=np.complex128))
+            n, nzc = self.n, self.nzc
+            if self.transport == "shared":
+                size = n * n * nzc * _COMPLEX_BYTES if self.rank == 0 else 0
+                self._window = MPI.Win.Allocate_shared(size, _COMPLEX_BYTES, comm=self.comm)
+                memory, _ = self._window.Shared_query(0)
+                whole = np.ndarray(buffer=memory, dtype=np.complex128, shape=(n, n, nzc))
+                self._slab_scratch = whole[self.x_start:self.x_stop]
+                self._rows_scratch = whole[:, self.y_start:self.y_stop]
+            else:
+                self._slab_scratch = np.empty((self.nx, n, nzc), dtype=np.complex128)
+                self._rows_scratch = (self._slab_scratch if self.transport == "local" else
+                                      np.empty((n, self.ny, nzc), dtype=np.complex128))
         return self._slab_scratch, self._rows_scratch
 
-    def _transpose(self, slab_array: np.ndarray, rows: np.ndarray, to_rows: bool) -> None:
-        """All-to-all between the x-slab layout (nx, n, nzc) and the ky-row layout (n, ny, nzc).
+    def _sync(self) -> None:
+        """With the shared transport, wait until every rank is done with the shared work array's
+        previous phase (a no-op otherwise)."""
+        if self.transport == "shared":
+            self.comm.Barrier()
 
-        Rank s gets (to_rows) or gives the block slab_array[:, y_s:y_e, :] of this rank, a strided
-        MPI vector, which in rows is the contiguous block of planes [x_start, x_stop) of this rank.
+    def _transpose(self, slab_array: np.ndarray, rows: np.ndarray, to_rows: bool) -> None:
+        """Between the x-slab layout (nx, n, nzc) and the ky-row layout (n, ny, nzc).
+
+        With ``alltoall``, rank s gets (to_rows) or gives the block slab_array[:, y_s:y_e, :] of
+        this rank, a strided MPI vector, which in rows is the contiguous block of planes
+        [x_start, x_stop) of this rank. Shared: the two are views of one array; local: the same.
         """
+        if self.transport != "alltoall":
+            self._sync()
+            return
         n, nzc = self.n, self.nzc
         widths = [e - s for s, e in self.x_slabs]
         strided = [MPI.C_DOUBLE_COMPLEX.Create_vector(self.nx, w * nzc, n * nzc).Commit() for w in widths]
@@ -121,8 +177,12 @@ class SlabMesh:
                 datatype.Free()
 
     def release_work(self) -> None:
-        """Free the complex work arrays (they are made again by the next transform)."""
+        """Free the complex work arrays (they are made again by the next transform; collective
+        with the shared transport)."""
         self._slab_scratch = self._rows_scratch = None
+        if self._window is not None:
+            self._window.Free()
+            self._window = None
 
     def modes_work(self) -> np.ndarray:
         """The mesh's complex work array (n, ny, nzc): ``backward`` transforms it in place when it is
@@ -136,10 +196,10 @@ class SlabMesh:
         The result is a new array.
         """
         slab_array, rows = self._scratch()
+        self._sync()
         np.fft.rfft(real, axis=2, out=slab_array)
         np.fft.fft(slab_array, axis=1, out=slab_array)
-        if self.size > 1:
-            self._transpose(slab_array, rows, to_rows=True)
+        self._transpose(slab_array, rows, to_rows=True)
         return np.fft.fft(rows, axis=0)
 
     def backward(self, modes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -150,9 +210,9 @@ class SlabMesh:
         returned.
         """
         slab_array, rows = self._scratch()
+        self._sync()
         np.fft.ifft(modes, axis=0, out=rows)
-        if self.size > 1:
-            self._transpose(slab_array, rows, to_rows=False)
+        self._transpose(slab_array, rows, to_rows=False)
         np.fft.ifft(slab_array, axis=1, out=slab_array)
         return np.fft.irfft(slab_array, n=self.n, axis=2, out=out)
 

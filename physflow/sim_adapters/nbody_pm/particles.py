@@ -44,24 +44,30 @@ class Particles:
 def migrate(particles: Particles, mesh: SlabMesh) -> Particles:
     """Send every particle to the rank whose mesh slab holds its x position (collective).
 
-    Only the particles that change rank are packed and sent (a step moves few of them). The
-    result is ordered by source rank, each source's particles in their previous order, with this
-    rank's own staying particles in its place among the sources; when none leave or arrive the
-    particles are returned as they are.
+    Only the particles that change rank are packed and sent (a step moves few of them), and only
+    those within a mesh cell of the slab's edges (or outside it) are looked up exactly: a
+    particle further inside cannot have changed rank. The result is ordered by source rank,
+    each source's particles in their previous order, with this rank's own staying particles in
+    its place among the sources; when none leave or arrive the particles are returned as they are.
     """
     comm, rank = mesh.comm, mesh.rank
-    dest = mesh.owner_of(particles.pos[:, 0])
-    leaving = np.flatnonzero(dest != rank)
-    order = leaving[np.argsort(dest[leaving], kind="stable")]
-    send_counts = np.bincount(dest[leaving], minlength=mesh.size).astype(np.int64)
+    x = particles.pos[:, 0]
+    inner_lo, inner_hi = (mesh.x_start + 1) * mesh.cell, (mesh.x_stop - 1) * mesh.cell
+    edge = np.flatnonzero((x < inner_lo) | (x >= inner_hi))
+    edge_dest = mesh.owner_of(x[edge])
+    moves = edge_dest != rank
+    leaving, dest = edge[moves], edge_dest[moves]
+    order = np.argsort(dest, kind="stable")
+    leaving, dest = leaving[order], dest[order]
+    send_counts = np.bincount(dest, minlength=mesh.size).astype(np.int64)
     recv_counts = np.empty(mesh.size, dtype=np.int64)
     comm.Alltoall(send_counts, recv_counts)
     if len(leaving) == 0 and recv_counts.sum() == 0:
         return particles
-    packed = np.empty((len(order), _PACKED))
-    packed[:, 0:3] = particles.pos[order]
-    packed[:, 3:6] = particles.mom[order]
-    packed[:, 6] = particles.ids[order]
+    packed = np.empty((len(leaving), _PACKED))
+    packed[:, 0:3] = particles.pos[leaving]
+    packed[:, 3:6] = particles.mom[leaving]
+    packed[:, 6] = particles.ids[leaving]
     received = np.empty((int(recv_counts.sum()), _PACKED))
     sc, rc = (send_counts * _PACKED).tolist(), (recv_counts * _PACKED).tolist()
     sd = np.concatenate([[0], np.cumsum(sc)[:-1]]).tolist()
@@ -70,11 +76,17 @@ def migrate(particles: Particles, mesh: SlabMesh) -> Particles:
     staying = np.ones(len(particles), dtype=bool)
     staying[leaving] = False
     before = int(recv_counts[:rank].sum())  # received from lower ranks: they go first
-    lower, higher = received[:before], received[before:]
-    return Particles(np.concatenate([lower[:, 0:3], particles.pos[staying], higher[:, 0:3]]),
-                     np.concatenate([lower[:, 3:6], particles.mom[staying], higher[:, 3:6]]),
-                     np.concatenate([lower[:, 6].astype(np.int64), particles.ids[staying],
-                                     higher[:, 6].astype(np.int64)]))
+    kept = len(particles) - len(leaving)
+    total = kept + len(received)
+    # Each array is written once, in place (compress with out=), not copied twice as a masked
+    # selection followed by a concatenation would.
+    out = Particles(np.empty((total, 3)), np.empty((total, 3)), np.empty(total, dtype=np.int64))
+    for mine, theirs, columns in ((particles.pos, out.pos, slice(0, 3)), (particles.mom, out.mom, slice(3, 6)),
+                                  (particles.ids, out.ids, 6)):
+        theirs[:before] = received[:before, columns]
+        np.compress(staying, mine, axis=0, out=theirs[before:before + kept])
+        theirs[before + kept:] = received[before:, columns]
+    return out
 
 
 def gather_to_root(particles: Particles, comm: MPI.Comm) -> Particles | None:

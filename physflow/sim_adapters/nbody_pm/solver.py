@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class PMSimulation:
         self.mesh = SlabMesh(settings.n_mesh, settings.box_size, comm)
         lattice = SlabMesh(settings.n_side, settings.box_size, comm)
         self.particles = migrate(zeldovich(lattice, cosmo, settings.seed, settings.a_init, self.mesh.cell), self.mesh)
+        lattice.release_work()
         self.field = ForceField(self.mesh)
         self.compute_force()
 
@@ -194,7 +196,8 @@ def write(path: Path | str, result: Result, **attrs: float) -> None:
 
 
 def keep_freed_memory() -> None:
-    """Have glibc's malloc reuse freed memory instead of returning it to the kernel.
+    """Have glibc's malloc reuse freed memory instead of returning it to the kernel, and numpy
+    ask for no transparent huge pages.
 
     Each step makes and frees mesh- and particle-sized numpy temporaries (tens to hundreds of MB).
     By default glibc serves every block over 32 MB with its own mmap and unmaps it on free, so
@@ -202,7 +205,18 @@ def keep_freed_memory() -> None:
     a 128^3-particle step was system time. With large blocks on the heap and trimming off (up to
     2 GB free at the top), the process keeps its peak footprint (as it would anyway at the next
     step) and reuses it. Does nothing where the C library has no ``mallopt`` (not glibc).
+
+    numpy marks every array of 4 MB or more ``madvise(MADV_HUGEPAGE)``; where the kernel's THP
+    ``defrag`` setting is ``madvise`` (Debian's default) a fault in such memory compacts memory
+    synchronously to find a 2 MB page. On 2 ranks of a 128^3-particle run that was 0.03-0.05 s
+    of system time per step in the CIC paint alone (``perf``: ``clear_page_erms`` under
+    ``do_huge_pmd_*``). Turned off here unless ``NUMPY_MADVISE_HUGEPAGE`` says otherwise (numpy's
+    own switch, read when numpy is imported; this sets the same flag afterwards).
     """
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
+        toggle = getattr(getattr(np, "_core", np).multiarray, "_set_madvise_hugepage", None)
+        if toggle is not None:
+            toggle(False)
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
