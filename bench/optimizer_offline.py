@@ -19,8 +19,8 @@ first with chi2_hmf <= 1 (runs that never reach it count as budget + 1 in the me
 median a lower bound, shown as "> 24"). Strategies, seed k for each run k:
 
 ``random``       independent uniform draws (what random search meant before the GP optimizer)
-``sobol``        physflow's ``Optimizer`` held in its start-up phase (``startup`` > budget), as
-                 ``sample_efficiency.py``'s "random" now is: scrambled Sobol points
+``sobol``        physflow's ``Optimizer`` held in its start-up phase (``startup`` > budget):
+                 scrambled Sobol points
 ``tpe``          the previous optimizer: 4 uniform start-up points, then Optuna multivariate TPE
 ``gp``           physflow's ``Optimizer`` as shipped (GP Bayesian optimisation)
 ``gp[k=v,..]``   with class attributes or ``startup`` changed (``--gp startup=6 candidates=4096``)

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,11 @@ from physflow.sim_adapters.base import Adapter, Array, get_adapter
 from physflow.site_configs.builder import SiteSpec
 from physflow.workflows.spec import LoadedWorkflow
 from physflow.workflows.store import CampaignState, Committer, RunStore, TaskRecord
+
+#: The optimizer prepares a spare point while every slot is busy once a suggestion takes more
+#: than this fraction of a typical simulation's run time (see ``Campaign.request_suggestions``):
+#: below it a fresh fit is worth its wait, above it an idle slot costs more.
+SPARE_ABOVE = 0.03
 
 log = logging.getLogger("physflow.campaign")
 
@@ -78,6 +84,13 @@ class Campaign:
         self._planner: asyncio.Task | None = None
         self._critic: asyncio.Task | None = None
         self._suggesting: asyncio.Task | None = None
+        #: A point the optimizer made ready while every slot was busy (``SPARE_ABOVE``), the
+        #: number of results it had seen, and how long the last suggestion took (seconds).
+        self._spares: list[dict[str, float]] = []
+        self._spares_seen = 0
+        self._suggest_seconds = 0.0
+        self._results_count = 0
+        self._recent_runs: deque[float] = deque(maxlen=20)  # run times of the last simulations, s
         self._to_judge: deque[str] = deque()
         self._approved_once = workflow.spec.approval == "auto" or approver is None
         self.tokens_before = 0
@@ -193,35 +206,70 @@ class Campaign:
         """Ask the optimizer for points for the free slots, in a worker thread.
 
         A suggestion refits on every result (a Gaussian process: about 0.05 s at 50 results, 0.15 s
-        at 200, 0.35 s at 300; TPE beyond, 10-50 ms): on the loop's thread that would cap the campaign at a few tens of
-        simulations per second. Off it, results keep being taken and journaled meanwhile, and the
-        slots freed during one call are asked for together by the next, so one refit serves many
-        slots as the rate grows. One request at a time; the points arrive as a "suggested" event.
+        at 200, 0.35 s at 300; TPE beyond, 10-50 ms): on the loop's thread that would cap the
+        campaign at a few tens of simulations per second. Off it, results keep being taken and
+        journaled meanwhile, and the slots freed during one call are asked for together by the
+        next, so one refit serves many slots as the rate grows. One request at a time; the points
+        arrive as a "suggested" event.
+
+        A freed slot still waits for its fit. Where that wait is a noticeable part of a
+        simulation (``SPARE_ABOVE``), the optimizer prepares a spare point while every slot is
+        busy, and a freed slot starts on it at once; the spare has not seen the results that came
+        in meanwhile, and is dropped once more than ``max_concurrent`` of them have.
         """
         if self._suggesting is not None and not self._suggesting.done():
             return
         wanted = self._slots_for_optimizer()
+        if wanted is not None and self._spares:
+            n, source = wanted
+            if self._results_count - self._spares_seen <= self.budget.max_concurrent:
+                for params in self._spares[:n]:
+                    self._new_task(params, source, None)
+            self._spares = []
+            self.submit_ready()
+            wanted = self._slots_for_optimizer()
         if wanted is None:
+            if self._spare_wanted():
+                self._suggest(1, "spare")
             return
-        n, source = wanted
-        pending = self._pending()
+        self._suggest(*wanted)
+
+    def _spare_wanted(self) -> bool:
+        """Whether to prepare a spare point now: every slot busy, simulations left to start, the
+        optimizer fills the next free slot, and a fit takes over ``SPARE_ABOVE`` of a simulation."""
+        if self._spares or self.stop_reason or self.queue or self.simulations_left <= 0:
+            return False
+        if self.team is not None and self.budget.backfill != "optimizer":
+            return False
+        runs = self._recent_runs
+        return bool(runs) and self._suggest_seconds > SPARE_ABOVE * statistics.median(runs)
+
+    def _suggest(self, n: int, source: str) -> None:
+        pending, seen = self._pending(), self._results_count
 
         async def work() -> None:
+            started = time.perf_counter()
             try:  # Optimizer.suggest copies the results it fits on; observe() may go on meanwhile
                 points: list[dict[str, float]] | BaseException = await asyncio.to_thread(
                     self.optimizer.suggest, n, pending)
             except Exception as exc:  # noqa: BLE001 - raised again on the loop's thread
                 points = exc
-            await self._events.put(Event("suggested", (source, points)))
+            self._suggest_seconds = time.perf_counter() - started
+            await self._events.put(Event("suggested", (source, points, seen)))
 
         self._suggesting = asyncio.create_task(work())
 
-    def on_suggested(self, source: str, points: list[dict[str, float]] | BaseException) -> None:
+    def on_suggested(self, source: str, points: list[dict[str, float]] | BaseException, seen: int) -> None:
         """Queue the optimizer's points for the slots still free (a planner's proposals that came
-        meanwhile go first; points no slot wants any more are dropped: they cost nothing)."""
+        meanwhile go first; points no slot wants any more are dropped: they cost nothing), or keep
+        a spare for the next slot to fall free."""
         self._suggesting = None
         if isinstance(points, BaseException):
             raise points
+        if source == "spare":
+            self._spares, self._spares_seen = points, seen
+            self.request_suggestions()  # a slot may have fallen free during the fit
+            return
         wanted = self._slots_for_optimizer()
         if wanted is None:
             return
@@ -317,8 +365,11 @@ class Campaign:
 
     def on_result(self, task: TaskRecord) -> None:
         self.in_flight.pop(task.id, None)
+        self._results_count += 1
         if task.status == "finished":
             self.optimizer.observe(task.params, task.metrics[self.objective_metric])
+            if task.started is not None and task.finished is not None:
+                self._recent_runs.append(task.finished - task.started)
         if self.tolerance_reached() and not self.stop_reason:
             self.stop_reason = "tolerance reached"
         best = self.best()

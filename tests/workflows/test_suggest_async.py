@@ -77,3 +77,54 @@ def test_results_are_taken_while_the_optimizer_fits_and_freed_slots_are_batched(
     assert not any(gave_up for _, gave_up in optimizer.calls), optimizer.calls  # the loop never waited on a fit
     assert asked[0] == 4 and max(asked[1:]) >= 2, asked  # slots freed during a fit were asked for together
     assert len(asked) < 16 and sum(asked) >= 16, asked
+
+
+SLOW_PARABOLA = """\
+import time
+
+
+def run(x):
+    time.sleep(0.3)
+    return {"y": (x - 0.3) ** 2}
+"""
+
+
+class SlowOptimizer(Optimizer):
+    """A fit that takes a sixth of a simulation (far above ``SPARE_ABOVE``); records, per call, the
+    points asked for and whether every slot was busy at the time (a spare prepared ahead)."""
+
+    campaign: Campaign
+    calls: list[tuple[int, bool]]
+
+    def suggest(self, n: int = 1, pending: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
+        busy = len(self.campaign.in_flight) >= self.campaign.budget.max_concurrent
+        self.calls.append((n, busy))
+        time.sleep(0.05)
+        return super().suggest(n, pending)
+
+
+def test_a_slow_fit_prepares_a_spare_point_while_every_slot_is_busy(tmp_path: Path, monkeypatch):
+    (tmp_path / "wf.yaml").write_text(WORKFLOW.replace("max_concurrent: 4", "max_concurrent: 2"))
+    (tmp_path / "parabola.py").write_text(SLOW_PARABOLA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    checked = check_workflow(tmp_path / "wf.yaml")
+    run_dir = tmp_path / "run"
+    store = RunStore.create(run_dir)
+    store.open_for_writing()
+    write_run_files(checked.workflow, run_dir, checked.site)
+    campaign = Campaign(checked.workflow, store, checked.site, dispatcher_factory=lambda: open_dispatcher(
+        checked.site, run_dir / "parsl", 2, 1, mpi=False))
+    optimizer = SlowOptimizer(campaign.optimizer.parameters, "minimize", seed=2)
+    optimizer.campaign, optimizer.calls = campaign, []
+    campaign.optimizer = optimizer
+    try:
+        state = asyncio.run(campaign.run(None))
+    finally:
+        store.close()
+    tasks: list[Any] = list(campaign.tasks.values())
+    assert state == "finished" and len(tasks) == 16, campaign.stop_reason
+    assert all(t.status == "finished" and 0.0 <= t.params["x"] <= 1.0 for t in tasks)
+    spares = [n for n, busy in optimizer.calls if busy]
+    assert spares and set(spares) == {1}, optimizer.calls  # one point at a time, asked while all slots ran
+    assert len({t.params["x"] for t in tasks}) == 16  # a spare is used once, never twice
