@@ -51,9 +51,13 @@ class PatientOptimizer(Optimizer):
         return super().suggest(n, pending)
 
 
-def test_results_are_taken_while_the_optimizer_fits_and_freed_slots_are_batched(tmp_path: Path, monkeypatch):
-    (tmp_path / "wf.yaml").write_text(WORKFLOW)
-    (tmp_path / "parabola.py").write_text(PARABOLA)  # a simulation that returns at once
+def run_campaign(tmp_path: Path, monkeypatch, workflow: str, simulation: str,
+                 optimizer_class: type, seed: int) -> tuple[str, Campaign, Any]:
+    """A real campaign of ``workflow`` whose simulation is the module text ``simulation``
+    (parabola.py, importable by the Parsl workers), steered by an ``optimizer_class`` that sees
+    the campaign and records its calls: (state, campaign, optimizer)."""
+    (tmp_path / "wf.yaml").write_text(workflow)
+    (tmp_path / "parabola.py").write_text(simulation)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # for the Parsl workers
     checked = check_workflow(tmp_path / "wf.yaml")
@@ -61,15 +65,22 @@ def test_results_are_taken_while_the_optimizer_fits_and_freed_slots_are_batched(
     store = RunStore.create(run_dir)
     store.open_for_writing()
     write_run_files(checked.workflow, run_dir, checked.site)
+    slots = checked.workflow.spec.budget.max_concurrent
     campaign = Campaign(checked.workflow, store, checked.site, dispatcher_factory=lambda: open_dispatcher(
-        checked.site, run_dir / "parsl", 4, 1, mpi=False))
-    optimizer = PatientOptimizer(campaign.optimizer.parameters, "minimize", seed=1)
+        checked.site, run_dir / "parsl", slots, 1, mpi=False))
+    optimizer = optimizer_class(campaign.optimizer.parameters, "minimize", seed=seed)
     optimizer.campaign, optimizer.calls = campaign, []
     campaign.optimizer = optimizer
     try:
         state = asyncio.run(campaign.run(None))
     finally:
         store.close()
+    return state, campaign, optimizer
+
+
+def test_results_are_taken_while_the_optimizer_fits_and_freed_slots_are_batched(tmp_path: Path, monkeypatch):
+    # a simulation that returns at once
+    state, campaign, optimizer = run_campaign(tmp_path, monkeypatch, WORKFLOW, PARABOLA, PatientOptimizer, 1)
     tasks: list[Any] = list(campaign.tasks.values())
     assert state == "finished" and len(tasks) == 16, campaign.stop_reason
     assert all(t.status == "finished" and t.source == "optimizer" for t in tasks), [(t.status, t.error) for t in tasks]
@@ -104,24 +115,8 @@ class SlowOptimizer(Optimizer):
 
 
 def test_a_slow_fit_prepares_a_spare_point_while_every_slot_is_busy(tmp_path: Path, monkeypatch):
-    (tmp_path / "wf.yaml").write_text(WORKFLOW.replace("max_concurrent: 4", "max_concurrent: 2"))
-    (tmp_path / "parabola.py").write_text(SLOW_PARABOLA)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    checked = check_workflow(tmp_path / "wf.yaml")
-    run_dir = tmp_path / "run"
-    store = RunStore.create(run_dir)
-    store.open_for_writing()
-    write_run_files(checked.workflow, run_dir, checked.site)
-    campaign = Campaign(checked.workflow, store, checked.site, dispatcher_factory=lambda: open_dispatcher(
-        checked.site, run_dir / "parsl", 2, 1, mpi=False))
-    optimizer = SlowOptimizer(campaign.optimizer.parameters, "minimize", seed=2)
-    optimizer.campaign, optimizer.calls = campaign, []
-    campaign.optimizer = optimizer
-    try:
-        state = asyncio.run(campaign.run(None))
-    finally:
-        store.close()
+    workflow = WORKFLOW.replace("max_concurrent: 4", "max_concurrent: 2")
+    state, campaign, optimizer = run_campaign(tmp_path, monkeypatch, workflow, SLOW_PARABOLA, SlowOptimizer, 2)
     tasks: list[Any] = list(campaign.tasks.values())
     assert state == "finished" and len(tasks) == 16, campaign.stop_reason
     assert all(t.status == "finished" and 0.0 <= t.params["x"] <= 1.0 for t in tasks)
