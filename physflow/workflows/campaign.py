@@ -104,6 +104,11 @@ class Campaign:
     def suggest(self, n: int) -> list[dict[str, float]]:
         return self.optimizer.suggest(n, self._pending())
 
+    async def _suggest_off_loop(self, n: int) -> list[dict[str, float]]:
+        """The optimizer's points now, fitted in a worker thread (the pending parameters are read
+        here, on the loop's thread, where the task tables change)."""
+        return await asyncio.to_thread(self.optimizer.suggest, n, self._pending())
+
     def _pending(self) -> list[dict[str, float]]:
         """Parameters of the simulations running or queued: the optimizer spreads away from them."""
         return [t.params for t in (*self.in_flight.values(), *self.queue)]
@@ -291,7 +296,7 @@ class Campaign:
     async def _plan(self, round_no: int) -> None:
         capacity = max(1, min(self.simulations_left, self.budget.max_concurrent * 2, 8))
         try:
-            hints = await asyncio.to_thread(self.optimizer.suggest, 2, self._pending())
+            hints = await self._suggest_off_loop(2)
             outcome = await self.team.propose(self._planner_prompt(round_no, hints), capacity)
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
             outcome = PlanOutcome(errors=[f"{type(exc).__name__}: {exc}"])
@@ -323,7 +328,7 @@ class Campaign:
                                       f"round {round_no}: no valid proposal ({'; '.join(outcome.errors)[-400:]}); "
                                       "using the optimizer's suggestions")
             n = min(capacity, self.budget.max_concurrent)
-            suggested = await asyncio.to_thread(self.optimizer.suggest, n, self._pending()) if n else []
+            suggested = await self._suggest_off_loop(n) if n else []
             batch = await self._approve(None, suggested) if suggested else []
             if batch is None:
                 return

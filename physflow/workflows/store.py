@@ -403,7 +403,8 @@ HDF5_MAX_LAG_S = 5.0
 #: write copies the whole file and fsyncs it, so under a flood of short tasks a 10 ms pause alone
 #: meant a write every few results, and the writes took the CPU the dispatch needed
 #: (physflow/raw dispatch 0.56 against 0.89 with a 50 ms pause). So HDF5 takes at most about a
-#: fifth of the time however large the file grows, and a lone result still follows at once.
+#: fifth of the time however large the file grows, and a lone result still follows after the
+#: 10 ms pause.
 HDF5_PAUSE_PER_WRITE = 4.0
 
 #: Turns a worker's outcome into the task's final state; returns the arrays to store.
