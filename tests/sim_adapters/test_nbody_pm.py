@@ -197,6 +197,17 @@ def test_shared_memory_and_message_transposes_agree_to_the_last_bit():
     assert proc.stdout.split() == ["ok", "alltoall", "shared"]
 
 
+@pytest.mark.parametrize("ranks", [3, 4])
+def test_migration_keeps_every_particle_whole_and_on_its_owner(ranks):
+    """Particles moved a little (as in a step) and by whole slabs, all onto one rank and back:
+    each ends on the rank owning its x with its own position, momentum and id, none lost."""
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    proc = subprocess.run([str(mpiexec), "-n", str(ranks), sys.executable, "-m", "tests.sim_adapters.nbody_migration"],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ok"]
+
+
 def test_same_seed_and_ranks_give_identical_output(rank_runs):
     """The same settings on one rank, here in-process, reproduce the 1-rank mpiexec run bit for bit."""
     again = solver.run(PLANCK, Settings(), MPI.COMM_SELF)

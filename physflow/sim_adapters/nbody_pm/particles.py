@@ -7,7 +7,7 @@ velocity is v = p / a * 100 km/s. Each particle carries its global lattice index
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
@@ -16,18 +16,41 @@ from physflow.sim_adapters.nbody_pm.mesh import SlabMesh
 
 #: Values per particle in a migration message: x, y, z, px, py, pz, id (ids < 2^53 are exact).
 _PACKED = 7
+#: Spare room a rank's particle arrays get when they grow, as a fraction of the new count: a
+#: migration that brings more particles than it sends away then writes them in place, and the
+#: arrays are copied only when the room runs out (a few times in a run, as structure forms and
+#: the slabs' particle counts drift apart by up to ~10%).
+SPARE = 1 / 16
 
 
 @dataclass
 class Particles:
-    """The particles one rank owns: pos (N, 3) Mpc/h, mom (N, 3) H0 Mpc/h, ids (N,) int64."""
+    """The particles one rank owns: pos (N, 3) Mpc/h, mom (N, 3) H0 Mpc/h, ids (N,) int64.
+
+    The three arrays are the first N rows of larger ones once ``resize`` has grown them.
+    """
 
     pos: np.ndarray
     mom: np.ndarray
     ids: np.ndarray
+    _store: tuple[np.ndarray, np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._store = (self.pos, self.mom, self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def resize(self, count: int) -> None:
+        """Hold ``count`` particles: the first min(count, N) keep their values, any new rows are
+        uninitialised. Grows the arrays with ``SPARE`` room when they are too small."""
+        if count > len(self._store[2]):
+            room = count + int(count * SPARE)
+            grown = (np.empty((room, 3)), np.empty((room, 3)), np.empty(room, dtype=np.int64))
+            for old, new in zip((self.pos, self.mom, self.ids), grown, strict=True):
+                new[:len(old)] = old
+            self._store = grown
+        self.pos, self.mom, self.ids = (whole[:count] for whole in self._store)
 
     def wrap(self, box: float) -> None:
         """Put positions back into [0, box) Mpc/h."""
@@ -42,13 +65,18 @@ class Particles:
 
 
 def migrate(particles: Particles, mesh: SlabMesh) -> Particles:
-    """Send every particle to the rank whose mesh slab holds its x position (collective).
+    """Send every particle to the rank whose mesh slab holds its x position (collective); the
+    particles are changed in place and returned.
 
     Only the particles that change rank are packed and sent (a step moves few of them), and only
     those within a mesh cell of the slab's edges (or outside it) are looked up exactly: a
-    particle further inside cannot have changed rank. The result is ordered by source rank,
-    each source's particles in their previous order, with this rank's own staying particles in
-    its place among the sources; when none leave or arrive the particles are returned as they are.
+    particle further inside cannot have changed rank. Nothing else is copied: arrivals (by
+    source rank, each source's in its sending order) take the leavers' places in ascending
+    order, then go at the end; when fewer arrive than leave, the last staying particles move
+    into the places left. The other particles keep their places, so the order stays close to
+    lattice order (which keeps ``SlabMesh.readout``'s chunks local) and is the same for a given
+    rank count on every run. Copying every array into a new order instead cost 0.03-0.04 s of a
+    0.6 s step on 2 ranks with 128^3 particles.
     """
     comm, rank = mesh.comm, mesh.rank
     x = particles.pos[:, 0]
@@ -73,20 +101,26 @@ def migrate(particles: Particles, mesh: SlabMesh) -> Particles:
     sd = np.concatenate([[0], np.cumsum(sc)[:-1]]).tolist()
     rd = np.concatenate([[0], np.cumsum(rc)[:-1]]).tolist()
     comm.Alltoallv([packed, (sc, sd), MPI.DOUBLE], [received, (rc, rd), MPI.DOUBLE])
-    staying = np.ones(len(particles), dtype=bool)
-    staying[leaving] = False
-    before = int(recv_counts[:rank].sum())  # received from lower ranks: they go first
-    kept = len(particles) - len(leaving)
-    total = kept + len(received)
-    # Each array is written once, in place (compress with out=), not copied twice as a masked
-    # selection followed by a concatenation would.
-    out = Particles(np.empty((total, 3)), np.empty((total, 3)), np.empty(total, dtype=np.int64))
-    for mine, theirs, columns in ((particles.pos, out.pos, slice(0, 3)), (particles.mom, out.mom, slice(3, 6)),
-                                  (particles.ids, out.ids, 6)):
-        theirs[:before] = received[:before, columns]
-        np.compress(staying, mine, axis=0, out=theirs[before:before + kept])
-        theirs[before + kept:] = received[before:, columns]
-    return out
+    holes = edge[moves]  # ascending, as flatnonzero gives them
+    arrived = len(received)
+    count = len(particles) - len(holes) + arrived
+    if arrived >= len(holes):
+        places = np.concatenate([holes, np.arange(len(particles), count)])
+        particles.resize(count)
+    else:
+        places, open_holes = holes[:arrived], holes[arrived:]
+        # The arrays lose their last len(open_holes) rows: the staying particles there move into
+        # the open holes below the new end (as many as there are such particles).
+        dropped = open_holes[open_holes >= count]
+        movers = np.setdiff1d(np.arange(count, len(particles)), dropped, assume_unique=True)
+        targets = open_holes[open_holes < count]
+        for values in (particles.pos, particles.mom, particles.ids):
+            values[targets] = values[movers]
+        particles.resize(count)
+    particles.pos[places] = received[:, 0:3]
+    particles.mom[places] = received[:, 3:6]
+    particles.ids[places] = received[:, 6]
+    return particles
 
 
 def gather_to_root(particles: Particles, comm: MPI.Comm) -> Particles | None:
