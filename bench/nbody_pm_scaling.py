@@ -7,9 +7,10 @@ particle) and a box of ``n_side * spacing`` Mpc/h (default spacing 128/48 Mpc/h:
 campaign's particle mass). Each run prints one JSON line; from it the table takes:
 
 - s/step: mean wall time of one kick-drift-kick step (initial conditions, P(k) and the halo
-  finder excluded), best of ``--repeats`` runs;
+  finder excluded), best of ``--repeats`` runs (default 3), the rank counts alternated;
 - particle-updates/s/core: n_side^3 / (s/step) / ranks;
-- speed-up 1 -> R: s/step on one rank over s/step on R ranks (target >= 1.7 for R = 2);
+- speed-up 1 -> R: s/step on one rank over s/step on R ranks (target >= 1.7 for R = 2), of the
+  best runs, then of each alternated pair of runs;
 - peak RSS: the largest ru_maxrss over ranks during the steps (before rank 0 gathers the
   particles for the halo finder), and bytes per particle: (peak RSS - RSS of an idle rank that
   has imported the solver) * ranks / n_side^3, so interpreter and libraries are left out.
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts; the first is the baseline")
     parser.add_argument("--steps", type=int, default=10, help="time steps per run")
     parser.add_argument("--spacing", type=float, default=128.0 / 48.0, help="mean particle spacing [Mpc/h]")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (best s/step kept)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per configuration, rank counts alternated (best s/step kept)")
     parser.add_argument("--fft-worker", type=int, metavar="N_MESH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.fft_worker:
@@ -191,13 +193,24 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="nbody_bench_") as tmp:
         for n_side in args.sides:
             n, base = n_side**3, None
+            # Rank counts alternate within each repeat, so that a slow spell of this shared
+            # machine hits both sides of a ratio rather than one configuration's every run.
+            runs = {ranks: [] for ranks in args.ranks}
+            for _ in range(args.repeats):
+                for ranks in args.ranks:
+                    runs[ranks].append(run_solver(n_side, ranks, args.steps, args.spacing, Path(tmp)))
             for ranks in args.ranks:
-                runs = [run_solver(n_side, ranks, args.steps, args.spacing, Path(tmp)) for _ in range(args.repeats)]
-                per_step = min(r["seconds_per_step"] for r in runs)
-                rss = max(r["max_rss_mb"] for r in runs)
+                per_step = min(r["seconds_per_step"] for r in runs[ranks])
+                rss = max(r["max_rss_mb"] for r in runs[ranks])
                 base = per_step if base is None else base
                 print(f"{n:>11,} {2 * n_side:>5}^3 {ranks:>5} {per_step:>8.3f} {n / per_step / ranks:>15,.0f} "
                       f"{base / per_step:>7.2f}x {rss:>11.0f} {(rss - idle) * ranks * 2**20 / n:>10,.0f}", flush=True)
+            for ranks in args.ranks[1:]:
+                pairs = [one["seconds_per_step"] / many["seconds_per_step"]
+                         for one, many in zip(runs[args.ranks[0]], runs[ranks], strict=True)]
+                listed = " ".join(f"{ratio:.2f}x" for ratio in pairs)
+                print(f"{n:>11,} {2 * n_side:>5}^3 {'speed-up in each alternated pair':>38}: "
+                      f"{listed} ({args.ranks[0]} -> {ranks} ranks)", flush=True)
             fft = fft_step_seconds(2 * n_side, max(3, args.repeats))
             print(f"{n:>11,} {2 * n_side:>5}^3 {'numpy.fft 1 rfftn + 3 irfftn, 1 core':>38}: "
                   f"{fft:.3f} s = {n / fft:,.0f} updates/s (FFTs of a 3-backward PM step)", flush=True)
