@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import statistics
 import sys
@@ -124,12 +125,25 @@ def raw_config(run_dir: Path, workers: int | None = None, blocks: int = 1) -> An
     return Config(executors=[htex], run_dir=str(run_dir), strategy="none", initialize_logging=True)
 
 
+def fresh_logging() -> None:
+    """Put the loggers Parsl configures back as a fresh process has them.
+
+    Parsl's ``FileLogging`` lowers the ``parsl`` logger's level to its own and never raises it
+    again, so after a raw run (Parsl's default, DEBUG) a physflow run in the same process would
+    build a log record for every DEBUG line that its INFO file never writes (several per task),
+    which a ``physflow submit`` process does not do.
+    """
+    for name in ("parsl", "concurrent.futures"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+
+
 def run_raw(n: int, warmup: int, base: Path) -> RunResult:
     from parsl import python_app
     from parsl.dataflow.dflow import DataFlowKernel
 
     from bench.noop_tasks import raw_noop
 
+    fresh_logging()
     dfk = DataFlowKernel(raw_config(base / "parsl"))
     try:
         app = python_app(raw_noop, executors=["cpu"], data_flow_kernel=dfk)
@@ -204,6 +218,7 @@ def run_physflow(n: int, warmup: int, base: Path) -> RunResult:
     from physflow.dispatch.parsl_backend import ParslDispatcher
     from physflow.site_configs.builder import load_site
 
+    fresh_logging()
     store = RunStore.create(base / "run")
     store.open_for_writing()
     tracker = CommitTracker()

@@ -110,7 +110,8 @@ class SiteSpec(Strict):
     pools: dict[str, PoolSpec]
     llm: SiteLLM = SiteLLM()
     parsl_log_level: Literal["debug", "info", "warning"] = Field(
-        "info", description="level of parsl/parsl.log; debug writes several lines per task, which costs "
+        "info", description="level of parsl/parsl.log; info leaves out Parsl's per-task lines (physflow's "
+                            "journal has each task's events), debug writes them and more, which costs "
                             "dispatch throughput on campaigns of many short tasks")
 
     @field_validator("account", "queue", "endpoint", "interface", mode="before")
@@ -378,7 +379,8 @@ def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes
     """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor, MPIExecutor
-    from parsl.logconfigs.file import FileLogging
+
+    from physflow.site_configs.parsl_logging import ParslFileLogging
 
     run_dir.mkdir(parents=True, exist_ok=True)
     # HTEX starts its interchange (and, locally, its workers) from the submitting process's PATH.
@@ -409,4 +411,4 @@ def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes
     scaling = any(site.pools[e.label].max_blocks > site.pools[e.label].init_blocks for e in executors)
     return Config(executors=executors, run_dir=str(run_dir), strategy="simple" if scaling else "none",
                   retries=TRANSIENT_RETRIES, retry_handler=retry_cost,  # worker loss only, never bad input
-                  initialize_logging=FileLogging(level=getattr(logging, site.parsl_log_level.upper())))
+                  initialize_logging=ParslFileLogging(level=getattr(logging, site.parsl_log_level.upper())))

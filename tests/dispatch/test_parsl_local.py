@@ -31,14 +31,24 @@ def test_mpi_task_runs_on_two_ranks(dispatcher, tmp_path):
     assert outcome["started"] <= outcome["finished"]
 
 
-def test_python_task_runs_on_the_serial_pool_alone(tmp_path):
-    d = ParslDispatcher(load_site("local"), tmp_path / "parsl", max_concurrent=2, mpi=False)
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_python_task_runs_on_the_serial_pool_alone(tmp_path, level):
+    """Also: parsl.log at ``info`` leaves out Parsl's per-task lines (the journal has them) and
+    keeps the rest; ``debug`` keeps them."""
+    site = load_site("local").model_copy(update={"parsl_log_level": level})
+    d = ParslDispatcher(site, tmp_path / "parsl", max_concurrent=2, mpi=False)
     try:
         assert d.labels == ["cpu"]  # a campaign of Python functions starts no MPI pool
         ok = d.submit(TaskSpec("t1", str(tmp_path / "t1"), function="math.hypot")).result(timeout=60)
     finally:
         d.close()
     assert ok["returncode"] == 0 and ok["value"] == 0.0
+    (log,) = (tmp_path / "parsl").glob("*/parsl.log")
+    text = log.read_text()
+    assert "[Scaling executor cpu] Scaling out" in text and "Summary of tasks in DFK" in text
+    per_task = ("Task 0 submitted for App", "Task 0 changing state from launched to exec_done",
+                "Standard out for task 0 will not be redirected")
+    assert all((line in text) == (level == "debug") for line in per_task), text[-3000:]
 
 
 def test_mpi_pool_alone_also_runs_python_tasks_and_reports_failures(dispatcher, tmp_path):
