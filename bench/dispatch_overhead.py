@@ -1,12 +1,17 @@
 """What is physflow's per-task overhead relative to raw Parsl HTEX?
 
-Runs, in one process and side by side on the same machine, N no-op tasks two ways, each
-repeated R times and interleaved (raw, physflow, raw, physflow, ...) because the machine is noisy:
+Runs, in one process and side by side on the same machine, N no-op tasks three ways, each
+repeated R times and interleaved (raw, raw-quiet, physflow, raw, ...) because the machine is noisy:
 
 ``raw``
     A plain Parsl ``HighThroughputExecutor`` with the settings of physflow's local ``cpu`` pool
     (``LocalProvider``, address 127.0.0.1, ``encrypted=False``, one worker per core); a no-op
-    ``python_app``; all N submitted, then consumed with ``as_completed``.
+    ``python_app``; all N submitted, then consumed with ``as_completed``. Parsl's default file
+    log (DEBUG), as a Parsl user gets it.
+``raw-quiet``
+    The same with physflow's parsl.log (INFO without Parsl's ~9 lines per task): what Parsl
+    itself costs once neither side writes per-task log lines, so the ratio to it is physflow's
+    own overhead (journal, task folders, results store).
 ``physflow``
     physflow's whole task path on the local site: a ``ParslDispatcher`` built from
     ``load_site("local")``, a real ``RunStore`` in a temporary run directory and its
@@ -61,6 +66,8 @@ NOOP = "bench.noop_tasks.noop"
 OBJECTIVE = "y"
 READY_TIMEOUT_S = 90.0
 RUN_TIMEOUT_S = 120.0
+#: The runs of one repeat, in order: raw Parsl with its default log, raw Parsl with physflow's log, physflow.
+MODES = ("raw", "raw-quiet", "physflow")
 
 
 @dataclass
@@ -110,9 +117,11 @@ def warm_up(dfk: Any, submit_one: Callable[[], Future], count: int) -> list[Any]
 
 
 # -- raw Parsl ---------------------------------------------------------------------------------
-def raw_config(run_dir: Path, workers: int | None = None, blocks: int = 1) -> Any:
+def raw_config(run_dir: Path, workers: int | None = None, blocks: int = 1, quiet: bool = False) -> Any:
     """Plain Parsl, mirroring physflow's local ``cpu`` pool (``build_parsl_config``); ``workers``
-    per block (Parsl caps them at one per core), default one per core; ``blocks`` worker pools."""
+    per block (Parsl caps them at one per core), default one per core; ``blocks`` worker pools.
+    Its parsl.log is Parsl's default (DEBUG), or with ``quiet`` physflow's (INFO without the
+    per-task lines, ``physflow.site_configs.parsl_logging``)."""
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
@@ -122,6 +131,11 @@ def raw_config(run_dir: Path, workers: int | None = None, blocks: int = 1) -> An
         label="cpu", address="127.0.0.1", max_workers_per_node=workers or os.cpu_count() or 1, encrypted=False,
         provider=LocalProvider(init_blocks=blocks, min_blocks=0, max_blocks=blocks,
                                worker_init=f"export PATH={bin_dir}:$PATH; "))
+    if quiet:
+        from physflow.site_configs.parsl_logging import ParslFileLogging
+
+        return Config(executors=[htex], run_dir=str(run_dir), strategy="none",
+                      initialize_logging=ParslFileLogging(level=logging.INFO))
     return Config(executors=[htex], run_dir=str(run_dir), strategy="none", initialize_logging=True)
 
 
@@ -137,14 +151,14 @@ def fresh_logging() -> None:
         logging.getLogger(name).setLevel(logging.NOTSET)
 
 
-def run_raw(n: int, warmup: int, base: Path) -> RunResult:
+def run_raw(n: int, warmup: int, base: Path, quiet: bool = False) -> RunResult:
     from parsl import python_app
     from parsl.dataflow.dflow import DataFlowKernel
 
     from bench.noop_tasks import raw_noop
 
     fresh_logging()
-    dfk = DataFlowKernel(raw_config(base / "parsl"))
+    dfk = DataFlowKernel(raw_config(base / "parsl", quiet=quiet))
     try:
         app = python_app(raw_noop, executors=["cpu"], data_flow_kernel=dfk)
         warm_up(dfk, app, warmup)
@@ -159,7 +173,8 @@ def run_raw(n: int, warmup: int, base: Path) -> RunResult:
     finally:
         dfk.cleanup()
     assert len(latency) == n
-    return RunResult("raw", n, seconds, submitted - t0, latencies={"finished->result": latency})
+    return RunResult("raw-quiet" if quiet else "raw", n, seconds, submitted - t0,
+                     latencies={"finished->result": latency})
 
 
 # -- physflow ----------------------------------------------------------------------------------
@@ -312,23 +327,26 @@ def ms(values: list[float], q: float) -> float:
 def report(results: list[RunResult], n: int, repeats: int) -> str:
     lines = [f"{'run':>3}  {'mode':<9} {'N':>6} {'seconds':>8} {'submit s':>8} {'tasks/s':>8}"]
     for i, r in enumerate(results):
-        lines.append(f"{i // 2 + 1:>3}  {r.mode:<9} {r.n:>6} {r.seconds:>8.3f} {r.submit_seconds:>8.3f} {r.rate:>8.0f}")
+        lines.append(f"{i // len(MODES) + 1:>3}  {r.mode:<9} {r.n:>6} {r.seconds:>8.3f} {r.submit_seconds:>8.3f} "
+                     f"{r.rate:>8.0f}")
     lines.append("")
     lines.append(f"median of {repeats} runs:")
     lines.append(f"  {'mode':<9} {'N':>6} {'seconds':>8} {'submit s':>8} {'tasks/s':>8}")
     med: dict[str, float] = {}
-    for mode in ("raw", "physflow"):
+    for mode in MODES:
         rs = [r for r in results if r.mode == mode]
         med[mode] = statistics.median(r.rate for r in rs)
         lines.append(f"  {mode:<9} {n:>6} {statistics.median(r.seconds for r in rs):>8.3f} "
                      f"{statistics.median(r.submit_seconds for r in rs):>8.3f} {med[mode]:>8.0f}")
     lines.append(f"  ratio physflow/raw (tasks/s): {med['physflow'] / med['raw']:.2f}   (target >= 0.9)")
+    lines.append(f"  ratio physflow/raw-quiet (tasks/s): {med['physflow'] / med['raw-quiet']:.2f}   "
+                 "(raw Parsl with physflow's quieter parsl.log)")
     hdf5 = statistics.median(n / r.hdf5_seconds for r in results if r.hdf5_seconds)
     lines.append(f"  physflow until campaign.h5 holds every result: {hdf5:.0f} tasks/s, "
                  f"ratio {hdf5 / med['raw']:.2f}")
     lines.append("")
     lines.append("per-task latency, ms (median over runs of each run's median / p95):")
-    for mode in ("raw", "physflow"):
+    for mode in MODES:
         rs = [r for r in results if r.mode == mode]
         for name in rs[0].latencies:
             p50 = statistics.median(ms(r.latencies[name], 50) for r in rs)
@@ -354,9 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     results: list[RunResult] = []
     started = time.perf_counter()
     for rep in range(args.repeats):
-        for mode, run in (("raw", run_raw), ("physflow", run_physflow)):
+        for mode in MODES:
             with tempfile.TemporaryDirectory(prefix=f"physflow-bench-{mode}-") as tmp:
-                r = run(args.tasks, args.warmup, Path(tmp))
+                if mode == "physflow":
+                    r = run_physflow(args.tasks, args.warmup, Path(tmp))
+                else:
+                    r = run_raw(args.tasks, args.warmup, Path(tmp), quiet=mode == "raw-quiet")
             results.append(r)
             print(f"  run {rep + 1} {mode:<9} {r.seconds:7.3f} s  {r.rate:7.0f} tasks/s", flush=True)
             gc.collect()

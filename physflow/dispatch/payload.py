@@ -14,7 +14,7 @@ import os
 import shlex
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,10 @@ class TaskSpec:
     files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a plain dict (what travels to the worker). Shallow: ``dataclasses.asdict``
+        deep-copies every list and dict (15 us a spec against 0.5 us, timeit), and a spec is made
+        for one submission and not changed after it."""
+        return dict(vars(self))
 
     def resource_specification(self) -> dict[str, Any]:
         """Parsl's MPI resource spec (keys are exactly what MPIExecutor accepts)."""
