@@ -4,7 +4,8 @@ A model, fed with costs measured in this run, then tested with real campaigns.
 
 Measured first (same machine, same run):
 - ``c_parsl`` (s/task): 1 / raw Parsl HTEX throughput on no-op tasks, all submitted at once
-  (``bench.dispatch_overhead.run_raw``; the interchange is Parsl's serial stage);
+  (``bench.dispatch_overhead.run_raw``, with parsl.log as physflow writes it: no per-task lines;
+  the interchange is Parsl's serial stage);
 - ``c_loop`` (s/task): physflow's own serial work per simulation in a real campaign — a
   ``physflow submit`` of an optimizer-steered campaign of zero-second simulations
   (``bench.noop_tasks.sleep_task`` with ``seconds: 0``) on 2 slots: 1 / its throughput, less
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     tests = []
     with tempfile.TemporaryDirectory(prefix="physflow-bench-scaling-") as tmp:
         base = Path(tmp)
-        raw = run_raw(1000, 20, base / "raw")
+        raw = run_raw(1000, 20, base / "raw", quiet=True)  # parsl.log as physflow writes it
         c_parsl = 1 / raw.rate
         rate = physflow_rate(base / "loop", args.noop_sims)
         c_loop = max(1 / rate - c_parsl, 1e-6)

@@ -153,6 +153,31 @@ def test_many_results_use_tpe_instead_of_the_gp(monkeypatch):
     assert len(results) == 4 and all(in_bounds(p, VALLEY) for p, _ in results)
 
 
+def test_many_results_refit_the_gp_only_as_they_grow(monkeypatch):
+    """From ``restart_below`` results on, a suggestion reuses the last fitted hyperparameters until
+    the results have grown by ``refit_growth``; fewer results refit every time."""
+    import physflow.optimizer as optimizer
+
+    class Quick(Optimizer):
+        restart_below = 8
+        refit_growth = 0.5
+
+    opt = Quick(VALLEY, seed=0)
+    fitted_at = []
+    real_fit = optimizer.fit_hyper
+
+    def counting_fit(*args, **kwargs):
+        fitted_at.append(len(opt.observed))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(optimizer, "fit_hyper", counting_fit)
+    results = campaign(opt, rosenbrock, budget=20)
+    assert all(in_bounds(p, VALLEY) for p, _ in results)
+    # Sobol points until 4 results; a fit at each of 4-7 results (below restart_below); from 8 on
+    # the fit made at 7 serves until 7 x 1.5 = 10.5 results, so the next are at 11 and 17.
+    assert fitted_at == [4, 5, 6, 7, 11, 17], fitted_at
+
+
 def test_suggestions_from_several_threads_while_results_arrive():
     """The campaign asks from a worker thread and an agent's tool from another while the loop
     observes results: every call must see a consistent copy of the results."""
