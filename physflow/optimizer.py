@@ -238,8 +238,7 @@ class GaussianProcess:
         mean = h.mean + k @ self.alpha
         if not grad:
             # k K^-1 k = |L^-1 k|^2: one triangular solve, half the work of K^-1 k (which only
-            # the gradient needs); for the thousands of acquisition candidates it was most of a
-            # suggestion.
+            # the gradient needs), on the thousands of acquisition candidates of every suggestion.
             w = linalg.solve_triangular(self.chol[0], k.T, lower=self.chol[1])
             var = np.maximum(h.signal - np.einsum("nm,nm->m", w, w), 1e-12 * h.signal)
             return mean, np.sqrt(var)
