@@ -443,11 +443,13 @@ class Optimizer:
         gp = GaussianProcess(x, y, hyper)
         best = float(y.min())
         out = []
-        for u in [self._to_unit(p) for p in pending] + [None] * n:
+        points = [self._to_unit(p) for p in pending] + [None] * n
+        for i, u in enumerate(points):
             if u is None:
                 u = maximise_log_ei(gp, best, self._candidates(x, y, hyper, rng), self.polish, self.min_distance)
                 out.append(self._from_unit(u))
-            gp = gp.with_points(u[None, :], gp.predict(u[None, :])[0])
+            if i + 1 < len(points):  # a fantasy only for the points still to choose
+                gp = gp.with_points(u[None, :], gp.predict(u[None, :])[0])
         return out
 
     def _hyper_starts(self, n_observed: int, rng: np.random.Generator) -> list[np.ndarray]:
