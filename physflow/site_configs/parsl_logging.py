@@ -19,15 +19,10 @@ from pathlib import Path
 from parsl.logconfigs.file import FileLogging
 
 
-def per_task_info(record: logging.LogRecord) -> bool:
-    """Whether ``record`` is one of the DataFlowKernel's per-task lines below WARNING."""
-    return (record.name == "parsl.dataflow.dflow" and record.levelno < logging.WARNING
-            and (hasattr(record, "parsl.task") or record.funcName == "log_std_stream"))
-
-
 def keep_line(record: logging.LogRecord) -> bool:
-    """A logging filter: every record but ``per_task_info`` ones."""
-    return not per_task_info(record)
+    """A logging filter: False for the DataFlowKernel's per-task lines below WARNING."""
+    per_task = hasattr(record, "parsl.task") or record.funcName == "log_std_stream"
+    return not (record.name == "parsl.dataflow.dflow" and record.levelno < logging.WARNING and per_task)
 
 
 class ParslFileLogging(FileLogging):

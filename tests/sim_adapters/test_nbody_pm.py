@@ -50,6 +50,16 @@ def run_under_mpiexec(workdir: Path, ranks: int, argv: list[str]) -> Path:
     return workdir / OUTPUT
 
 
+def run_module_under_mpiexec(module: str, ranks: int) -> list[str]:
+    """Run a test module (``python -m``, from the repository root) on ``ranks`` ranks; the words
+    it printed."""
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    proc = subprocess.run([str(mpiexec), "-n", str(ranks), sys.executable, "-m", module],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
 # -- linear growth -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -190,22 +200,14 @@ def test_shared_memory_and_message_transposes_agree_to_the_last_bit():
     """The FFT's transpose through a shared-memory window (ranks on one node, the default there)
     and through Alltoallw messages (several nodes) give identical modes, on 4 uneven slabs, and
     both match numpy's serial FFT; so does a forward and three backward transforms in a row."""
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    proc = subprocess.run([str(mpiexec), "-n", "4", sys.executable, "-m", "tests.sim_adapters.nbody_transports"],
-                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["ok", "alltoall", "shared"]
+    assert run_module_under_mpiexec("tests.sim_adapters.nbody_transports", 4) == ["ok", "alltoall", "shared"]
 
 
 @pytest.mark.parametrize("ranks", [3, 4])
 def test_migration_keeps_every_particle_whole_and_on_its_owner(ranks):
     """Particles moved a little (as in a step) and by whole slabs, all onto one rank and back:
     each ends on the rank owning its x with its own position, momentum and id, none lost."""
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    proc = subprocess.run([str(mpiexec), "-n", str(ranks), sys.executable, "-m", "tests.sim_adapters.nbody_migration"],
-                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["ok"]
+    assert run_module_under_mpiexec("tests.sim_adapters.nbody_migration", ranks) == ["ok"]
 
 
 def test_same_seed_and_ranks_give_identical_output(rank_runs):

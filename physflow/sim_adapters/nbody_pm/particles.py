@@ -84,9 +84,9 @@ def migrate(particles: Particles, mesh: SlabMesh) -> Particles:
     edge = np.flatnonzero((x < inner_lo) | (x >= inner_hi))
     edge_dest = mesh.owner_of(x[edge])
     moves = edge_dest != rank
-    leaving, dest = edge[moves], edge_dest[moves]
+    holes, dest = edge[moves], edge_dest[moves]  # holes: the leavers' places, ascending
     order = np.argsort(dest, kind="stable")
-    leaving, dest = leaving[order], dest[order]
+    leaving, dest = holes[order], dest[order]
     send_counts = np.bincount(dest, minlength=mesh.size).astype(np.int64)
     recv_counts = np.empty(mesh.size, dtype=np.int64)
     comm.Alltoall(send_counts, recv_counts)
@@ -101,7 +101,6 @@ def migrate(particles: Particles, mesh: SlabMesh) -> Particles:
     sd = np.concatenate([[0], np.cumsum(sc)[:-1]]).tolist()
     rd = np.concatenate([[0], np.cumsum(rc)[:-1]]).tolist()
     comm.Alltoallv([packed, (sc, sd), MPI.DOUBLE], [received, (rc, rd), MPI.DOUBLE])
-    holes = edge[moves]  # ascending, as flatnonzero gives them
     arrived = len(received)
     count = len(particles) - len(holes) + arrived
     if arrived >= len(holes):
