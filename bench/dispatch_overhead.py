@@ -58,8 +58,9 @@ if str(REPO) not in sys.path:
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from physflow.dispatch.payload import TaskSpec  # noqa: E402
-from physflow.sim_adapters.base import Array, split_values  # noqa: E402
+from physflow.spec.task import TaskSpec  # noqa: E402
+from physflow.sim_adapters.base import split_values
+from physflow.spec.task import Array  # noqa: E402
 from physflow.workflows.store import Committer, RunStore, TaskRecord, read_journal  # noqa: E402
 
 NOOP = "bench.noop_tasks.noop"

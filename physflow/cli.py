@@ -78,7 +78,7 @@ def schema() -> None:
     \b
     Example: physflow schema > physflow.schema.json
     """
-    from physflow.workflows.spec import json_schema
+    from physflow.spec.workflow import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 
@@ -127,7 +127,7 @@ def endpoint_config(site: str, assignments: tuple[str, ...], pool: str | None, o
     """
     from physflow.site_configs.builder import load_site, parse_assignments
     from physflow.site_configs.endpoint_config import endpoint_config_yaml
-    from physflow.workflows.spec import user_path
+    from physflow.spec.workflow import user_path
 
     text = endpoint_config_yaml(load_site(site, Path.cwd(), parse_assignments(assignments)), pool, site)
     if output is None:
@@ -181,7 +181,8 @@ def _approver(spec: Any, yes: bool, source: Path):
 
 def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None) -> None:
     """Serve the model, run (or resume) the campaign, write the report; exits with its code."""
-    from physflow.serving.service import ModelService, serving_plan
+    from physflow.serving.plans import serving_plan
+    from physflow.serving.service import ModelService
     from physflow.workflows.campaign import Campaign, model_clients, open_dispatcher
     from physflow.workflows.report import write_report
 
@@ -569,9 +570,9 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
 
     from physflow.agents.ask import answer_question
     from physflow.agents.models import make_client
-    from physflow.serving.llama_cpp import embedded_plan
+    from physflow.serving.plans import embedded_plan
     from physflow.serving.service import ModelService
-    from physflow.workflows.spec import LLMSpec
+    from physflow.spec.workflow import LLMSpec
 
     settings = {"provider": provider, "base_url": base_url, "api_key_env": api_key_env,
                 "script": str(script.resolve()) if script else None, "max_tokens_per_turn": 1536}

@@ -48,6 +48,10 @@ class RunDirError(PhysflowError):
     """A run directory that is missing, locked by a live orchestrator, or unreadable."""
 
 
+class ServingError(PhysflowError):
+    """The model server could not be started or did not become healthy."""
+
+
 class SandboxViolation(PhysflowError):
     """LLM-written code that tried to leave the sandbox."""
 

@@ -1,6 +1,6 @@
 """Model clients: one OpenAI-compatible code path, plus a scripted replay for tests.
 
-``embedded`` talks to the llama.cpp server physflow starts (``serving.llama_cpp``); ``openai``
+``embedded`` talks to the llama.cpp server physflow starts (``serving.plans``); ``openai``
 and ``vllm`` to any OpenAI-compatible endpoint; ``replay`` to AutoGen's
 ReplayChatCompletionClient fed from a JSONL script.
 
@@ -42,7 +42,7 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 from pydantic import BaseModel
 
 from physflow.errors import SpecError
-from physflow.workflows.spec import LLMSpec
+from physflow.spec.workflow import LLMSpec
 
 LOCAL_MODEL_INFO = ModelInfo(vision=False, function_calling=True, json_output=True, family=ModelFamily.UNKNOWN,
                              structured_output=True, multiple_system_messages=True)

@@ -37,7 +37,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from physflow.dispatch.payload import STDERR_TAIL_BYTES, TaskSpec, execute
+from physflow.dispatch.payload import STDERR_TAIL_BYTES, execute
+from physflow.spec.task import TaskSpec
 from physflow.errors import SiteError
 from physflow.site_configs.builder import SiteSpec, check_mpi_request
 

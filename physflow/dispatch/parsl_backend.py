@@ -11,7 +11,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from physflow.dispatch.payload import TaskSpec, execute
+from physflow.dispatch.payload import execute
+from physflow.spec.task import TaskSpec
 from physflow.site_configs.builder import SiteSpec, build_parsl_config
 
 

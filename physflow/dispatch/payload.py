@@ -1,7 +1,7 @@
-"""What a simulation task is, and the function that runs it on a worker.
+"""The function that runs a simulation task on a worker.
 
-A ``TaskSpec`` is plain data that any backend (Parsl, Globus Compute) can ship. ``execute``
-runs on the worker: it starts the program (under the MPI launcher prefix the executor set in
+A ``TaskSpec`` (physflow.spec.task) is plain data that any backend (Parsl, Globus Compute) can
+ship. ``execute`` runs on the worker: it starts the program (under the MPI launcher prefix the executor set in
 ``$PARSL_MPI_PREFIX`` when ``mpi`` is true), enforces the per-task walltime, keeps stdout and
 stderr in the task's working directory, and reports its own start and finish times (UNIX
 seconds) so that every result carries its provenance.
@@ -14,41 +14,13 @@ import os
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from physflow.processes import die_with_parent, end_group
+from physflow.spec.task import TaskSpec
 
 STDERR_TAIL_BYTES = 2000
-
-
-@dataclass
-class TaskSpec:
-    """One simulation to run: a command line (argv, never a shell string) or a Python function."""
-
-    task_id: str
-    workdir: str
-    argv: list[str] | None = None
-    function: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    mpi: bool = False
-    ranks: int = 1
-    nodes: int = 1
-    walltime: float | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    #: Input files (name in the working dir -> text) written before the program starts.
-    files: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict (what travels to the worker). Shallow: ``dataclasses.asdict``
-        deep-copies every list and dict (15 us a spec against 0.5 us, timeit), and a spec is made
-        for one submission and not changed after it."""
-        return dict(vars(self))
-
-    def resource_specification(self) -> dict[str, Any]:
-        """Parsl's MPI resource spec (keys are exactly what MPIExecutor accepts)."""
-        return {"num_nodes": self.nodes, "ranks_per_node": -(-self.ranks // self.nodes), "num_ranks": self.ranks}
 
 
 def _tail(path: Path, nbytes: int = STDERR_TAIL_BYTES) -> str:

@@ -20,70 +20,23 @@ import secrets
 import shlex
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from physflow.errors import PhysflowError
+from physflow.errors import ServingError
 from physflow.processes import die_with_parent, end_group
+from physflow.serving.plans import ServerPlan
 
 #: Seconds between the orchestrator's heartbeats, and after which a server without one stops.
 HEARTBEAT_S = 5.0
 ORPHAN_AFTER_S = 90.0
-
-
-class ServingError(PhysflowError):
-    """The model server could not be started or did not become healthy."""
-
-
-@dataclass
-class ServerPlan:
-    """What to run: ``argv`` with ``{host}`` and ``{port}`` filled in where it runs.
-
-    ``key_env`` names the variable the server reads its API key from; ``bind`` is the address it
-    listens on (127.0.0.1 when the clients are on the same machine, else every interface, which
-    the API key then guards).
-    """
-
-    model: str
-    argv: list[str]
-    key_env: str
-    bind: str = "127.0.0.1"
-    env: dict[str, str] = field(default_factory=dict)
-    startup_timeout: float = 180.0
-
-    def command(self, port: int) -> list[str]:
-        return [a.format(host=self.bind, port=port) for a in self.argv]
-
-
-def llama_cpp_plan(model: str, gguf: Path, threads: int | None = None, n_ctx: int = 8192) -> ServerPlan:
-    """The embedded model: llama-cpp-python's OpenAI-compatible server on this machine."""
-    threads = threads or max(1, min(4, os.cpu_count() or 1))
-    return ServerPlan(model=model, key_env="API_KEY", startup_timeout=120.0, argv=[
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model,
-        "--host", "{host}", "--port", "{port}", "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-        "--verbose", "False"])
-
-
-def vllm_plan(model: str, tensor_parallel: int = 1, extra_args: Sequence[str] = (),
-              executable: str = "vllm") -> ServerPlan:
-    """``vllm serve`` on a GPU node: tensor parallel over the worker's GPUs, automatic tool
-    choice on (AutoGen sends ``tool_choice: auto``; the parser must match the model's chat
-    format, ``hermes`` unless ``extra_args`` names another), bound to every interface because the
-    orchestrator usually runs on another node. Loading a 70B model takes minutes."""
-    argv = [executable, "serve", model, "--host", "{host}", "--port", "{port}", "--served-model-name", model,
-            "--tensor-parallel-size", str(tensor_parallel)]
-    if "--tool-call-parser" not in extra_args:
-        argv += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
-    return ServerPlan(model=model, key_env="VLLM_API_KEY", bind="0.0.0.0", startup_timeout=1800.0,
-                      argv=argv + list(extra_args))
 
 
 def free_port(bind: str = "127.0.0.1") -> int:
@@ -223,27 +176,3 @@ class ModelService:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def serving_plan(llm: Any, site: Any) -> tuple[ServerPlan, str] | None:
-    """What physflow must serve for workflow ``llm`` on ``site``, and on which pool; None when
-    the model is someone else's endpoint (openai, or vllm with a base_url) or scripted.
-
-    The pool is ``llm.pool``, else the site's ``llm.serve_on``; ``local`` means the site's serial
-    (htex) pool on this machine. It must be an htex pool: a model server is a Python task that
-    lives as long as the campaign, not an MPI job.
-    """
-    if llm.provider not in ("embedded", "vllm") or llm.base_url:
-        return None
-    name = llm.pool or site.llm.serve_on
-    if name == "local":
-        name = site.cpu_pool()
-    pool = site.pools.get(name)
-    if pool is None or pool.kind != "htex":
-        raise ServingError(f"site {site.name} has no htex pool {name!r} to serve the model on "
-                           f"(pools: {', '.join(site.pools)}; set llm.pool or the site's llm.serve_on)")
-    if llm.provider == "embedded":
-        from physflow.serving.llama_cpp import embedded_plan
-
-        return embedded_plan(llm.model), name
-    return vllm_plan(llm.model, llm.tensor_parallel, llm.serve_args), name

@@ -1,3 +1,19 @@
-"""Simulation adapters: one module per simulation code, all behind ``base.Adapter``."""
+"""Simulation adapters: one module per simulation code, all behind ``base.Adapter``.
+
+Importing this package registers the built-in adapters; ``get_adapter`` finds one by name.
+"""
 
 from physflow.sim_adapters import executable, heat2d, nbody_pm, python  # noqa: F401 - registration
+from physflow.sim_adapters.base import Adapter
+from physflow.spec.workflow import LoadedWorkflow
+
+
+def get_adapter(workflow: LoadedWorkflow) -> Adapter:
+    """The adapter named in the workflow, constructed and checked (a located SpecError for an
+    unknown name)."""
+    name = workflow.spec.simulation.adapter
+    cls = Adapter.registry.get(name)
+    if cls is None:
+        known = ", ".join(sorted(Adapter.registry))
+        raise workflow.error("simulation.adapter", f"unknown adapter {name!r} (known: {known})")
+    return cls(workflow)

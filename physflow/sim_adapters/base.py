@@ -15,23 +15,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from physflow.dispatch.payload import TaskSpec
 from physflow.errors import AdapterError, ProposalError
-from physflow.workflows.spec import LoadedWorkflow, ParameterSpec
-
-
-@dataclass
-class Array:
-    """A simulation output kept as an array, with its units (stored as an HDF5 attribute)."""
-
-    values: np.ndarray
-    units: str = ""
-
-
-@dataclass
-class SimOutput:
-    metrics: dict[str, float] = field(default_factory=dict)
-    arrays: dict[str, Array] = field(default_factory=dict)
+from physflow.spec.task import Array, SimOutput, TaskSpec
+from physflow.spec.workflow import LoadedWorkflow, ParameterSpec
 
 
 class Adapter(ABC):
@@ -146,15 +132,3 @@ def split_values(data: dict[str, Any], where: str) -> SimOutput:
                 raise AdapterError(f"{where}: {key} is not a list of numbers") from None
         # strings and nested objects are provenance, not results: ignored on purpose
     return out
-
-
-def get_adapter(workflow: LoadedWorkflow) -> Adapter:
-    """The adapter named in the workflow, constructed and checked."""
-    import physflow.sim_adapters  # noqa: F401 - registers the built-in adapters
-
-    name = workflow.spec.simulation.adapter
-    cls = Adapter.registry.get(name)
-    if cls is None:
-        known = ", ".join(sorted(Adapter.registry))
-        raise workflow.error("simulation.adapter", f"unknown adapter {name!r} (known: {known})")
-    return cls(workflow)

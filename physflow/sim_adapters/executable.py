@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from physflow.dispatch.payload import TaskSpec
+from physflow.spec.task import TaskSpec
 from physflow.errors import AdapterError
-from physflow.sim_adapters.base import Adapter, SimOutput, split_values
+from physflow.sim_adapters.base import Adapter, split_values
+from physflow.spec.task import SimOutput
 
 #: ``{{ name }}`` in an input template; distinct from the ``$var``/``${var}``/``{}`` of input languages.
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")

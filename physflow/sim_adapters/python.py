@@ -6,9 +6,10 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from physflow.dispatch.payload import TaskSpec
+from physflow.spec.task import TaskSpec
 from physflow.errors import AdapterError
-from physflow.sim_adapters.base import Adapter, SimOutput, split_values
+from physflow.sim_adapters.base import Adapter, split_values
+from physflow.spec.task import SimOutput
 
 
 class PythonAdapter(Adapter):

@@ -29,7 +29,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from physflow.errors import SiteError, SpecError
-from physflow.workflows.spec import Location, Strict, line_of, parse_model, path_kind, user_path
+from physflow.spec.workflow import Location, Strict, line_of, parse_model, path_kind, user_path
 
 #: ``${name}`` or ``${name:-default}``; lower-case names only, so ``${HOME}`` stays shell syntax.
 PLACEHOLDER = re.compile(r"\$\{([a-z][a-z0-9_]*)(?::-([^}]*))?\}")

@@ -31,9 +31,11 @@ from physflow.agents.team import ROLES, PlanOutcome, ScienceTeam, Transcript, Ve
 from physflow.agents.tools import Toolbox, results_table
 from physflow.errors import AdapterError, PhysflowError, ProposalError
 from physflow.optimizer import Optimizer
-from physflow.sim_adapters.base import Adapter, Array, get_adapter
+from physflow.sim_adapters import get_adapter
+from physflow.sim_adapters.base import Adapter
+from physflow.spec.task import Array
 from physflow.site_configs.builder import SiteSpec
-from physflow.workflows.spec import LoadedWorkflow
+from physflow.spec.workflow import LoadedWorkflow
 from physflow.workflows.store import CampaignState, Committer, RunStore, TaskRecord
 
 #: The optimizer prepares a spare point while every slot is busy once a suggestion takes more

@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 
 from physflow.errors import PhysflowError
-from physflow.sim_adapters.base import Array
+from physflow.spec.task import Array
 from physflow.workflows.store import JOURNAL, RunStore, TaskRecord, heal_journal, torn_journal_tail
 
 ArraysOf = Callable[[TaskRecord], dict[str, Array]]

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from physflow.errors import RunDirError
-from physflow.sim_adapters.base import Array
+from physflow.spec.task import Array
 
 JOURNAL = "journal.jsonl"
 HDF5 = "campaign.h5"

@@ -1,6 +1,6 @@
 """Everything ``physflow validate`` checks before anything starts.
 
-Types and bounds (spec.py), then what only the rest of physflow knows: the adapter exists and
+Types and bounds (physflow.spec.workflow), then what only the rest of physflow knows: the adapter exists and
 accepts the keys given, the objective's metric is one the adapter reports, named files exist,
 the site exists and its pools can hold the simulation's request.
 """
@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from physflow.errors import PhysflowError
-from physflow.sim_adapters.base import Adapter, get_adapter
+from physflow.sim_adapters import get_adapter
+from physflow.sim_adapters.base import Adapter
 from physflow.site_configs.builder import SiteSpec, builtin_sites, check_gpus, check_mpi_request, load_site
-from physflow.workflows.spec import LoadedWorkflow, load_workflow, path_kind, user_path
+from physflow.spec.workflow import LoadedWorkflow, load_workflow, path_kind, user_path
 
 
 @dataclass
@@ -55,7 +56,7 @@ def check_workflow(path: str | Path, site: str | None = None, values: Mapping[st
         if adapter.uses_mpi:
             check_mpi_request(site_spec, site_spec.mpi_pool(), res.nodes, res.ranks)
         if spec.has_team and spec.llm.provider == "vllm" and not spec.llm.base_url:
-            from physflow.serving.service import serving_plan
+            from physflow.serving.plans import serving_plan
 
             check_gpus(site_spec, serving_plan(spec.llm, site_spec)[1], spec.llm.tensor_parallel)
     except PhysflowError as exc:

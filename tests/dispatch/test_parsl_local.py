@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from physflow.dispatch.parsl_backend import ParslDispatcher
-from physflow.dispatch.payload import TaskSpec
+from physflow.spec.task import TaskSpec
 from physflow.errors import SiteError
 from physflow.site_configs.builder import build_parsl_config, load_site
 

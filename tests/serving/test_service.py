@@ -16,10 +16,11 @@ import pytest
 
 from physflow.dispatch.parsl_backend import ParslDispatcher
 from physflow.serving import service
-from physflow.serving.llama_cpp import embedded_plan
-from physflow.serving.service import ModelService, ServerPlan, ServingError, serve, serving_plan, vllm_plan
+from physflow.errors import ServingError
+from physflow.serving.plans import ServerPlan, embedded_plan, serving_plan, vllm_plan
+from physflow.serving.service import ModelService, serve
 from physflow.site_configs.builder import SiteLLM, load_site
-from physflow.workflows.spec import EMBEDDED_MODEL, LLMSpec
+from physflow.spec.workflow import EMBEDDED_MODEL, LLMSpec
 
 
 def _get(url: str, key: str | None = None) -> int:

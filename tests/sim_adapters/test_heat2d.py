@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from physflow.sim_adapters.heat2d.solver import grid, slab, source_field, time_steps
+from physflow.sim_adapters.decomposition import slab
+from physflow.sim_adapters.heat2d.solver import grid, source_field, time_steps
 from tests.conftest import EXAMPLES
 
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from physflow.sim_adapters.base import get_adapter
+from physflow.sim_adapters import get_adapter
 from physflow.sim_adapters.nbody_pm import KNOWN, OUTPUT, solver
 from physflow.sim_adapters.nbody_pm.cosmology import Cosmology
 from physflow.sim_adapters.nbody_pm.settings import Settings
-from physflow.workflows.spec import load_workflow
+from physflow.spec.workflow import load_workflow
 from physflow.workflows.store import TaskRecord, write_task_hdf5
 from tests.conftest import EXAMPLES
 
@@ -253,8 +253,8 @@ def test_parameters_carry_units_and_cosmological_names(adapter, tmp_path):
 
 def test_example_campaign_finds_the_adapter_by_name():
     """``adapter: nbody_pm`` resolves without importing the adapter first, as in ``physflow submit``."""
-    code = ("from physflow.sim_adapters.base import get_adapter\n"
-            "from physflow.workflows.spec import load_workflow\n"
+    code = ("from physflow.sim_adapters import get_adapter\n"
+            "from physflow.spec.workflow import load_workflow\n"
             f"print(type(get_adapter(load_workflow({str(EXAMPLES / 'cosmology.yaml')!r}))).__name__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "NbodyPMAdapter", proc.stderr

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel
 
 from physflow.site_configs.builder import PLACEHOLDER, load_site
-from physflow.workflows.spec import WorkflowSpec
+from physflow.spec.workflow import WorkflowSpec
 from physflow.workflows.validate import check_workflow
 from tests.conftest import EXAMPLES
 

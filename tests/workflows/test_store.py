@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from physflow.errors import RunDirError
-from physflow.sim_adapters.base import Array
+from physflow.spec.task import Array
 from physflow.workflows.store import Committer, RunStore, TaskRecord, read_journal, replay
 
 

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from physflow.sim_adapters.decomposition import slab
+
 #: Source centres (m) and width (m): fixed, part of the problem definition.
 SOURCES = ((0.30, 0.35, 0.08), (0.70, 0.62, 0.06))
 #: Fraction of the FTCS stability limit dt <= dx^2 / (4 kappa) used per step.
@@ -43,13 +45,6 @@ def time_steps(kappa: float, dx: float, t_end: float) -> tuple[int, float]:
     """Number of steps and step size (s) that reach t_end stably."""
     steps = int(np.ceil(t_end / (CFL * dx * dx / (4.0 * kappa))))
     return steps, t_end / steps
-
-
-def slab(n: int, size: int, rank: int) -> tuple[int, int]:
-    """Rows [start, stop) of the global n-row grid owned by ``rank`` of ``size``."""
-    base, extra = divmod(n, size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
 
 
 def solve(kappa: float, power: float, n: int = 96, t_end: float = 0.05, comm=None) -> np.ndarray | None:

@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 from mpi4py import MPI
 
-from physflow.sim_adapters.heat2d.solver import slab
+from physflow.sim_adapters.decomposition import slab
 
 #: Particles per chunk of ``SlabMesh.readout`` (128 kB per float64 buffer: the chunk's gathers
 #: and weights stay in a core's L2 cache).
