@@ -61,7 +61,8 @@ import numpy as np  # noqa: E402
 from physflow.spec.task import TaskSpec  # noqa: E402
 from physflow.sim_adapters.base import split_values
 from physflow.spec.task import Array  # noqa: E402
-from physflow.workflows.store import Committer, RunStore, TaskRecord, read_journal  # noqa: E402
+from physflow.spec.records import TaskRecord  # noqa: E402
+from physflow.workflows.store import Committer, RunStore, read_journal  # noqa: E402
 
 NOOP = "bench.noop_tasks.noop"
 OBJECTIVE = "y"

@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -179,58 +178,34 @@ def _approver(spec: Any, yes: bool, source: Path):
     return _ask
 
 
-def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None) -> None:
-    """Serve the model, run (or resume) the campaign, write the report; exits with its code."""
-    from physflow.serving.plans import serving_plan
-    from physflow.serving.service import ModelService
-    from physflow.workflows.campaign import Campaign, model_clients, open_dispatcher
-    from physflow.workflows.report import write_report
+def _say(text: str) -> None:
+    click.echo(text, err=True)
 
-    wf, spec, run_dir = checked.workflow, checked.workflow.spec, store.run_dir
+
+def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None) -> None:
+    """Run (or resume) the campaign through the launcher, print its summary; exits with its code."""
+    from physflow.workflows.launcher import run_campaign
+
+    spec = checked.workflow.spec
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("parsl").propagate = False  # Parsl logs to parsl/ in the run directory
     logging.getLogger("physflow").setLevel(logging.INFO)
     click.echo(f"physflow {__version__}: campaign {spec.name} on site {checked.site.name}, "
                f"model {spec.llm.provider}:{spec.llm.model}", err=True)
-    started = time.time()
-    serving = serving_plan(spec.llm, checked.site) if spec.has_team else None
-    dispatcher = None
-    try:
-        # The pools start first: the model server is one of their tasks (a GPU node's on a site).
-        dispatcher = open_dispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
-                                     spec.simulation.resources.nodes, checked.adapter.uses_mpi,
-                                     service_pool=serving[1] if serving else None)
-        base_url, api_key = spec.llm.base_url, None
-        if serving:
-            click.echo(f"starting the model server on pool {serving[1]} ...", err=True)
-            service = ModelService(serving[0], run_dir / "llm", dispatcher.submit_service)
-            dispatcher.on_close(service.stop)
-            service.start()
-            base_url, api_key = service.base_url, service.api_key
-            info = json.loads((run_dir / "run.json").read_text())
-            (run_dir / "run.json").write_text(json.dumps({**info, "llm_base_url": base_url}, indent=1))
-        clients = model_clients(wf, base_url, api_key)
-        pools = dispatcher
-        campaign = Campaign(wf, store, checked.site, approver, dispatcher_factory=lambda: pools)
-        from physflow.ui.watch import live_progress
+    from physflow.ui.watch import live_progress
 
-        # The rich panel only on a terminal, and not while approval prompts need it.
-        with live_progress(run_dir) if approver is None else contextlib.nullcontext():
-            state = asyncio.run(campaign.run(clients, previous))
-    finally:
-        if dispatcher is not None:  # the campaign closed it already unless it failed to start
-            dispatcher.close()
-        store.close()
-    report = write_report(run_dir)
-    best = campaign.best()
-    click.echo(f"campaign {state}: {campaign.stop_reason}; {len(campaign.tasks)} simulations in "
-               f"{time.time() - started:.1f} s", err=True)
+    # The rich panel only on a terminal, and not while approval prompts need it.
+    progress = (lambda: live_progress(store.run_dir)) if approver is None else contextlib.nullcontext
+    outcome = run_campaign(checked, store, approver, previous, progress, _say)
+    click.echo(f"campaign {outcome.state}: {outcome.stop_reason}; {outcome.simulations} simulations in "
+               f"{outcome.seconds:.1f} s", err=True)
+    best = outcome.best
     if best:
         click.echo(f"best: {best.id} {json.dumps(best.params)} {spec.objective.metric}="
                    f"{best.metrics[spec.objective.metric]:.4g}", err=True)
-    click.echo(f"report: {report}", err=True)
-    click.echo(str(run_dir))
-    sys.exit(0 if state == "finished" else 1)
+    click.echo(f"report: {outcome.report}", err=True)
+    click.echo(str(store.run_dir))
+    sys.exit(0 if outcome.state == "finished" else 1)
 
 
 @main.command()
@@ -257,7 +232,6 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool, de
     """
     from physflow.errors import RunDirError
     from physflow.site_configs.builder import parse_assignments
-    from physflow.workflows.campaign import write_run_files
     from physflow.workflows.store import RunStore
     from physflow.workflows.validate import check_workflow
 
@@ -281,7 +255,7 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool, de
     except FileExistsError:
         raise RunDirError(f"{run_dir} already exists (use physflow resume to continue a run)") from None
     store.open_for_writing()
-    write_run_files(checked.workflow, run_dir, checked.site)
+    store.write_run_files(checked.workflow, checked.site)
     _run_campaign(checked, store, approver)
 
 
@@ -311,7 +285,7 @@ def resume(run: Path, yes: bool) -> None:
         previous = store.state()
         if previous.state == "finished":
             raise RunDirError(f"{run}: the campaign already finished ({previous.reason}); nothing to resume")
-        checked = check_run_dir(store.run_dir)
+        checked = check_run_dir(store)
         approver = _approver(checked.workflow.spec, yes, store.run_dir / "workflow.yaml")
     except BaseException:
         store.close()
@@ -569,10 +543,8 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
     from pydantic import ValidationError
 
     from physflow.agents.ask import answer_question
-    from physflow.agents.models import make_client
-    from physflow.serving.plans import embedded_plan
-    from physflow.serving.service import ModelService
     from physflow.spec.workflow import LLMSpec
+    from physflow.workflows.launcher import question_client, question_model
 
     settings = {"provider": provider, "base_url": base_url, "api_key_env": api_key_env,
                 "script": str(script.resolve()) if script else None, "max_tokens_per_turn": 1536}
@@ -585,32 +557,30 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
     run_dir = (run_dir or _default_run_dir("ask")).resolve()
     if run_dir.exists():
         raise RunDirError(f"{run_dir} already exists")
-    # Every client but the embedded one can be made (and its settings checked) before anything is written.
-    client = None if llm.provider == "embedded" else make_client(llm, script_dir=Path.cwd())
+    client = question_client(llm)  # every client but the embedded one, before anything is written
     run_dir.mkdir(parents=True)
     click.echo(f"physflow {__version__}: {len(catalog.tables)} table(s) in {len(catalog.files)} file(s); "
                f"model {llm.provider}:{llm.model}", err=True)
-    with contextlib.ExitStack() as stack:
-        if client is None:  # no site here: the server's task runs in a thread of this process
-            click.echo("starting the embedded model server ...", err=True)
-            threads = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="physflow-llm"))
-            service = stack.enter_context(ModelService(embedded_plan(llm.model), run_dir / "llm", threads.submit))
-            client = make_client(llm, base_url=service.base_url, api_key=service.api_key)
+    with question_model(llm, run_dir, client, _say) as client:
         result = asyncio.run(answer_question(question, catalog, client, run_dir))
-    answer_md = run_dir / "answer.md"
+    _print_answer(result, run_dir / "answer.md", as_json)
+    sys.exit(0 if result.verified else 1)
+
+
+def _print_answer(result: Any, answer_md: Path, as_json: bool) -> None:
+    """The answer, the code that computed it, its output and caveats; last line answer.md's path."""
     if as_json:
         click.echo(json.dumps({**result.as_json(), "answer_md": str(answer_md)}))
-    else:
-        click.echo(result.answer)
-        if result.code:
-            click.echo("\ncode:\n" + "\n".join("    " + line for line in result.code.rstrip().splitlines()))
-        click.echo("\noutput (physflow ran the code):\n"
-                   + "\n".join("    " + line for line in (result.output.rstrip() or "(none)").splitlines()))
-        if result.caveats:
-            click.echo("\ncaveats:\n" + "\n".join(f"- {c}" for c in result.caveats))
-        click.echo(f"\ntokens: {result.total_tokens}")
-        click.echo(str(answer_md))
-    sys.exit(0 if result.verified else 1)
+        return
+    click.echo(result.answer)
+    if result.code:
+        click.echo("\ncode:\n" + "\n".join("    " + line for line in result.code.rstrip().splitlines()))
+    click.echo("\noutput (physflow ran the code):\n"
+               + "\n".join("    " + line for line in (result.output.rstrip() or "(none)").splitlines()))
+    if result.caveats:
+        click.echo("\ncaveats:\n" + "\n".join(f"- {c}" for c in result.caveats))
+    click.echo(f"\ntokens: {result.total_tokens}")
+    click.echo(str(answer_md))
 
 
 def _transcript_line(record: dict[str, Any], t0: float) -> str:

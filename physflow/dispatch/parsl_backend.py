@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from physflow.dispatch.payload import execute
-from physflow.spec.task import TaskSpec
 from physflow.site_configs.builder import SiteSpec, build_parsl_config
+from physflow.spec.task import TaskSpec
 
 
 class ParslDispatcher:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from physflow.errors import AdapterError, ProposalError
+from physflow.spec.records import TaskRecord
 from physflow.spec.task import Array, SimOutput, TaskSpec
 from physflow.spec.workflow import LoadedWorkflow, ParameterSpec
 
@@ -105,6 +105,30 @@ class Adapter(ABC):
     @abstractmethod
     def parse_outputs(self, workdir: Path, outcome: dict[str, Any]) -> SimOutput:
         """Metrics and arrays of a finished run; raise AdapterError if they are missing."""
+
+    def finish(self, task: TaskRecord, outcome: dict[str, Any], workdir: Path) -> dict[str, Array]:
+        """A worker's outcome (``dispatch.payload.execute``'s dict) -> the task's final state:
+        status, metrics, error, run times. Returns the arrays to store. A run that exited non-zero,
+        whose outputs cannot be read, or that did not report the objective's metric has failed."""
+        task.started, task.finished, task.host = outcome.get("started"), outcome.get("finished"), outcome.get("host")
+        code = outcome.get("returncode", 1)
+        if code != 0:
+            why = f"timed out after {self.sim.walltime:.0f} s" if outcome.get("timed_out") else f"exit code {code}"
+            task.status, task.error = "failed", f"{why}; stderr tail: {outcome.get('stderr_tail', '').strip()}"
+            return {}
+        try:
+            out = self.parse_outputs(workdir, outcome)
+        except AdapterError as exc:
+            task.status, task.error = "failed", str(exc)
+            return {}
+        task.metrics, task.arrays = out.metrics, sorted(out.arrays)
+        metric = self.workflow.spec.objective.metric
+        if metric not in out.metrics:
+            task.status = "failed"
+            task.error = f"the simulation reported no {metric} (it reported: {', '.join(out.metrics)})"
+        else:
+            task.status = "finished"
+        return out.arrays
 
     def stored_arrays(self, workdir: Path) -> dict[str, Array]:
         """A finished run's arrays parsed again from its working directory, to rebuild its HDF5

@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from physflow.spec.task import TaskSpec
 from physflow.errors import AdapterError
 from physflow.sim_adapters.base import Adapter, split_values
-from physflow.spec.task import SimOutput
+from physflow.spec.task import SimOutput, TaskSpec
 
 #: ``{{ name }}`` in an input template; distinct from the ``$var``/``${var}``/``{}`` of input languages.
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")

@@ -6,10 +6,9 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from physflow.spec.task import TaskSpec
 from physflow.errors import AdapterError
 from physflow.sim_adapters.base import Adapter, split_values
-from physflow.spec.task import SimOutput
+from physflow.spec.task import SimOutput, TaskSpec
 
 
 class PythonAdapter(Adapter):

@@ -220,17 +220,38 @@ class LoadedWorkflow(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     spec: WorkflowSpec
-    path: Path
+    path: Path  # the file read (errors name it)
     lines: dict[Location, int]
+    #: The file this one stands for, where that is another: a run directory's resolved copy
+    #: stands for the workflow submitted, whose folder its relative paths and {workflow_dir} mean.
+    source: Path | None = None
 
     @property
     def directory(self) -> Path:
-        return self.path.parent
+        """The folder the workflow's relative paths are relative to."""
+        return (self.source or self.path).parent
 
     def resolve(self, relative: str) -> Path:
         """A path named in the YAML, relative to the YAML's folder."""
         p = user_path(relative)
         return p if p.is_absolute() else (self.directory / p).resolve()
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec as plain data, with defaults filled and the file paths it names made absolute
+        (what a run directory records as the workflow that ran)."""
+        data = self.spec.model_dump(mode="json")
+        if data["objective"].get("target"):
+            data["objective"]["target"] = str(self.resolve(data["objective"]["target"]))
+        if data["llm"].get("script"):
+            data["llm"]["script"] = str(self.resolve(data["llm"]["script"]))
+        for agent in data["agents"].values():
+            if agent.get("script"):
+                agent["script"] = str(self.resolve(agent["script"]))
+        for name, template in (data["simulation"].get("inputs") or {}).items():
+            data["simulation"]["inputs"][name] = str(self.resolve(template))
+        if data["site"].endswith((".yaml", ".yml")):
+            data["site"] = str(self.resolve(data["site"]))
+        return data
 
     def error(self, field: str, message: str) -> SpecError:
         """A SpecError located at ``field`` (dotted path) of this file."""
@@ -351,11 +372,12 @@ def parse_model(model: type[BaseModel], path: Path, text: str | None = None,
         raise first_error(exc, path, lines) from None
 
 
-def load_workflow(path: str | Path) -> LoadedWorkflow:
-    """Parse and type-check a workflow YAML (no cross-checks against adapters or sites)."""
+def load_workflow(path: str | Path, source: Path | None = None) -> LoadedWorkflow:
+    """Parse and type-check a workflow YAML (no cross-checks against adapters or sites);
+    ``source``: the file it stands for (see ``LoadedWorkflow.source``)."""
     path = user_path(str(path)).resolve()
     spec, lines = parse_model(WorkflowSpec, path)
-    return LoadedWorkflow(spec=spec, path=path, lines=lines)
+    return LoadedWorkflow(spec=spec, path=path, lines=lines, source=source)
 
 
 def json_schema() -> dict[str, Any]:

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from physflow.spec.records import TASK_STATES
 from physflow.workflows.report import busy_fraction, ranked_tasks, run_spec, true_parameters
-from physflow.workflows.store import JOURNAL, TASK_STATES, CampaignState, RunStore
+from physflow.workflows.store import JOURNAL, CampaignState, RunStore
 
 
 def effective_state(store: RunStore, state: CampaignState) -> str:

@@ -19,8 +19,10 @@ from typing import Any
 import h5py
 
 from physflow.errors import PhysflowError
+from physflow.sim_adapters import get_adapter
+from physflow.spec.records import TaskRecord
 from physflow.spec.task import Array
-from physflow.workflows.store import JOURNAL, RunStore, TaskRecord, heal_journal, torn_journal_tail
+from physflow.workflows.store import JOURNAL, RunStore, heal_journal, torn_journal_tail
 
 ArraysOf = Callable[[TaskRecord], dict[str, Array]]
 
@@ -143,12 +145,11 @@ def fsck(store: RunStore, mend: bool = False, arrays_of: Callable[[], ArraysOf] 
 
 
 def run_arrays(store: RunStore) -> ArraysOf:
-    """Arrays of a finished task, parsed again from its folder by the run's own adapter; none when
-    the run's workflow can no longer be loaded (its groups are still rebuilt, without arrays)."""
-    from physflow.workflows.validate import check_run_dir
-
+    """Arrays of a finished task, parsed again from its folder by the run's own adapter (built
+    from the workflow the run was submitted with; its site is not needed); none when that workflow
+    can no longer be loaded (its groups are still rebuilt, without arrays)."""
     try:
-        adapter = check_run_dir(store.run_dir).adapter
+        adapter = get_adapter(store.submitted_workflow()[0])
     except (PhysflowError, OSError, ValueError):
         return lambda task: {}
     return lambda task: adapter.stored_arrays(store.task_dir(task.id))

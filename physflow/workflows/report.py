@@ -18,7 +18,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from physflow.workflows.store import CampaignState, RunStore, TaskRecord
+from physflow.spec.records import TaskRecord
+from physflow.workflows.store import CampaignState, RunStore
 
 PLOTS = "plots"
 #: How many of the best simulations the array figures (P(k), mass function) compare with the target.

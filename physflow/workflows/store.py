@@ -20,59 +20,27 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+import yaml
 
 from physflow.errors import RunDirError
+from physflow.site_configs.builder import SiteSpec
+from physflow.spec.records import Hypothesis, TaskRecord
 from physflow.spec.task import Array
+from physflow.spec.workflow import LoadedWorkflow, load_workflow
 
 JOURNAL = "journal.jsonl"
 HDF5 = "campaign.h5"
 LOCK = "orchestrator.lock"
-TASK_STATES = ("proposed", "submitted", "running", "finished", "failed", "cancelled")
-
-
-@dataclass
-class TaskRecord:
-    """One simulation's life, with Colmena-style timings (UNIX seconds)."""
-
-    id: str
-    params: dict[str, float]
-    hypothesis: str | None = None
-    source: str = "planner"  # planner | optimizer (model fallback) | backfill | user
-    status: str = "proposed"
-    created: float | None = None
-    submitted: float | None = None
-    started: float | None = None
-    finished: float | None = None
-    received: float | None = None
-    stored: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    arrays: list[str] = field(default_factory=list)
-    error: str | None = None
-    host: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        """The JSON shape of ``physflow results --json``."""
-        return {k: v for k, v in asdict(self).items()}
-
-
-@dataclass
-class Hypothesis:
-    id: str
-    statement: str
-    prediction: str = ""
-    round: int = 0
-    tasks: list[str] = field(default_factory=list)
-    verdict: str | None = None  # supported | refuted | inconclusive
-    evidence: str = ""
-    advice: str = ""
-
-
+#: The spec that ran (defaults filled, paths absolute), and where it came from and ran (JSON).
+WORKFLOW = "workflow.yaml"
+RUN_INFO = "run.json"
 @dataclass
 class CampaignState:
     """Everything a journal says: rebuilt by ``replay`` for readers and for resume."""
@@ -185,6 +153,7 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
         elif kind == "verdict" and e["id"] in st.hypotheses:
             h = st.hypotheses[e["id"]]
             h.verdict, h.evidence, h.advice = e["verdict"], e.get("evidence", ""), e.get("advice", "")
+            h.analysis = e.get("analysis", "")
         elif kind == "round":
             st.rounds = max(st.rounds, e["round"])
             st.round_unanswered = True
@@ -300,6 +269,32 @@ class RunStore:
         if self._lock_fh:
             self._lock_fh.close()
             self._lock_fh = None
+
+    def write_run_files(self, workflow: LoadedWorkflow, site: SiteSpec) -> None:
+        """Record what runs: the resolved workflow, and in run.json the folder and file it came
+        from (its relative paths and ``{workflow_dir}`` mean the same on resume) and the site as
+        resolved now (placeholders filled at submit need not be set again)."""
+        (self.run_dir / WORKFLOW).write_text(yaml.safe_dump(workflow.resolved(), sort_keys=False))
+        self._write_info({"workflow_dir": str(workflow.directory), "source": str(workflow.source or workflow.path),
+                          "site": site.model_dump()})
+
+    def record_model_url(self, base_url: str) -> None:
+        """Add the model server's URL to run.json (the key is never written anywhere)."""
+        self._write_info({**self.run_info(), "llm_base_url": base_url})
+
+    def run_info(self) -> dict[str, Any]:
+        return json.loads((self.run_dir / RUN_INFO).read_text())
+
+    def _write_info(self, info: dict[str, Any]) -> None:
+        (self.run_dir / RUN_INFO).write_text(json.dumps(info, indent=1))
+
+    def submitted_workflow(self) -> tuple[LoadedWorkflow, SiteSpec | None]:
+        """The workflow this run was submitted with (its resolved copy, standing for the file it
+        came from, so relative paths resolve as at submit) and its site as resolved then (None
+        for a run that predates that record)."""
+        info = self.run_info()
+        site = SiteSpec.model_validate(info["site"]) if "site" in info else None
+        return load_workflow(self.run_dir / WORKFLOW, source=Path(info["source"])), site
 
     def task_dir(self, task_id: str) -> Path:
         return self.run_dir / "tasks" / task_id
@@ -442,6 +437,16 @@ class Committer:
     def result(self, task: TaskRecord, outcome: dict[str, Any]) -> None:
         """Called from any thread when a task's future completes."""
         self._queue.put((task, outcome))
+
+    def future_done(self, task: TaskRecord, future: Future) -> None:
+        """A done callback of a task's future (runs in the dispatcher's thread): its outcome, or
+        the failure of the machinery (worker loss, a serialization error) as a failed task."""
+        task.received = time.time()
+        try:
+            outcome = future.result()
+        except Exception as exc:  # noqa: BLE001 - a failed task, not a crash of the campaign
+            outcome = {"returncode": 1, "stderr_tail": f"{type(exc).__name__}: {exc}"}
+        self.result(task, outcome)
 
     def flush(self) -> None:
         """Block until everything queued so far is in the journal and in HDF5."""

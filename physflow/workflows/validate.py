@@ -1,8 +1,10 @@
 """Everything ``physflow validate`` checks before anything starts.
 
-Types and bounds (physflow.spec.workflow), then what only the rest of physflow knows: the adapter exists and
-accepts the keys given, the objective's metric is one the adapter reports, named files exist,
-the site exists and its pools can hold the simulation's request.
+Types and bounds (physflow.spec.workflow), then what only the rest of physflow knows: the
+adapter exists and accepts the keys given, the objective's metric is one the adapter reports,
+named files exist, the site exists and its pools can hold the simulation's request. Checking
+changes nothing it is given: it returns what it found (the workflow as it will run, its adapter
+built once, its site resolved) for the command to use.
 """
 
 from __future__ import annotations
@@ -12,29 +14,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from physflow.errors import PhysflowError
+from physflow.serving.plans import serving_plan
 from physflow.sim_adapters import get_adapter
 from physflow.sim_adapters.base import Adapter
 from physflow.site_configs.builder import SiteSpec, builtin_sites, check_gpus, check_mpi_request, load_site
 from physflow.spec.workflow import LoadedWorkflow, load_workflow, path_kind, user_path
+from physflow.workflows.store import RunStore
 
 
-@dataclass
+@dataclass(frozen=True)
 class Checked:
     workflow: LoadedWorkflow
     adapter: Adapter
     site: SiteSpec
 
 
-def check_workflow(path: str | Path, site: str | None = None, values: Mapping[str, str] | None = None,
-                   site_spec: SiteSpec | None = None) -> Checked:
-    """``site`` overrides the workflow's ``site:`` (a name, or a site YAML path relative to the
-    current folder); ``values`` fill the site's placeholders (``--set``); ``site_spec`` is an
-    already resolved site (the one a run used, on resume)."""
-    workflow = load_workflow(path)
+def with_site(workflow: LoadedWorkflow, site: str) -> LoadedWorkflow:
+    """``workflow`` run on ``site`` instead of its own ``site:`` (a built-in name, or a site YAML
+    path relative to the current folder, recorded absolute)."""
+    own = site not in builtin_sites() and site.endswith((".yaml", ".yml"))
+    spec = workflow.spec.model_copy(update={"site": str(user_path(site).resolve()) if own else site})
+    return workflow.model_copy(update={"spec": spec})
+
+
+def check_files(workflow: LoadedWorkflow) -> None:
+    """Every file and folder the workflow names exists (a located error for the first that does not)."""
     spec = workflow.spec
-    if site:
-        own = site not in builtin_sites() and site.endswith((".yaml", ".yml"))
-        spec.site = str(user_path(site).resolve()) if own else site
     files = [("objective.target", spec.objective.target), ("llm.script", spec.llm.script)]
     files += [(f"agents.{role}.script", agent.script) for role, agent in spec.agents.items()]
     for field, value in files:
@@ -43,37 +48,49 @@ def check_workflow(path: str | Path, site: str | None = None, values: Mapping[st
     for i, entry in enumerate(spec.knowledge):
         if path_kind(workflow.resolve(entry)) is None:
             raise workflow.error(f"knowledge.{i}", f"no such file or folder: {entry}")
-    adapter = get_adapter(workflow)
-    metrics = adapter.metric_names()
-    if metrics is not None and spec.objective.metric not in metrics:
-        raise workflow.error("objective.metric",
-                             f"adapter {adapter.name} does not report {spec.objective.metric!r} "
-                             f"(it reports: {', '.join(sorted(metrics))})")
+
+
+def check_site(workflow: LoadedWorkflow, adapter: Adapter, values: Mapping[str, str] | None,
+               site_spec: SiteSpec | None) -> SiteSpec:
+    """The site resolved (unless given), and checked to hold the simulation's request and, for a
+    vLLM model physflow serves, its GPUs; a problem of the request is located in the workflow."""
+    spec = workflow.spec
     try:
-        if site_spec is None:
-            site_spec = load_site(spec.site, workflow.directory, values)
+        site = site_spec if site_spec is not None else load_site(spec.site, workflow.directory, values)
         res = spec.simulation.resources
         if adapter.uses_mpi:
-            check_mpi_request(site_spec, site_spec.mpi_pool(), res.nodes, res.ranks)
+            check_mpi_request(site, site.mpi_pool(), res.nodes, res.ranks)
         if spec.has_team and spec.llm.provider == "vllm" and not spec.llm.base_url:
-            from physflow.serving.plans import serving_plan
-
-            check_gpus(site_spec, serving_plan(spec.llm, site_spec)[1], spec.llm.tensor_parallel)
+            check_gpus(site, serving_plan(spec.llm, site)[1], spec.llm.tensor_parallel)
     except PhysflowError as exc:
         if getattr(exc, "file", None):  # an error inside the site's own YAML
             raise
         field = getattr(exc, "field", None) or "site"
         raise workflow.error(field, getattr(exc, "message", str(exc))) from None
-    return Checked(workflow, adapter, site_spec)
+    return site
 
 
-def check_run_dir(run_dir: Path) -> Checked:
-    """Re-check the workflow a run used (its resolved copy), with the run's original folder."""
-    import json
+def check_workflow(workflow: LoadedWorkflow | str | Path, site: str | None = None,
+                   values: Mapping[str, str] | None = None, site_spec: SiteSpec | None = None) -> Checked:
+    """``workflow``: a loaded workflow or its file; ``site`` overrides its ``site:``; ``values``
+    fill the site's placeholders (``--set``); ``site_spec`` is an already resolved site (the one a
+    run used, on resume)."""
+    if not isinstance(workflow, LoadedWorkflow):
+        workflow = load_workflow(workflow)
+    if site:
+        workflow = with_site(workflow, site)
+    check_files(workflow)
+    adapter = get_adapter(workflow)
+    metrics = adapter.metric_names()
+    if metrics is not None and workflow.spec.objective.metric not in metrics:
+        raise workflow.error("objective.metric",
+                             f"adapter {adapter.name} does not report {workflow.spec.objective.metric!r} "
+                             f"(it reports: {', '.join(sorted(metrics))})")
+    return Checked(workflow, adapter, check_site(workflow, adapter, values, site_spec))
 
-    info = json.loads((run_dir / "run.json").read_text())
-    # The site as it was resolved at submit: placeholders filled then need not be set again.
-    site = SiteSpec.model_validate(info["site"]) if "site" in info else None
-    checked = check_workflow(run_dir / "workflow.yaml", site_spec=site)
-    checked.workflow.path = Path(info["source"])  # {workflow_dir} and relative paths as at submit
-    return checked
+
+def check_run_dir(store: RunStore) -> Checked:
+    """Re-check the workflow a run was submitted with (its resolved copy, with the site as it was
+    resolved then: placeholders filled at submit need not be set again)."""
+    workflow, site = store.submitted_workflow()
+    return check_workflow(workflow, site_spec=site)

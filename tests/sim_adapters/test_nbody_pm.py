@@ -22,7 +22,8 @@ from physflow.sim_adapters.nbody_pm import KNOWN, OUTPUT, solver
 from physflow.sim_adapters.nbody_pm.cosmology import Cosmology
 from physflow.sim_adapters.nbody_pm.settings import Settings
 from physflow.spec.workflow import load_workflow
-from physflow.workflows.store import TaskRecord, write_task_hdf5
+from physflow.spec.records import TaskRecord
+from physflow.workflows.store import write_task_hdf5
 from tests.conftest import EXAMPLES
 
 PLANCK = Cosmology()

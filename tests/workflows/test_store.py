@@ -12,7 +12,8 @@ import pytest
 
 from physflow.errors import RunDirError
 from physflow.spec.task import Array
-from physflow.workflows.store import Committer, RunStore, TaskRecord, read_journal, replay
+from physflow.spec.records import TaskRecord
+from physflow.workflows.store import Committer, RunStore, read_journal, replay
 
 
 def _finalize(task: TaskRecord, outcome: dict) -> dict:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from physflow.optimizer import Optimizer
-from physflow.workflows.campaign import Campaign, open_dispatcher, write_run_files
+from physflow.workflows.campaign import Campaign
+from physflow.workflows.launcher import launched
 from physflow.workflows.store import RunStore
 from physflow.workflows.validate import check_workflow
 
@@ -64,15 +65,13 @@ def run_campaign(tmp_path: Path, monkeypatch, workflow: str, simulation: str,
     run_dir = tmp_path / "run"
     store = RunStore.create(run_dir)
     store.open_for_writing()
-    write_run_files(checked.workflow, run_dir, checked.site)
-    slots = checked.workflow.spec.budget.max_concurrent
-    campaign = Campaign(checked.workflow, store, checked.site, dispatcher_factory=lambda: open_dispatcher(
-        checked.site, run_dir / "parsl", slots, 1, mpi=False))
-    optimizer = optimizer_class(campaign.optimizer.parameters, "minimize", seed=seed)
-    optimizer.campaign, optimizer.calls = campaign, []
-    campaign.optimizer = optimizer
+    store.write_run_files(checked.workflow, checked.site)
     try:
-        state = asyncio.run(campaign.run(None))
+        with launched(checked, store) as campaign:
+            optimizer = optimizer_class(campaign.optimizer.parameters, "minimize", seed=seed)
+            optimizer.campaign, optimizer.calls = campaign, []
+            campaign.optimizer = optimizer
+            state = asyncio.run(campaign.run())
     finally:
         store.close()
     return state, campaign, optimizer
@@ -108,7 +107,7 @@ class SlowOptimizer(Optimizer):
     calls: list[tuple[int, bool]]
 
     def suggest(self, n: int = 1, pending: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
-        busy = len(self.campaign.in_flight) >= self.campaign.budget.max_concurrent
+        busy = len(self.campaign.in_flight) >= self.campaign.spec.budget.max_concurrent
         self.calls.append((n, busy))
         time.sleep(0.05)
         return super().suggest(n, pending)

@@ -36,13 +36,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from physflow.spec.task import TaskSpec
 from physflow.errors import AdapterError
 from physflow.sim_adapters.base import Adapter
-from physflow.spec.task import Array, SimOutput
 from physflow.sim_adapters.nbody_pm.cosmology import Cosmology, top_hat_window
 from physflow.sim_adapters.nbody_pm.halos import MIN_HALO_PARTICLES
 from physflow.sim_adapters.nbody_pm.settings import Settings
+from physflow.spec.task import Array, SimOutput, TaskSpec
 
 #: Parameters the code understands: name -> (units, default, description). Planck 2015 defaults.
 KNOWN = {

@@ -1,0 +1,165 @@
+"""Who fills a free slot, and when the optimizer fits: the backfill policy of the loop.
+
+The optimizer steers alone when there is no team; with a team it backfills only while the
+planner thinks (``budget.backfill: optimizer``), and never before the user approved a first
+batch. A suggestion refits on every result (a Gaussian process: about 0.05 s at 50 results,
+0.15 s at 200, 0.35 s at 300; TPE beyond, 10-50 ms): on the loop's thread that would cap the
+campaign at a few tens of simulations per second. So it runs in a worker thread; results keep
+being taken and journaled meanwhile, and the slots freed during one call are asked for together
+by the next, so one refit serves many slots as the rate grows. One request at a time; the points
+arrive as a "suggested" event.
+
+A freed slot still waits for its fit. Where that wait is a noticeable part of a simulation
+(``SPARE_ABOVE``), the optimizer prepares a spare point while every slot is busy, and a freed
+slot starts on it at once; the spare has not seen the results that came in meanwhile, and is
+dropped once more than ``max_concurrent`` of them have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sized
+from typing import Protocol
+
+from physflow.optimizer import Optimizer
+from physflow.spec.records import TaskRecord
+from physflow.spec.workflow import BudgetSpec
+
+#: The optimizer prepares a spare point while every slot is busy once a suggestion takes more
+#: than this fraction of a typical simulation's run time: below it a fresh fit is worth its
+#: wait, above it an idle slot costs more.
+SPARE_ABOVE = 0.03
+
+#: Hands a finished suggestion (source, points or the error, results seen) back to the loop.
+Deliver = Callable[[str, list[dict[str, float]] | BaseException, int], Awaitable[None]]
+
+
+class Slots(Protocol):
+    """What the policy reads of the loop, and the two things it asks the loop to do."""
+
+    optimizer: Optimizer
+    queue: Sized
+    in_flight: Sized
+    stop_reason: str
+    team: object | None  # None: the optimizer steers alone
+    approved_once: bool  # the user has approved a first batch (or approval is auto)
+
+    @property
+    def simulations_left(self) -> int: ...
+
+    @property
+    def planner_thinking(self) -> bool: ...
+
+    def pending(self) -> list[dict[str, float]]: ...
+
+    def new_task(self, params: dict[str, float], source: str, hypothesis: str | None) -> TaskRecord: ...
+
+    def submit_ready(self) -> None: ...
+
+
+class Backfill:
+    """The optimizer's share of the slots; ``request`` whenever a slot may have fallen free."""
+
+    def __init__(self, budget: BudgetSpec, deliver: Deliver) -> None:
+        self.budget = budget
+        self.deliver = deliver
+        self.task: asyncio.Task | None = None  # the suggestion being fitted, if any
+        #: A point the optimizer made ready while every slot was busy, the number of results it
+        #: had seen, and how long the last suggestion took (seconds).
+        self.spares: list[dict[str, float]] = []
+        self.spares_seen = 0
+        self.suggest_seconds = 0.0
+        self.results_count = 0
+        self.recent_runs: deque[float] = deque(maxlen=20)  # run times of the last simulations, s
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def observe(self, task: TaskRecord) -> None:
+        """A result arrived: count it, and keep its run time for the spare-point rule."""
+        self.results_count += 1
+        if task.status == "finished" and task.started is not None and task.finished is not None:
+            self.recent_runs.append(task.finished - task.started)
+
+    def slots(self, loop: Slots) -> tuple[int, str] | None:
+        """How many free slots the optimizer should fill now, and as what source; None for none."""
+        if loop.stop_reason or loop.queue or loop.simulations_left <= 0:
+            return None
+        free = min(self.budget.max_concurrent - len(loop.in_flight), loop.simulations_left)
+        if free <= 0:
+            return None
+        if loop.team is None:
+            return free, "optimizer"
+        if loop.planner_thinking and self.budget.backfill == "optimizer" and loop.approved_once:
+            return free, "backfill"
+        return None
+
+    def request(self, loop: Slots) -> None:
+        """Ask the optimizer for points for the free slots (or a spare), in a worker thread."""
+        if self.busy:
+            return
+        wanted = self.slots(loop)
+        if wanted is not None and self.spares:
+            n, source = wanted
+            if self.results_count - self.spares_seen <= self.budget.max_concurrent:
+                for params in self.spares[:n]:
+                    loop.new_task(params, source, None)
+            self.spares = []
+            loop.submit_ready()
+            wanted = self.slots(loop)
+        if wanted is None:
+            if self._spare_wanted(loop):
+                self._suggest(loop, 1, "spare")
+            return
+        self._suggest(loop, *wanted)
+
+    def _spare_wanted(self, loop: Slots) -> bool:
+        """Whether to prepare a spare point now: every slot busy, simulations left to start, the
+        optimizer fills the next free slot, and a fit takes over ``SPARE_ABOVE`` of a simulation."""
+        if self.spares or loop.stop_reason or loop.queue or loop.simulations_left <= 0:
+            return False
+        if loop.team is not None and self.budget.backfill != "optimizer":
+            return False
+        runs = self.recent_runs
+        return bool(runs) and self.suggest_seconds > SPARE_ABOVE * statistics.median(runs)
+
+    def _suggest(self, loop: Slots, n: int, source: str) -> None:
+        optimizer, pending, seen = loop.optimizer, loop.pending(), self.results_count
+
+        async def work() -> None:
+            started = time.perf_counter()
+            try:  # Optimizer.suggest copies the results it fits on; observe() may go on meanwhile
+                points: list[dict[str, float]] | BaseException = await asyncio.to_thread(
+                    optimizer.suggest, n, pending)
+            except Exception as exc:  # noqa: BLE001 - raised again on the loop's thread
+                points = exc
+            self.suggest_seconds = time.perf_counter() - started
+            await self.deliver(source, points, seen)
+
+        self.task = asyncio.create_task(work())
+
+    def on_suggested(self, loop: Slots, source: str, points: list[dict[str, float]] | BaseException,
+                     seen: int) -> None:
+        """Queue the optimizer's points for the slots still free (a planner's proposals that came
+        meanwhile go first; points no slot wants any more are dropped: they cost nothing), or keep
+        a spare for the next slot to fall free."""
+        self.task = None
+        if isinstance(points, BaseException):
+            raise points
+        if source == "spare":
+            self.spares, self.spares_seen = points, seen
+            self.request(loop)  # a slot may have fallen free during the fit
+            return
+        wanted = self.slots(loop)
+        if wanted is None:
+            return
+        for params in points[:wanted[0]]:
+            loop.new_task(params, source, None)
+
+    def cancel(self) -> None:
+        if self.busy:
+            self.task.cancel()  # type: ignore[union-attr]
