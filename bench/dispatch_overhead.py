@@ -17,7 +17,7 @@ repeated R times and interleaved (raw, raw-quiet, physflow, raw, ...) because th
     ``load_site("local")``, a real ``RunStore`` in a temporary run directory and its
     ``Committer``. Per task: a ``TaskRecord``, the ``proposed`` and ``submitted`` journal events,
     ``dispatcher.submit(TaskSpec(function="bench.noop_tasks.noop"))``, a done-callback that hands
-    the outcome to ``committer.result`` (as ``Campaign._on_done`` does) and a finalize equal to the
+    the outcome to ``committer.future_done`` (as ``Campaign.submit_ready`` does) and a finalize equal to the
     campaign's for the ``python`` adapter. A task counts when ``on_committed`` reports it durable
     (fsync'd in ``journal.jsonl``) and visible to the agents; its ``campaign.h5`` group is written
     just behind by the committer's HDF5 stage, and a second rate counts until the last of those
@@ -58,10 +58,9 @@ if str(REPO) not in sys.path:
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from physflow.spec.task import TaskSpec  # noqa: E402
-from physflow.sim_adapters.base import split_values
-from physflow.spec.task import Array  # noqa: E402
+from physflow.sim_adapters.base import split_values  # noqa: E402
 from physflow.spec.records import TaskRecord  # noqa: E402
+from physflow.spec.task import Array, TaskSpec  # noqa: E402
 from physflow.workflows.store import Committer, RunStore, read_journal  # noqa: E402
 
 NOOP = "bench.noop_tasks.noop"
@@ -181,7 +180,7 @@ def run_raw(n: int, warmup: int, base: Path, quiet: bool = False) -> RunResult:
 
 # -- physflow ----------------------------------------------------------------------------------
 def finalize(task: TaskRecord, outcome: dict[str, Any]) -> dict[str, Array]:
-    """``Campaign._finalize`` for the ``python`` adapter (``PythonAdapter.parse_outputs``)."""
+    """``Adapter.finish`` for the ``python`` adapter (``PythonAdapter.parse_outputs``)."""
     task.started, task.finished, task.host = outcome.get("started"), outcome.get("finished"), outcome.get("host")
     code = outcome.get("returncode", 1)
     if code != 0:
@@ -242,15 +241,7 @@ def run_physflow(n: int, warmup: int, base: Path) -> RunResult:
     committer = Committer(store, finalize, tracker)
     dispatcher = None
 
-    def on_done(task: TaskRecord, future: Future) -> None:  # Campaign._on_done
-        task.received = time.time()
-        try:
-            outcome = future.result()
-        except Exception as exc:  # noqa: BLE001 - as the campaign: a lost task is a failed task
-            outcome = {"returncode": 1, "stderr_tail": f"{type(exc).__name__}: {exc}"}
-        committer.result(task, outcome)
-
-    def submit(task_id: str) -> Future:  # Campaign._new_task + submit_ready
+    def submit(task_id: str) -> Future:  # Campaign.new_task + submit_ready
         params = {"x": 0.5}
         task = TaskRecord(id=task_id, params=params, source="optimizer", created=time.time())
         committer.event("proposed", t=task.created, task=task.id, params=params, hypothesis=None, source="optimizer")
@@ -258,7 +249,7 @@ def run_physflow(n: int, warmup: int, base: Path) -> RunResult:
         task.status, task.submitted = "submitted", time.time()
         committer.event("submitted", t=task.submitted, task=task.id)
         future = dispatcher.submit(spec)
-        future.add_done_callback(lambda f, t=task: on_done(t, f))
+        future.add_done_callback(lambda f, t=task: committer.future_done(t, f))
         return future
 
     try:

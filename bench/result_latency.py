@@ -129,7 +129,8 @@ def colmena_style(n: int, base: Path) -> dict[str, list[float]]:
 
 # -- physflow ------------------------------------------------------------------------------------
 def physflow_campaign(n: int, seconds: float, base: Path) -> dict[str, list[float]]:
-    from physflow.workflows.campaign import Campaign, open_dispatcher, write_run_files
+    from physflow.workflows.campaign import Campaign
+    from physflow.workflows.launcher import launched
     from physflow.workflows.store import RunStore
     from physflow.workflows.validate import check_workflow
 
@@ -138,7 +139,7 @@ def physflow_campaign(n: int, seconds: float, base: Path) -> dict[str, list[floa
     run_dir = base / "run"
     store = RunStore.create(run_dir)
     store.open_for_writing()
-    write_run_files(checked.workflow, run_dir, checked.site)
+    store.write_run_files(checked.workflow, checked.site)
     committed: dict[str, float] = {}
     seen: dict[str, float] = {}
     in_hdf5: dict[str, float] = {}
@@ -163,10 +164,9 @@ def physflow_campaign(n: int, seconds: float, base: Path) -> dict[str, list[floa
             seen[task.id] = time.time()
             super().on_result(task)
 
-    campaign = TimedCampaign(checked.workflow, store, checked.site, dispatcher_factory=lambda: open_dispatcher(
-        checked.site, run_dir / "parsl", checked.workflow.spec.budget.max_concurrent, 1, mpi=False))
     try:
-        state = asyncio.run(campaign.run(None))
+        with launched(checked, store, campaign_class=TimedCampaign) as campaign:
+            state = asyncio.run(campaign.run())
     finally:
         store.close()
     tasks = [t for t in campaign.tasks.values() if t.status == "finished"]

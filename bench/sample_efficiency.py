@@ -122,9 +122,7 @@ def workflow_text(method: str, budget: int, steps: int | None) -> str:
 
 def run_one(method: str, seed: int, budget: int, folder: Path, steps: int | None) -> Outcome:
     from physflow.optimizer import Optimizer
-    from physflow.serving.plans import serving_plan
-    from physflow.serving.service import ModelService
-    from physflow.workflows.campaign import Campaign, model_clients, open_dispatcher, write_run_files
+    from physflow.workflows.launcher import launched
     from physflow.workflows.store import RunStore
     from physflow.workflows.validate import check_workflow
 
@@ -137,25 +135,14 @@ def run_one(method: str, seed: int, budget: int, folder: Path, steps: int | None
     run_dir = folder / "run"
     store = RunStore.create(run_dir)
     store.open_for_writing()
-    write_run_files(checked.workflow, run_dir, checked.site)
+    store.write_run_files(checked.workflow, checked.site)
     t0 = time.time()
-    serving = serving_plan(spec.llm, checked.site) if spec.has_team else None
-    dispatcher = open_dispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
-                                 spec.simulation.resources.nodes, checked.adapter.uses_mpi,
-                                 service_pool=serving[1] if serving else None)
-    try:
-        clients = None
-        if serving:  # as ``physflow submit`` serves the embedded model: a task on the site's pool
-            service = ModelService(serving[0], run_dir / "llm", dispatcher.submit_service)
-            dispatcher.on_close(service.stop)
-            service.start()
-            clients = model_clients(checked.workflow, service.base_url, service.api_key)
-        campaign = Campaign(checked.workflow, store, checked.site, dispatcher_factory=lambda: dispatcher)
-        campaign.optimizer = (UniformRandom(campaign.adapter.parameters, seed) if method == "random"
-                              else Optimizer(campaign.adapter.parameters, campaign.goal, seed=seed))
-        asyncio.run(campaign.run(clients))
+    try:  # as ``physflow submit`` launches it (the embedded model served as a task on the site's pool)
+        with launched(checked, store) as campaign:
+            campaign.optimizer = (UniformRandom(campaign.adapter.parameters, seed) if method == "random"
+                                  else Optimizer(campaign.adapter.parameters, campaign.goal, seed=seed))
+            asyncio.run(campaign.run())
     finally:
-        dispatcher.close()
         store.close()
     metric = spec.objective.metric
     done = sorted((t for t in campaign.tasks.values() if t.status == "finished"), key=lambda t: t.stored)

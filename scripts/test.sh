@@ -11,4 +11,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 . .venv/bin/activate
 ruff check .
+lint-imports  # the floors of docs/architecture.md (contracts in setup.cfg)
 exec python -m pytest -q "$@"

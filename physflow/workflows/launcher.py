@@ -98,10 +98,11 @@ def form_team(campaign: Campaign, clients: dict[str, Any], stack: contextlib.Exi
 
 
 @contextlib.contextmanager
-def launched(checked: Checked, store: RunStore, approver: Approver | None = None,
-             say: Say = _quiet) -> Iterator[Campaign]:
+def launched(checked: Checked, store: RunStore, approver: Approver | None = None, say: Say = _quiet,
+             campaign_class: type[Campaign] = Campaign) -> Iterator[Campaign]:
     """The campaign of ``checked`` in ``store``, its pools started, its model served and its team
-    formed; everything it runs on is stopped when the block ends (the store stays open)."""
+    formed; everything it runs on is stopped when the block ends (the store stays open).
+    ``campaign_class``: the loop, or a subclass that observes it (the benchmarks')."""
     wf, spec, run_dir = checked.workflow, checked.workflow.spec, store.run_dir
     serving = serving_plan(spec.llm, checked.site) if spec.has_team else None
     with contextlib.ExitStack() as stack:
@@ -119,7 +120,7 @@ def launched(checked: Checked, store: RunStore, approver: Approver | None = None
             store.record_model_url(base_url)
         clients = model_clients(wf, base_url, api_key)
         transcript = stack.enter_context(contextlib.closing(Transcript(run_dir / "transcript.jsonl")))
-        campaign = Campaign(wf, checked.adapter, store, checked.site, dispatcher, transcript, approver)
+        campaign = campaign_class(wf, checked.adapter, store, checked.site, dispatcher, transcript, approver)
         if "planner" in clients:
             campaign.team = form_team(campaign, clients, stack)
         yield campaign

@@ -21,8 +21,8 @@ from physflow.sim_adapters import get_adapter
 from physflow.sim_adapters.nbody_pm import KNOWN, OUTPUT, solver
 from physflow.sim_adapters.nbody_pm.cosmology import Cosmology
 from physflow.sim_adapters.nbody_pm.settings import Settings
-from physflow.spec.workflow import load_workflow
 from physflow.spec.records import TaskRecord
+from physflow.spec.workflow import load_workflow
 from physflow.workflows.store import write_task_hdf5
 from tests.conftest import EXAMPLES
 

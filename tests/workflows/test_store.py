@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from physflow.errors import RunDirError
-from physflow.spec.task import Array
 from physflow.spec.records import TaskRecord
+from physflow.spec.task import Array
 from physflow.workflows.store import Committer, RunStore, read_journal, replay
 
 
