@@ -368,13 +368,12 @@ def status(run: Path, as_json: bool) -> None:
     Example: physflow status runs/heat2d-20261125T120000Z --json
     """
     from physflow.ui.snapshot import effective_state
+    from physflow.workflows.store import status_counts
 
     store = _store(run)
     st = store.state()
     state = effective_state(store, st)  # "failed" if the orchestrator died mid-campaign: resumable
-    counts: dict[str, int] = {}
-    for t in st.tasks.values():
-        counts[t.status] = counts.get(t.status, 0) + 1
+    counts = status_counts(st.tasks.values())
     info = {"state": state, "name": st.name, "reason": st.reason or ("orchestrator not running"
                                                                       if state != st.state else ""),
             "tasks": counts, "rounds": st.rounds, "hypotheses": len(st.hypotheses),
@@ -428,13 +427,7 @@ def results(run: Path, as_json: bool, as_csv: bool) -> None:
       physflow results runs/heat2d-20261125T120000Z --json
       physflow results runs/heat2d-20261125T120000Z --csv > results.csv
     """
-    st = _store(run).state()
-    rows = []
-    for t in st.tasks.values():
-        metrics = {k: (v if v == v and abs(v) != float("inf") else None) for k, v in t.metrics.items()}
-        rows.append({"id": t.id, "status": t.status, "params": t.params, "metrics": metrics,
-                     "hypothesis": t.hypothesis, "source": t.source, "submitted": t.submitted,
-                     "started": t.started, "finished": t.finished, "error": t.error})
+    rows = [t.result_row() for t in _store(run).state().tasks.values()]
     if as_json:
         click.echo(json.dumps(rows))
         return

@@ -19,6 +19,7 @@ from autogen_core.tools import FunctionTool
 from pydantic import StrictFloat
 
 from physflow.errors import ProposalError, QueryError
+from physflow.spec.ranking import finite_or_none, ranked
 
 #: Simulations one propose_simulations call may stage (more are rejected, with the reason).
 MAX_PROPOSED = 8
@@ -35,27 +36,18 @@ class CampaignView(Protocol):
     def suggest(self, n: int) -> list[dict[str, float]]: ...
 
 
-def _finite(x: Any) -> Any:
-    return x if not isinstance(x, float) or math.isfinite(x) else None
-
-
 def results_table(view: CampaignView, sort_by: str | None = None, limit: int = 10,
                   status: str = "finished") -> list[dict[str, Any]]:
-    """Rows of (id, params, metrics, hypothesis), best objective first."""
+    """Rows of (id, params, metrics, hypothesis), best objective first; rows without a finite
+    value of it (failed, still running) follow in the order they were proposed."""
     metric = sort_by or view.objective_metric
     rows = [r for r in view.results() if status == "any" or r["status"] == status]
-    sign = 1.0 if view.goal == "minimize" else -1.0
-
-    def key(row: dict[str, Any]) -> float:
-        value = row.get("metrics", {}).get(metric)
-        return sign * value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
-
-    rows.sort(key=key)
+    rows = ranked(rows, lambda r: r.get("metrics", {}).get(metric), view.goal, unscored_last=True)
     out = []
     for r in rows[: max(1, min(int(limit), 50))]:
         out.append({"id": r["id"], "status": r["status"], "hypothesis": r.get("hypothesis"),
                     "params": {k: round(v, 6) for k, v in r["params"].items()},
-                    "metrics": {k: _finite(round(v, 6)) for k, v in r.get("metrics", {}).items()},
+                    "metrics": {k: finite_or_none(round(v, 6)) for k, v in r.get("metrics", {}).items()},
                     **({"error": r["error"][-300:]} if r.get("error") else {})})
     return out
 

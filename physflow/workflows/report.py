@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from physflow.spec import ranking
 from physflow.workflows.store import CampaignState, RunStore, TaskRecord
 
 PLOTS = "plots"
@@ -37,14 +37,12 @@ def busy_fraction(state: CampaignState, slots: int) -> float | None:
 
 def scored_tasks(state: CampaignState, metric: str) -> list[TaskRecord]:
     """Finished tasks with a finite value of ``metric``, in the order they were proposed."""
-    return [t for t in state.tasks.values()
-            if t.status == "finished" and metric in t.metrics and math.isfinite(t.metrics[metric])]
+    return [t for t in state.tasks.values() if ranking.is_finite(t.score(metric))]
 
 
 def ranked_tasks(state: CampaignState, metric: str, goal: str) -> list[TaskRecord]:
     """Scored tasks, best first (smallest ``metric`` when minimizing, largest when maximizing)."""
-    sign = 1 if goal == "minimize" else -1
-    return sorted(scored_tasks(state, metric), key=lambda t: sign * t.metrics[metric])
+    return ranking.ranked(state.tasks.values(), lambda t: t.score(metric), goal)
 
 
 @dataclass
@@ -112,7 +110,7 @@ def _read_arrays(path: Path, group: str, names: tuple[str, ...]) -> dict[str, tu
 
 
 def _fmt(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if ranking.finite_or_none(value) is None:
         return "—"
     return f"{value:.4g}"
 
@@ -315,12 +313,11 @@ class Figures:
 def _observed(h_tasks: list[str], state: CampaignState, metric: str, goal: str) -> str:
     """What the hypothesis' simulations measured: the best metric among its finished tasks."""
     done = [state.tasks[i] for i in h_tasks if i in state.tasks]
-    scored = [t for t in done if t.status == "finished" and math.isfinite(t.metrics.get(metric, math.nan))]
-    if not scored:
+    top = ranking.best(done, lambda t: t.score(metric), goal)
+    if top is None:
         return "pending" if done else ""
-    pick = min if goal == "minimize" else max
-    best = pick(scored, key=lambda t: t.metrics[metric])
-    return f"best {metric} = {_fmt(best.metrics[metric])} ({best.id}; {len(scored)}/{len(done)} done)"
+    scored = sum(ranking.is_finite(t.score(metric)) for t in done)
+    return f"best {metric} = {_fmt(top.metrics[metric])} ({top.id}; {scored}/{len(done)} done)"
 
 
 def _cell(text: str) -> str:

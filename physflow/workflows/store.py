@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import queue
 import re
@@ -28,12 +27,17 @@ import h5py
 import numpy as np
 
 from physflow.errors import RunDirError
+from physflow.spec.ranking import finite_or_none
 from physflow.spec.task import Array
 
 JOURNAL = "journal.jsonl"
 HDF5 = "campaign.h5"
 LOCK = "orchestrator.lock"
 TASK_STATES = ("proposed", "submitted", "running", "finished", "failed", "cancelled")
+#: The keys of a row of ``physflow results --json`` (and ``--csv``), in this order: scripts
+#: outside physflow read them, so they change only with a new output format.
+RESULT_KEYS = ("id", "status", "params", "metrics", "hypothesis", "source", "submitted", "started", "finished",
+               "error")
 
 
 @dataclass
@@ -57,8 +61,30 @@ class TaskRecord:
     host: str | None = None
 
     def public(self) -> dict[str, Any]:
-        """The JSON shape of ``physflow results --json``."""
-        return {k: v for k, v in asdict(self).items()}
+        """Every field as plain data: what the agents see of a simulation (``CampaignView.results``:
+        query_results, make_plot, the coder's ``results``), metrics as measured, NaN included."""
+        return asdict(self)
+
+    def result_row(self) -> dict[str, Any]:
+        """One row of ``physflow results --json`` and ``--csv``: the ``RESULT_KEYS``, with
+        non-finite metrics as null (JSON has no NaN)."""
+        row = {key: getattr(self, key) for key in RESULT_KEYS}
+        row["metrics"] = {k: finite_or_none(v) for k, v in self.metrics.items()}
+        return row
+
+    def score(self, metric: str) -> Any:
+        """The task's value of ``metric`` if it finished, else None: what ranks it (see
+        ``physflow.spec.ranking``); a failed task never ranks, whatever it measured."""
+        return self.metrics.get(metric) if self.status == "finished" else None
+
+
+def status_counts(tasks: Iterable[TaskRecord], zeros: Iterable[str] = ()) -> dict[str, int]:
+    """How many of ``tasks`` are in each status, in the order the statuses are first met; the
+    ``zeros`` come first, counted from 0 even when no task has them (a display's fixed columns)."""
+    counts = dict.fromkeys(zeros, 0)
+    for t in tasks:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    return counts
 
 
 @dataclass
@@ -100,11 +126,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"cannot journal {type(value).__name__}")
-
-
-def _finite_or_none(value: Any) -> Any:
-    """JSON has no NaN/inf: a non-finite metric is journaled as null, never as invalid JSON."""
-    return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 class Journal:
@@ -540,6 +561,6 @@ class Committer:
 
 def _result_event(task: TaskRecord) -> dict[str, Any]:
     return {"event": task.status, "t": task.stored, "task": task.id,
-            "metrics": {k: _finite_or_none(v) for k, v in task.metrics.items()}, "arrays": task.arrays,
+            "metrics": {k: finite_or_none(v) for k, v in task.metrics.items()}, "arrays": task.arrays,
             "started": task.started, "finished": task.finished, "received": task.received,
             "host": task.host, "error": task.error}
