@@ -20,6 +20,7 @@ from pydantic import StrictFloat
 
 from physflow.errors import ProposalError, QueryError
 from physflow.spec.ranking import finite_or_none, ranked
+from physflow.spec.workflow import TOOL_NAMES
 
 #: Simulations one propose_simulations call may stage (more are rejected, with the reason).
 MAX_PROPOSED = 8
@@ -207,12 +208,7 @@ class Toolbox:
         available = {f.__name__: f for f in (self.suggest_parameters, self.query_results, self.propose_simulations,
                                               self.run_analysis_code, self.search_knowledge, self.make_plot,
                                               self.query_catalog)}
-        chosen = names if names is not None else list(TOOL_NAMES)
+        chosen = names if names is not None else list(TOOL_NAMES)  # query_catalog only when named
         described = descriptions or {}
         return [FunctionTool(available[n], description=described.get(n, (available[n].__doc__ or "").strip()),
                              name=n) for n in chosen]
-
-
-#: The campaign's tools (query_catalog serves physflow ask, outside campaigns).
-TOOL_NAMES = ("suggest_parameters", "query_results", "propose_simulations", "run_analysis_code",
-              "search_knowledge", "make_plot")
