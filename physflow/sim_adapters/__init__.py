@@ -8,11 +8,17 @@ from physflow.sim_adapters.base import Adapter
 from physflow.spec.workflow import LoadedWorkflow
 
 
+def adapter_class(name: str) -> type[Adapter] | None:
+    """The adapter class registered as ``name`` (importing this package registers the built-in
+    ones), or None: what a reader of a finished run asks for the adapter's declarations."""
+    return Adapter.registry.get(name)
+
+
 def get_adapter(workflow: LoadedWorkflow) -> Adapter:
     """The adapter named in the workflow, constructed and checked (a located SpecError for an
     unknown name)."""
     name = workflow.spec.simulation.adapter
-    cls = Adapter.registry.get(name)
+    cls = adapter_class(name)
     if cls is None:
         known = ", ".join(sorted(Adapter.registry))
         raise workflow.error("simulation.adapter", f"unknown adapter {name!r} (known: {known})")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from physflow.errors import AdapterError, ProposalError
+from physflow.spec.figures import CurveFigure
 from physflow.spec.task import Array, SimOutput, TaskSpec
 from physflow.spec.workflow import LoadedWorkflow, ParameterSpec
 
@@ -27,6 +27,9 @@ class Adapter(ABC):
     registry: ClassVar[dict[str, type[Adapter]]] = {}
     #: Keys of ``simulation:`` this adapter reads besides the common ones.
     own_keys: ClassVar[frozenset[str]] = frozenset()
+    #: The report's figures of this code's arrays (plain data: the report reads them from the
+    #: class, never constructing the adapter); none by default.
+    figures: ClassVar[tuple[CurveFigure, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -18,10 +18,11 @@ import h5py
 import numpy as np
 
 from physflow.spec import ranking
+from physflow.spec.figures import CurveFigure
 from physflow.workflows.store import CampaignState, RunStore, TaskRecord
 
 PLOTS = "plots"
-#: How many of the best simulations the array figures (P(k), mass function) compare with the target.
+#: How many of the best simulations the adapter's array figures compare with the target.
 N_BEST_CURVES = 3
 
 
@@ -230,8 +231,10 @@ class Figures:
         self.plt.close(fig)
         return path
 
-    def _curves(self, names: tuple[str, str], name: str, xlabel: str, ylabel: str) -> Path | None:
-        """An array figure: the best simulations' ``names`` arrays (campaign.h5) against the target's."""
+    def curve(self, figure: CurveFigure) -> Path | None:
+        """An array figure the adapter declares: the best simulations' arrays (campaign.h5) against
+        the target's."""
+        names = (figure.x, figure.y)
         h5 = self.run_dir / "campaign.h5"
         best = ranked_tasks(self.state, self.metric, self.goal)[:N_BEST_CURVES]
         curves = [(t, a) for t in best if h5.is_file()
@@ -253,18 +256,10 @@ class Figures:
         units = curves[0][1]
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(f"{xlabel} [{units[x][1]}]")
-        ax.set_ylabel(f"{ylabel} [{units[y][1]}]")
+        ax.set_xlabel(f"{figure.xlabel} [{units[x][1]}]")
+        ax.set_ylabel(f"{figure.ylabel} [{units[y][1]}]")
         ax.legend(fontsize=7)
-        return self._save(fig, name)
-
-    def power_spectrum(self) -> Path | None:
-        """Matter power spectrum P(k) of the best simulations against the target (nbody_pm arrays)."""
-        return self._curves(("k", "pk"), "power_spectrum", "wavenumber k", "P(k)")
-
-    def mass_function(self) -> Path | None:
-        """Halo mass function dn/dlnM of the best simulations against the target (nbody_pm arrays)."""
-        return self._curves(("m", "dn_dlnm"), "mass_function", "halo mass M", "dn/dlnM")
+        return self._save(fig, figure.name)
 
     def timeline(self, turns: list[ModelTurn], slots: int) -> Path | None:
         """Each worker slot busy (a simulation) or idle, and the model turns, against campaign time."""
@@ -358,8 +353,8 @@ def render(state: CampaignState, spec: dict, metric: str, slots: int,
         out.append("| — | no hypothesis was stated (optimizer only) | | | | | |")
     out += ["", "## Objective", ""] + figure("objective", f"{metric} of each simulation, in the order proposed")
     out += figure("parameters", f"Simulated parameters coloured by {metric}; star: best, X: the target's truth")
-    out += figure("power_spectrum", "P(k) of the best simulations against the target")
-    out += figure("mass_function", "Halo mass function of the best simulations against the target")
+    for curve in curve_figures(spec):
+        out += figure(curve.name, curve.caption)
     names = list(spec.get("simulation", {}).get("parameters", {}))
     header = "| task | source | hypothesis | " + " | ".join(names) + f" | {metric} | status | seconds |"
     out += ["## Simulations", "", header, "|---" * (len(names) + 6) + "|"]
@@ -400,11 +395,25 @@ def render_html(markdown: str, run_dir: Path, title: str) -> str:
             f"<style>{style}</style></head><body>\n{body}</body></html>\n")
 
 
+def curve_figures(spec: dict[str, Any]) -> tuple[CurveFigure, ...]:
+    """The array figures the run's adapter declares (``Adapter.figures``); none for an adapter
+    this physflow does not know.
+
+    The adapters are imported here, not with this module: ``status`` and ``watch`` read the
+    report's rankings and should not wait for every simulation code to load.
+    """
+    from physflow.sim_adapters import adapter_class
+
+    cls = adapter_class(spec.get("simulation", {}).get("adapter", ""))
+    return cls.figures if cls is not None else ()
+
+
 def draw_figures(run_dir: Path, state: CampaignState, spec: dict[str, Any], turns: list[ModelTurn]) -> dict[str, Path]:
-    """Every figure the run has data for, by name (objective, parameters, power_spectrum, ...)."""
+    """Every figure the run has data for, by name (objective, parameters, the adapter's array
+    figures, timeline, tokens)."""
     fig = Figures(run_dir, state, spec)
     drawn = {"objective": fig.objective(), "parameters": fig.parameter_space(),
-             "power_spectrum": fig.power_spectrum(), "mass_function": fig.mass_function(),
+             **{curve.name: fig.curve(curve) for curve in curve_figures(spec)},
              "timeline": fig.timeline(turns, int(spec["budget"]["max_concurrent"])), "tokens": fig.tokens()}
     return {name: path for name, path in drawn.items() if path is not None}
 

@@ -36,13 +36,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from physflow.spec.task import TaskSpec
 from physflow.errors import AdapterError
 from physflow.sim_adapters.base import Adapter
-from physflow.spec.task import Array, SimOutput
 from physflow.sim_adapters.nbody_pm.cosmology import Cosmology, top_hat_window
 from physflow.sim_adapters.nbody_pm.halos import MIN_HALO_PARTICLES
 from physflow.sim_adapters.nbody_pm.settings import Settings
+from physflow.spec.figures import CurveFigure
+from physflow.spec.task import Array, SimOutput, TaskSpec
 
 #: Parameters the code understands: name -> (units, default, description). Planck 2015 defaults.
 KNOWN = {
@@ -105,6 +105,11 @@ def sigma8_from_shells(k: np.ndarray, pk: np.ndarray, nmodes: np.ndarray, box_si
 
 class NbodyPMAdapter(Adapter):
     name = "nbody_pm"
+    #: The matter power spectrum and the halo mass function of the best runs against the target.
+    figures = (CurveFigure("power_spectrum", "k", "pk", "wavenumber k", "P(k)",
+                           "P(k) of the best simulations against the target"),
+               CurveFigure("mass_function", "m", "dn_dlnm", "halo mass M", "dn/dlnM",
+                           "Halo mass function of the best simulations against the target"))
 
     def check(self) -> None:
         super().check()
