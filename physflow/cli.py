@@ -554,10 +554,14 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
     """
     from physflow.agents.catalog import Catalog
     from physflow.errors import CatalogError, RunDirError, SpecError
+    from physflow.sim_adapters import catalog_tables
+    from physflow.workflows.store import campaign_tables
 
     if not data:
         raise CatalogError("no data: give at least one --data PATH (HDF5, CSV or FITS)")
-    catalog = Catalog.load(list(data))  # before the agents' imports, so bad data fails in a blink
+    # before the agents' imports, so bad data fails in a blink; the layouts only the adapters
+    # (a halo catalog) and the run store (campaign.h5) know are read by their own readers
+    catalog = Catalog.load(list(data), group_tables=catalog_tables(), file_tables=[campaign_tables])
 
     from pydantic import ValidationError
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from physflow.errors import RunDirError
 from physflow.spec.ranking import finite_or_none
+from physflow.spec.tables import Column, H5Group, Table
 from physflow.spec.task import Array
 
 JOURNAL = "journal.jsonl"
@@ -256,6 +257,37 @@ def write_task_hdf5(f: h5py.File, task: TaskRecord, arrays: dict[str, Array]) ->
     for key, arr in arrays.items():
         d = g.create_dataset(key, data=arr.values)
         d.attrs["units"] = arr.units
+
+
+def campaign_tables(root: H5Group) -> list[Table]:
+    """A campaign.h5 as ``physflow ask`` shows it: one row per simulation (``<name>/tasks``), its
+    status, parameters and metrics as columns, read back from the groups ``write_task_hdf5``
+    writes; [] for any other file."""
+    tasks = root.file.get("tasks")
+    if not isinstance(tasks, h5py.Group):
+        return []
+    rows = [(tid, g) for tid, g in tasks.items()
+            if isinstance(g, h5py.Group) and ("params" in g or "metrics" in g)]
+    if not rows:
+        return []
+    params: list[str] = []
+    metrics: list[str] = []
+    for _, g in rows:
+        for group, names in (("params", params), ("metrics", metrics)):
+            if group in g:
+                names += [k for k in g[group].attrs if k not in names]
+    columns = {"task": Column("task", np.array([tid for tid, _ in rows], dtype=str)),
+               "status": Column("status", np.array([str(g.attrs.get("status", "")) for _, g in rows], dtype=str))}
+    for group, names in (("params", params), ("metrics", metrics)):
+        for n in names:
+            if n in columns:
+                continue
+            values = [float(g[group].attrs[n]) if group in g and n in g[group].attrs else np.nan for _, g in rows]
+            columns[n] = Column(n, np.array(values, dtype=float), note=f"from tasks/<id>/{group} attributes")
+    read = (f"for task, g in h5py.File({root.source})['tasks'].items(): "
+            "g.attrs['status'], dict(g['params'].attrs), dict(g['metrics'].attrs)")
+    return [Table(root.table_name("tasks"), root.data, columns, read,
+                  "one row per simulation of the campaign; its parameters and metrics are columns")]
 
 
 #: Characters a shell treats specially. Parsl's providers put paths under the run directory into
