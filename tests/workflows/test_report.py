@@ -1,5 +1,5 @@
 """The report's array figures are the ones the run's adapter declares, drawn from campaign.h5 and
-the target; the best-first ranking the report, the snapshot and the agents share."""
+the target; the best-first ranking the report, the snapshot, the agents and the campaign share."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import yaml
 
-from physflow.spec.ranking import best, ranked
+from physflow.spec.ranking import best, ranked, reaches
 from physflow.spec.task import Array
 from physflow.workflows.report import write_report
 from physflow.workflows.store import RunStore, TaskRecord
@@ -72,3 +72,4 @@ def test_ranking_keeps_finite_values_best_first_and_ties_in_order():
     assert ranked(names, value, "minimize", unscored_last=True) == ["c", "e", "a", "g", "b", "d", "f"]
     assert best(names, value, "minimize") == "c" and best(names, value, "maximize") == "g"
     assert best(["b", "d"], value, "minimize") is None
+    assert reaches(1.0, 1.0, "minimize") and not reaches(1.1, 1.0, "minimize") and reaches(1.1, 1.0, "maximize")
