@@ -341,14 +341,13 @@ def status(run: Path, as_json: bool) -> None:
     \b
     Example: physflow status runs/heat2d-20261125T120000Z --json
     """
+    from physflow.spec.records import status_counts
     from physflow.ui.snapshot import effective_state
 
     store = _store(run)
     st = store.state()
     state = effective_state(store, st)  # "failed" if the orchestrator died mid-campaign: resumable
-    counts: dict[str, int] = {}
-    for t in st.tasks.values():
-        counts[t.status] = counts.get(t.status, 0) + 1
+    counts = status_counts(st.tasks.values())
     info = {"state": state, "name": st.name, "reason": st.reason or ("orchestrator not running"
                                                                       if state != st.state else ""),
             "tasks": counts, "rounds": st.rounds, "hypotheses": len(st.hypotheses),
@@ -402,13 +401,7 @@ def results(run: Path, as_json: bool, as_csv: bool) -> None:
       physflow results runs/heat2d-20261125T120000Z --json
       physflow results runs/heat2d-20261125T120000Z --csv > results.csv
     """
-    st = _store(run).state()
-    rows = []
-    for t in st.tasks.values():
-        metrics = {k: (v if v == v and abs(v) != float("inf") else None) for k, v in t.metrics.items()}
-        rows.append({"id": t.id, "status": t.status, "params": t.params, "metrics": metrics,
-                     "hypothesis": t.hypothesis, "source": t.source, "submitted": t.submitted,
-                     "started": t.started, "finished": t.finished, "error": t.error})
+    rows = [t.result_row() for t in _store(run).state().tasks.values()]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -535,10 +528,14 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
     """
     from physflow.agents.catalog import Catalog
     from physflow.errors import CatalogError, RunDirError, SpecError
+    from physflow.sim_adapters import catalog_tables
+    from physflow.workflows.store import campaign_tables
 
     if not data:
         raise CatalogError("no data: give at least one --data PATH (HDF5, CSV or FITS)")
-    catalog = Catalog.load(list(data))  # before the agents' imports, so bad data fails in a blink
+    # before the agents' imports, so bad data fails in a blink; the layouts only the adapters
+    # (a halo catalog) and the run store (campaign.h5) know are read by their own readers
+    catalog = Catalog.load(list(data), group_tables=catalog_tables(), file_tables=[campaign_tables])
 
     from pydantic import ValidationError
 

@@ -44,6 +44,7 @@ import numpy as np
 from scipy import linalg, optimize, special
 from scipy.stats import qmc
 
+from physflow.spec import ranking
 from physflow.spec.workflow import ParameterSpec
 
 #: From this many finished results on, suggestions come from TPE instead of the GP. The GP's
@@ -367,10 +368,8 @@ class Optimizer:
             self.observed.append(({k: params[k] for k in self.parameters}, value))
 
     def best(self) -> tuple[dict[str, float], float] | None:
-        if not self.observed:
-            return None
-        pick = min if self.goal == "minimize" else max
-        return pick(self.observed, key=lambda pv: pv[1])
+        """The best result observed, as (parameters, value); None before the first."""
+        return ranking.best(self.observed, lambda pv: pv[1], self.goal)
 
     def suggest(self, n: int = 1, pending: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
         """``n`` parameter sets to try next, each within bounds, avoiding the ``pending`` ones.

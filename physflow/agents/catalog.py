@@ -4,10 +4,11 @@ A ``Catalog`` reads every table of the files it is given, whole, into numpy colu
 
 - HDF5: a compound dataset is a table of its fields; the 1-D datasets of a group that share a
   length are a table of those columns (one table per length); other arrays are listed, not
-  loaded. ``units`` attributes become the columns' units. A run's ``campaign.h5`` also gives one
-  row per simulation (``<name>/tasks``: status, parameters, metrics); a halo catalog (a
-  ``group_size`` dataset next to a ``particle_mass`` file attribute, as the nbody_pm solver
-  writes) gains a derived ``mass`` column, and its description says how it was made.
+  loaded. ``units`` attributes become the columns' units. Layouts that only their writer knows
+  are read by the readers ``load`` is given (``physflow.spec.tables``): the command that composes
+  ``ask`` passes the adapters' (nbody_pm's halo catalog gains a derived ``mass`` column) and the
+  run store's (a run's ``campaign.h5`` gives one row per simulation), since the agents may import
+  neither.
 - CSV: a header row, then one row per line (lines starting with ``#`` are comments); a column
   whose every value reads as a number is numeric (empty cells are NaN), any other is text.
 - FITS: every binary or ASCII table extension, with the ``TUNIT`` units, through astropy (an
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from physflow.errors import CatalogError, QueryError
+from physflow.spec.tables import Column, FileTableReader, GroupTableReader, H5Group, Table, join_name
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 CSV_SUFFIXES = (".csv",)
@@ -36,35 +38,6 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 MAX_LOADED = 20_000_000
 #: Tables described in full; the rest are only named (query_catalog still reads them).
 MAX_DESCRIBED = 40
-
-
-@dataclass
-class Column:
-    """One column: numbers (any numeric dtype) or text, with units ('' when the file gives none)."""
-
-    name: str
-    values: np.ndarray
-    units: str = ""
-    note: str = ""  # how a derived column was made
-
-    @property
-    def numeric(self) -> bool:
-        return self.values.dtype.kind in "biuf"
-
-
-@dataclass
-class Table:
-    """Columns of equal length from one data file. ``read`` says how code gets them from DATA."""
-
-    name: str
-    source: str
-    columns: dict[str, Column]
-    read: str
-    note: str = ""
-
-    @property
-    def rows(self) -> int:
-        return len(next(iter(self.columns.values())).values) if self.columns else 0
 
 
 @dataclass
@@ -95,8 +68,14 @@ class Catalog:
     arrays: list[ArrayInfo] = field(default_factory=list)
 
     @classmethod
-    def load(cls, paths: Sequence[Path]) -> Catalog:
-        """Read ``paths`` (files only); raises CatalogError naming the file that cannot be read."""
+    def load(cls, paths: Sequence[Path], group_tables: Sequence[GroupTableReader] = (),
+             file_tables: Sequence[FileTableReader] = ()) -> Catalog:
+        """Read ``paths`` (files only); raises CatalogError naming the file that cannot be read.
+
+        ``group_tables`` read an HDF5 group's columns where their layout is their own (the first
+        that answers makes the group's table), ``file_tables`` the tables an HDF5 file holds
+        beyond the generic ones (after them, in their order).
+        """
         catalog = cls()
         names = data_names(paths)
         for name, path in zip(names, paths, strict=True):
@@ -107,9 +86,11 @@ class Catalog:
             kind = file_kind(path)
             data = DataFile(name, path.resolve(), kind)
             catalog.files[name] = data
-            reader = {"HDF5": _read_hdf5, "CSV": _read_csv, "FITS": _read_fits}[kind]
             try:
-                tables, arrays = reader(data)
+                if kind == "HDF5":
+                    tables, arrays = _read_hdf5(data, group_tables, file_tables)
+                else:
+                    tables, arrays = {"CSV": _read_csv, "FITS": _read_fits}[kind](data)
             except CatalogError:
                 raise
             except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
@@ -223,7 +204,8 @@ def _axis(columns: dict[str, Column]) -> str:
     return next(iter(columns))
 
 
-def _read_hdf5(data: DataFile) -> tuple[list[Table], list[ArrayInfo]]:
+def _read_hdf5(data: DataFile, group_tables: Sequence[GroupTableReader],
+               file_tables: Sequence[FileTableReader]) -> tuple[list[Table], list[ArrayInfo]]:
     import h5py
 
     tables: list[Table] = []
@@ -245,7 +227,7 @@ def _read_hdf5(data: DataFile) -> tuple[list[Table], list[ArrayInfo]]:
                     values = obj[...]
                     columns = {n: Column(n, _column_values(values[n]), _units(obj)) for n in obj.dtype.names
                                if values[n].ndim == 1}
-                    tables.append(Table(_join(data.name, path, key), data.name, columns,
+                    tables.append(Table(join_name(data.name, path, key), data.name, columns,
                                         f"h5py.File({src})[{location!r}][...][FIELD]"))
                 elif obj.ndim == 1 and obj.dtype.kind in "biufSOU" and obj.shape[0] <= MAX_LOADED:
                     values = obj.asstr()[...] if obj.dtype.kind in "SO" else obj[...]
@@ -254,67 +236,22 @@ def _read_hdf5(data: DataFile) -> tuple[list[Table], list[ArrayInfo]]:
                 else:
                     arrays.append(ArrayInfo(data.name, location, tuple(obj.shape), str(obj.dtype), _units(obj)))
             for columns in by_length.values():
-                tables.append(_group_table(data, f, path, columns, split=len(by_length) > 1))
-        tables += _campaign_tasks(data, f)
+                group = H5Group(data.name, f, path, columns)
+                own = next((t for t in (read(group) for read in group_tables) if t is not None), None)
+                tables.append(own if own is not None else _group_table(group, split=len(by_length) > 1))
+        root = H5Group(data.name, f, "", {})
+        for read in file_tables:
+            tables += read(root)
     return tables, arrays
 
 
-def _join(*parts: str) -> str:
-    return "/".join(p for p in parts if p)
-
-
-def _group_table(data: DataFile, f, path: str, columns: dict[str, Column], split: bool) -> Table:
-    src = f"DATA[{data.name!r}]"
-    prefix = f"/{path}/" if path else "/"
+def _group_table(group: H5Group, split: bool) -> Table:
+    """The generic table of a group's columns, named by its axis when the group has several."""
+    columns, prefix = group.columns, group.prefix
     first = next(iter(columns))
-    read = f"h5py.File({src})[{prefix + first!r}][...]" + (" (likewise " + ", ".join(
+    read = f"h5py.File({group.source})[{prefix + first!r}][...]" + (" (likewise " + ", ".join(
         repr(prefix + c) for c in list(columns)[1:6]) + ")" if len(columns) > 1 else "")
-    if "group_size" in columns and "particle_mass" in f.attrs:
-        particle_mass = float(f.attrs["particle_mass"])
-        size = columns["group_size"]
-        columns["mass"] = Column(
-            "mass", size.values.astype(float) * particle_mass, "Msun/h",
-            note=f"derived by physflow: group_size * particle_mass ({particle_mass:.6g} Msun/h, a file attribute)")
-        minimum = f[prefix + "group_size"].attrs.get("min_particles")
-        note = "a halo catalog: one row per friends-of-friends group" + (
-            f" of at least {int(minimum)} particles" if minimum is not None else "")
-        read = (f"f = h5py.File({src}); mass = f[{prefix + 'group_size'!r}][...] * f.attrs['particle_mass']"
-                "  # Msun/h")
-        return Table(_join(data.name, path, "halos"), data.name, columns, read, note)
-    name = _join(data.name, path, _axis(columns) if split else "")
-    return Table(name, data.name, columns, read)
-
-
-def _campaign_tasks(data: DataFile, f) -> list[Table]:
-    """A run's campaign.h5: one row per simulation, with its status, parameters and metrics."""
-    import h5py
-
-    tasks = f.get("tasks")
-    if not isinstance(tasks, h5py.Group):
-        return []
-    rows = [(tid, g) for tid, g in tasks.items()
-            if isinstance(g, h5py.Group) and ("params" in g or "metrics" in g)]
-    if not rows:
-        return []
-    params: list[str] = []
-    metrics: list[str] = []
-    for _, g in rows:
-        for group, names in (("params", params), ("metrics", metrics)):
-            if group in g:
-                names += [k for k in g[group].attrs if k not in names]
-    columns = {"task": Column("task", np.array([tid for tid, _ in rows], dtype=str)),
-               "status": Column("status", np.array([str(g.attrs.get("status", "")) for _, g in rows], dtype=str))}
-    for group, names in (("params", params), ("metrics", metrics)):
-        for n in names:
-            if n in columns:
-                continue
-            values = [float(g[group].attrs[n]) if group in g and n in g[group].attrs else np.nan for _, g in rows]
-            columns[n] = Column(n, np.array(values, dtype=float), note=f"from tasks/<id>/{group} attributes")
-    src = f"DATA[{data.name!r}]"
-    read = (f"for task, g in h5py.File({src})['tasks'].items(): "
-            "g.attrs['status'], dict(g['params'].attrs), dict(g['metrics'].attrs)")
-    return [Table(_join(data.name, "tasks"), data.name, columns, read,
-                  "one row per simulation of the campaign; its parameters and metrics are columns")]
+    return Table(group.table_name(_axis(columns) if split else ""), group.data, columns, read)
 
 
 # -- CSV -------------------------------------------------------------------------------------------
@@ -374,7 +311,7 @@ def _read_fits(data: DataFile) -> tuple[list[Table], list[ArrayInfo]]:
             elif hdu.data is not None:
                 arrays.append(ArrayInfo(data.name, f"HDU {i} ({ext}) image", tuple(hdu.data.shape),
                                         str(hdu.data.dtype), str(hdu.header.get("BUNIT", ""))))
-    tables = [Table(_join(data.name, ext if len(found) > 1 else ""), data.name, cols, read)
+    tables = [Table(join_name(data.name, ext if len(found) > 1 else ""), data.name, cols, read)
               for ext, cols, read in found]
     return tables, arrays
 

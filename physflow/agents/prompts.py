@@ -2,50 +2,18 @@
 
 The prompts are the agents' side of the conversation: the loop decides *when* the planner,
 critic or coder is asked (workflows.campaign), these functions decide *what* they are shown.
-They read the campaign through ``CampaignView`` only, so the agents' layer never depends on how
+They read the campaign through ``agents.view.CampaignView`` only, so the agents' layer never depends on how
 the loop keeps its state.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any, Protocol
 
 from physflow.agents.tools import results_table
-from physflow.spec.records import Hypothesis, TaskRecord
-from physflow.spec.workflow import ParameterSpec, WorkflowSpec
-
-
-class CampaignView(Protocol):
-    """What the campaign shows its agents: read on the loop's thread, never written."""
-
-    @property
-    def spec(self) -> WorkflowSpec: ...
-
-    @property
-    def parameters(self) -> dict[str, ParameterSpec]: ...
-
-    @property
-    def tasks(self) -> Mapping[str, TaskRecord]: ...
-
-    @property
-    def hypotheses(self) -> Mapping[str, Hypothesis]: ...
-
-    @property
-    def objective_metric(self) -> str: ...
-
-    @property
-    def goal(self) -> str: ...
-
-    @property
-    def simulations_left(self) -> int: ...
-
-    def best(self) -> TaskRecord | None: ...
-
-    def results(self) -> list[dict[str, Any]]: ...
-
-    def suggest(self, n: int) -> list[dict[str, float]]: ...
+from physflow.agents.view import CampaignView
+from physflow.spec.records import status_counts
+from physflow.spec.workflow import ParameterSpec
 
 
 def parameter_lines(parameters: dict[str, ParameterSpec]) -> str:
@@ -89,33 +57,31 @@ def critic_prompt(view: CampaignView, hid: str) -> str:
     """What the critic reads to judge hypothesis ``hid``: its prediction, each of its
     simulations' objective (or why it failed), and the campaign's best so far."""
     h = view.hypotheses[hid]
-    metric = view.objective_metric
+    metric, goal = view.spec.objective.metric, view.spec.objective.goal
     rows = "\n".join(f"- {view.tasks[t].params} -> " + (
         f"{metric}={view.tasks[t].metrics.get(metric)}" if view.tasks[t].status == "finished"
         else f"failed: {(view.tasks[t].error or '')[:160]}") for t in h.tasks)
     best = view.best()
     overall = f"Best of the campaign so far: {best.params} -> {metric}={best.metrics[metric]}" if best else ""
     return (f"Hypothesis {hid}: {h.statement}\nPrediction: {h.prediction}\n"
-            f"Objective: {view.goal} {metric}.\nResults of its simulations:\n{rows}\n{overall}\n"
+            f"Objective: {goal} {metric}.\nResults of its simulations:\n{rows}\n{overall}\n"
             "Give your verdict as JSON.")
 
 
 def default_analysis(view: CampaignView) -> str:
     """The coder's request when the critic asked for none: how the objective depends on each
     parameter, which is what the planner needs next."""
-    names = ", ".join(view.parameters)
-    return (f"For the finished simulations, fit {view.objective_metric} as a quadratic function of "
-            f"({names}) with numpy least squares and print the fitted optimum ({view.goal}) and the "
+    names, obj = ", ".join(view.parameters), view.spec.objective
+    return (f"For the finished simulations, fit {obj.metric} as a quadratic function of "
+            f"({names}) with numpy least squares and print the fitted optimum ({obj.goal}) and the "
             f"best simulation so far.")
 
 
 def resume_summary(view: CampaignView, rounds: int) -> str:
     """What the agents are told after a restart (not the whole transcript)."""
-    counts: dict[str, int] = {}
-    for t in view.tasks.values():
-        counts[t.status] = counts.get(t.status, 0) + 1
+    counts = status_counts(view.tasks.values())
     best = view.best()
-    metric = view.objective_metric
+    metric = view.spec.objective.metric
     return (f"The campaign was restarted after round {rounds}. Simulations: "
             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
             + (f". Best so far: {best.params} -> {metric}={best.metrics[metric]:.4g}" if best else "") + ".")

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from physflow.agents.catalog import Catalog, Table
+from physflow.agents.catalog import Catalog
 from physflow.errors import QueryError
+from physflow.spec.tables import Table
 
 MAX_WHERE_CHARS = 500
 MAX_DEPTH = 40

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from physflow.agents.models import FirstToolClient
 from physflow.agents.tools import Toolbox
 from physflow.errors import ProposalError
-from physflow.spec.workflow import ParameterSpec, WorkflowSpec
+from physflow.spec.workflow import AgentRole, ParameterSpec, ToolName, WorkflowSpec
 
 
 class Review(BaseModel):
@@ -57,13 +57,15 @@ class AnalysisCode(BaseModel):
 @dataclass
 class Role:
     system: str
-    tools: list[str]
+    tools: list[ToolName]
     context: int  # messages of history the agent keeps
     #: A tool the role must call before it answers (see models.FirstToolClient), when it has it.
     first_tool: str | None = None
 
 
-ROLES: dict[str, Role] = {
+#: What each of the spec's ``AGENT_ROLES`` does, in their order (the spec names the roles, for
+#: the workflow YAML; the team gives them their instructions and tools).
+ROLES: dict[AgentRole, Role] = {
     "planner": Role(
         "You are the planner of a simulation campaign. State one falsifiable hypothesis about how the "
         "parameters affect the objective, what you predict the simulations will show, and propose "

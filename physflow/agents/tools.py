@@ -13,49 +13,33 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from autogen_core.tools import FunctionTool
 from pydantic import StrictFloat
 
+from physflow.agents.view import CampaignView
 from physflow.errors import ProposalError, QueryError
+from physflow.spec.ranking import finite_or_none, ranked
+from physflow.spec.workflow import TOOL_NAMES
 
 #: Simulations one propose_simulations call may stage (more are rejected, with the reason).
 MAX_PROPOSED = 8
 
 
-class CampaignView(Protocol):
-    """What the campaign shows its agents."""
-
-    objective_metric: str
-    goal: str
-
-    def results(self) -> list[dict[str, Any]]: ...
-
-    def suggest(self, n: int) -> list[dict[str, float]]: ...
-
-
-def _finite(x: Any) -> Any:
-    return x if not isinstance(x, float) or math.isfinite(x) else None
-
-
 def results_table(view: CampaignView, sort_by: str | None = None, limit: int = 10,
                   status: str = "finished") -> list[dict[str, Any]]:
-    """Rows of (id, params, metrics, hypothesis), best objective first."""
-    metric = sort_by or view.objective_metric
+    """Rows of (id, params, metrics, hypothesis), best objective first; rows without a finite
+    value of it (failed, still running) follow in the order they were proposed."""
+    metric = sort_by or view.spec.objective.metric
     rows = [r for r in view.results() if status == "any" or r["status"] == status]
-    sign = 1.0 if view.goal == "minimize" else -1.0
-
-    def key(row: dict[str, Any]) -> float:
-        value = row.get("metrics", {}).get(metric)
-        return sign * value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
-
-    rows.sort(key=key)
+    rows = ranked(rows, lambda r: r.get("metrics", {}).get(metric), view.spec.objective.goal,
+                  unscored_last=True)
     out = []
     for r in rows[: max(1, min(int(limit), 50))]:
         out.append({"id": r["id"], "status": r["status"], "hypothesis": r.get("hypothesis"),
                     "params": {k: round(v, 6) for k, v in r["params"].items()},
-                    "metrics": {k: _finite(round(v, 6)) for k, v in r.get("metrics", {}).items()},
+                    "metrics": {k: finite_or_none(round(v, 6)) for k, v in r.get("metrics", {}).items()},
                     **({"error": r["error"][-300:]} if r.get("error") else {})})
     return out
 
@@ -215,12 +199,7 @@ class Toolbox:
         available = {f.__name__: f for f in (self.suggest_parameters, self.query_results, self.propose_simulations,
                                               self.run_analysis_code, self.search_knowledge, self.make_plot,
                                               self.query_catalog)}
-        chosen = names if names is not None else list(TOOL_NAMES)
+        chosen = names if names is not None else list(TOOL_NAMES)  # query_catalog only when named
         described = descriptions or {}
         return [FunctionTool(available[n], description=described.get(n, (available[n].__doc__ or "").strip()),
                              name=n) for n in chosen]
-
-
-#: The campaign's tools (query_catalog serves physflow ask, outside campaigns).
-TOOL_NAMES = ("suggest_parameters", "query_results", "propose_simulations", "run_analysis_code",
-              "search_knowledge", "make_plot")

@@ -15,7 +15,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from physflow.errors import AdapterError, ProposalError
+from physflow.spec.figures import CurveFigure
 from physflow.spec.records import TaskRecord
+from physflow.spec.tables import GroupTableReader
 from physflow.spec.task import Array, SimOutput, TaskSpec
 from physflow.spec.workflow import LoadedWorkflow, ParameterSpec
 
@@ -27,6 +29,12 @@ class Adapter(ABC):
     registry: ClassVar[dict[str, type[Adapter]]] = {}
     #: Keys of ``simulation:`` this adapter reads besides the common ones.
     own_keys: ClassVar[frozenset[str]] = frozenset()
+    #: The report's figures of this code's arrays (plain data: the report reads them from the
+    #: class, never constructing the adapter); none by default.
+    figures: ClassVar[tuple[CurveFigure, ...]] = ()
+    #: Readers of the tables in this code's own output files whose layout only it knows (for
+    #: ``physflow ask``, which otherwise reads any HDF5 file generically); none by default.
+    catalog_tables: ClassVar[tuple[GroupTableReader, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -6,10 +6,17 @@ journals and replays them, the agents' prompts and the report show them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from physflow.spec.ranking import finite_or_none
+
 TASK_STATES = ("proposed", "submitted", "running", "finished", "failed", "cancelled")
+#: The keys of a row of ``physflow results --json`` (and ``--csv``), in this order: scripts
+#: outside physflow read them, so they change only with a new output format.
+RESULT_KEYS = ("id", "status", "params", "metrics", "hypothesis", "source", "submitted", "started", "finished",
+               "error")
 
 
 @dataclass
@@ -33,8 +40,30 @@ class TaskRecord:
     host: str | None = None
 
     def public(self) -> dict[str, Any]:
-        """The JSON shape of ``physflow results --json``."""
-        return {k: v for k, v in asdict(self).items()}
+        """Every field as plain data: what the agents see of a simulation (``CampaignView.results``:
+        query_results, make_plot, the coder's ``results``), metrics as measured, NaN included."""
+        return asdict(self)
+
+    def result_row(self) -> dict[str, Any]:
+        """One row of ``physflow results --json`` and ``--csv``: the ``RESULT_KEYS``, with
+        non-finite metrics as null (JSON has no NaN)."""
+        row = {key: getattr(self, key) for key in RESULT_KEYS}
+        row["metrics"] = {k: finite_or_none(v) for k, v in self.metrics.items()}
+        return row
+
+    def score(self, metric: str) -> Any:
+        """The task's value of ``metric`` if it finished, else None: what ranks it (see
+        ``physflow.spec.ranking``); a failed task never ranks, whatever it measured."""
+        return self.metrics.get(metric) if self.status == "finished" else None
+
+
+def status_counts(tasks: Iterable[TaskRecord], zeros: Iterable[str] = ()) -> dict[str, int]:
+    """How many of ``tasks`` are in each status, in the order the statuses are first met; the
+    ``zeros`` come first, counted from 0 even when no task has them (a display's fixed columns)."""
+    counts = dict.fromkeys(zeros, 0)
+    for t in tasks:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    return counts
 
 
 @dataclass

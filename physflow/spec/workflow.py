@@ -13,7 +13,7 @@ import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from physflow.errors import SpecError
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
-AGENT_ROLES = ("planner", "domain_expert", "coder", "critic")
+#: The agents' roles, the keys of ``agents:``; ``physflow.agents.team.ROLES`` says what each does.
+AgentRole = Literal["planner", "domain_expert", "coder", "critic"]
+AGENT_ROLES: tuple[AgentRole, ...] = get_args(AgentRole)
 
 Location = tuple[Any, ...]
 
@@ -108,8 +110,11 @@ class LLMSpec(Strict):
         return self
 
 
+#: The campaign's tools an agent may be given (``agents.<role>.tools``); ``physflow.agents.tools``
+#: implements them (and query_catalog, which serves physflow ask outside campaigns).
 ToolName = Literal["suggest_parameters", "query_results", "propose_simulations", "run_analysis_code",
                    "search_knowledge", "make_plot"]
+TOOL_NAMES: tuple[ToolName, ...] = get_args(ToolName)
 
 
 class AgentSpec(Strict):
@@ -196,7 +201,7 @@ class WorkflowSpec(Strict):
     goal: str = Field(min_length=1)
     site: str = "local"
     llm: LLMSpec = LLMSpec()
-    agents: dict[Literal["planner", "domain_expert", "coder", "critic"], AgentSpec] = {}
+    agents: dict[AgentRole, AgentSpec] = {}
     simulation: SimulationSpec
     objective: ObjectiveSpec
     budget: BudgetSpec = BudgetSpec()

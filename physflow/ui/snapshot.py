@@ -3,12 +3,12 @@ progress display and the dashboard all show, so they can never disagree."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-from physflow.spec.records import TASK_STATES
+from physflow.spec.ranking import finite_or_none
+from physflow.spec.records import TASK_STATES, status_counts
 from physflow.workflows.report import busy_fraction, ranked_tasks, run_spec, true_parameters
 from physflow.workflows.store import JOURNAL, CampaignState, RunStore
 
@@ -17,10 +17,6 @@ def effective_state(store: RunStore, state: CampaignState) -> str:
     """The journal's state, except that a "running" campaign whose orchestrator holds no lock
     died without ending it: that is "failed" (and resumable)."""
     return "failed" if state.state == "running" and not store.is_live() else state.state
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def journal_version(run_dir: Path) -> int:
@@ -52,13 +48,11 @@ def snapshot(run_dir: Path, now: float | None = None) -> dict[str, Any]:
     spec = run_spec(run_dir)
     objective, budget = spec["objective"], spec["budget"]
     metric, goal = objective["metric"], objective.get("goal", "minimize")
-    counts = {s: 0 for s in TASK_STATES if s != "running"}
-    for t in st.tasks.values():
-        counts[t.status] = counts.get(t.status, 0) + 1
+    counts = status_counts(st.tasks.values(), zeros=(s for s in TASK_STATES if s != "running"))
     ranked = ranked_tasks(st, metric, goal)
     best = ranked[0] if ranked else None
     tasks = [{"id": t.id, "status": t.status, "source": t.source, "hypothesis": t.hypothesis,
-              "params": t.params, "value": _finite(t.metrics.get(metric)), "submitted": t.submitted,
+              "params": t.params, "value": finite_or_none(t.metrics.get(metric)), "submitted": t.submitted,
               "started": t.started, "finished": t.finished, "error": t.error} for t in st.tasks.values()]
     hypotheses = [{"id": h.id, "statement": h.statement, "prediction": h.prediction, "round": h.round,
                    "verdict": h.verdict, "evidence": h.evidence, "tasks": h.tasks} for h in st.hypotheses.values()]

@@ -85,6 +85,11 @@ class Backfill:
         if task.status == "finished" and task.started is not None and task.finished is not None:
             self.recent_runs.append(task.finished - task.started)
 
+    async def points_now(self, loop: Slots, n: int) -> list[dict[str, float]]:
+        """``n`` of the optimizer's points now (the planner's hints, a round's fallback), fitted in a
+        worker thread; the pending parameters are read here, on the loop's thread."""
+        return await asyncio.to_thread(loop.optimizer.suggest, n, loop.pending())
+
     def slots(self, loop: Slots) -> tuple[int, str] | None:
         """How many free slots the optimizer should fill now, and as what source; None for none."""
         if loop.stop_reason or loop.queue or loop.simulations_left <= 0:

@@ -26,6 +26,7 @@ from physflow.errors import PhysflowError
 from physflow.optimizer import Optimizer
 from physflow.sim_adapters.base import Adapter
 from physflow.site_configs.builder import SiteSpec
+from physflow.spec import ranking
 from physflow.spec.records import Hypothesis, TaskRecord
 from physflow.spec.workflow import LoadedWorkflow, ParameterSpec, WorkflowSpec
 from physflow.workflows.approval import Approver, ask_user, batch_text
@@ -48,7 +49,8 @@ class Campaign:
                  dispatcher: Dispatcher, transcript: Transcript, approver: Approver | None = None) -> None:
         self.workflow, self.adapter, self.store, self.site = workflow, adapter, store, site
         self.dispatcher, self.transcript, self.approver = dispatcher, transcript, approver
-        self.optimizer = Optimizer(adapter.parameters, self.goal, seed=int(self.spec.simulation.fixed.get("seed", 0)))
+        self.optimizer = Optimizer(adapter.parameters, self.spec.objective.goal,
+                                   seed=int(self.spec.simulation.fixed.get("seed", 0)))
         self.tasks: dict[str, TaskRecord] = {}
         self.queue: deque[TaskRecord] = deque()
         self.in_flight: dict[str, TaskRecord] = {}
@@ -65,7 +67,6 @@ class Campaign:
         self._critic: asyncio.Task | None = None
         self._to_judge: deque[str] = deque()
         self.approved_once = self.spec.approval == "auto" or approver is None
-        self.tokens_before = 0
         self.resume_note = ""
         self.last_analysis = ""
 
@@ -77,14 +78,6 @@ class Campaign:
     @property
     def parameters(self) -> dict[str, ParameterSpec]:
         return self.adapter.parameters
-
-    @property
-    def objective_metric(self) -> str:
-        return self.spec.objective.metric
-
-    @property
-    def goal(self) -> str:
-        return self.spec.objective.goal
 
     @property
     def simulations_left(self) -> int:
@@ -104,25 +97,14 @@ class Campaign:
         """Parameters of the simulations running or queued: the optimizer spreads away from them."""
         return [t.params for t in (*self.in_flight.values(), *self.queue)]
 
-    async def _suggest_off_loop(self, n: int) -> list[dict[str, float]]:
-        """The optimizer's points now, fitted in a worker thread (the pending parameters are read
-        here, on the loop's thread, where the task tables change)."""
-        return await asyncio.to_thread(self.optimizer.suggest, n, self.pending())
-
     def best(self) -> TaskRecord | None:
-        scored = [t for t in self.tasks.values() if t.status == "finished"
-                  and math.isfinite(t.metrics.get(self.objective_metric, math.nan))]
-        if not scored:
-            return None
-        sign = 1 if self.goal == "minimize" else -1
-        return min(scored, key=lambda t: sign * t.metrics[self.objective_metric])
+        obj = self.spec.objective
+        return ranking.best(self.tasks.values(), lambda t: t.score(obj.metric), obj.goal)
 
     def tolerance_reached(self) -> bool:
-        tol, best = self.spec.objective.tolerance, self.best()
-        if tol is None or best is None:
-            return False
-        value = best.metrics[self.objective_metric]
-        return value <= tol if self.goal == "minimize" else value >= tol
+        obj, best = self.spec.objective, self.best()
+        return obj.tolerance is not None and best is not None and ranking.reaches(
+            best.metrics[obj.metric], obj.tolerance, obj.goal)
 
     # -- tasks: proposed -> submitted -> finished | failed -------------------------------------
     def new_task(self, params: dict[str, float], source: str, hypothesis: str | None) -> TaskRecord:
@@ -155,18 +137,19 @@ class Campaign:
 
     @handles("result")
     def on_result(self, task: TaskRecord) -> None:
+        metric = self.spec.objective.metric
         self.in_flight.pop(task.id, None)
         self.backfill.observe(task)
         if task.status == "finished":
-            self.optimizer.observe(task.params, task.metrics[self.objective_metric])
+            self.optimizer.observe(task.params, task.metrics[metric])
         if self.tolerance_reached() and not self.stop_reason:
             self.stop_reason = "tolerance reached"
         best = self.best()
-        value = task.metrics.get(self.objective_metric)
+        value = task.metrics.get(metric)
         log.info("%s %-8s %-9s %s %s  best %s", task.id, task.status, task.source,
                  " ".join(f"{k}={v:.4g}" for k, v in task.params.items()),
-                 f"{self.objective_metric}={value:.4g}" if value is not None else (task.error or "")[:80],
-                 f"{best.metrics[self.objective_metric]:.4g} ({best.id})" if best else "-")
+                 f"{metric}={value:.4g}" if value is not None else (task.error or "")[:80],
+                 f"{best.metrics[metric]:.4g} ({best.id})" if best else "-")
         hid = task.hypothesis
         if hid and all(self.tasks[t].status in ("finished", "failed") for t in self.hypotheses[hid].tasks):
             self._to_judge.append(hid)
@@ -195,7 +178,7 @@ class Campaign:
     async def _plan(self, round_no: int) -> None:
         capacity = max(1, min(self.simulations_left, self.spec.budget.max_concurrent * 2, 8))
         try:
-            hints = await self._suggest_off_loop(2)
+            hints = await self.backfill.points_now(self, 2)
             note, self.resume_note = self.resume_note, ""
             prompt = planner_prompt(self, round_no, hints, note, self.last_analysis)
             outcome = await self.team.propose(prompt, capacity)
@@ -230,7 +213,7 @@ class Campaign:
                                  f"round {round_no}: no valid proposal ({'; '.join(outcome.errors)[-400:]}); "
                                  "using the optimizer's suggestions")
             n = min(capacity, self.spec.budget.max_concurrent)
-            suggested = await self._suggest_off_loop(n) if n else []
+            suggested = await self.backfill.points_now(self, n) if n else []
             batch = await self._approve(None, suggested) if suggested else []
             if batch is None:
                 return
@@ -310,14 +293,16 @@ class Campaign:
         repaired = self.store.repair_hdf5(previous.tasks.values(),
                                           lambda task: self.adapter.stored_arrays(self.store.task_dir(task.id)))
         r = resumption(previous)
-        self.tasks, self.hypotheses, self.rounds, self.tokens_before = r.tasks, r.hypotheses, r.rounds, r.tokens_before
+        self.tasks, self.hypotheses, self.rounds = r.tasks, r.hypotheses, r.rounds
+        if self.team:
+            self.team.tokens_before = r.tokens_before
         self.queue.extend(r.queue)
         self._to_judge.extend(r.to_judge)
         for kind, fields in r.events:
             self.committer.event(kind, **fields)
         for task in self.tasks.values():
             if task.status == "finished":
-                self.optimizer.observe(task.params, task.metrics.get(self.objective_metric, math.nan))
+                self.optimizer.observe(task.params, task.metrics.get(self.spec.objective.metric, math.nan))
         log.info("resumed: %d finished kept, %d requeued, %d lost, %d HDF5 groups repaired",
                  r.kept, r.requeued, r.lost, repaired)
         self.committer.event("campaign_resumed", name=self.spec.name, pid=os.getpid(), site=self.site.name,
@@ -334,7 +319,6 @@ class Campaign:
         else:
             self.restore(previous)
             if self.team:
-                self.team.tokens_before = self.tokens_before
                 self.resume_note = resume_summary(self, self.rounds)
                 self.transcript.note("physflow", "resumed", self.resume_note, to="planner")
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from physflow.spec import ranking
+from physflow.spec.figures import CurveFigure
 from physflow.spec.records import TaskRecord
 from physflow.workflows.store import CampaignState, RunStore
 
 PLOTS = "plots"
-#: How many of the best simulations the array figures (P(k), mass function) compare with the target.
+#: How many of the best simulations the adapter's array figures compare with the target.
 N_BEST_CURVES = 3
 
 
@@ -38,14 +39,12 @@ def busy_fraction(state: CampaignState, slots: int) -> float | None:
 
 def scored_tasks(state: CampaignState, metric: str) -> list[TaskRecord]:
     """Finished tasks with a finite value of ``metric``, in the order they were proposed."""
-    return [t for t in state.tasks.values()
-            if t.status == "finished" and metric in t.metrics and math.isfinite(t.metrics[metric])]
+    return [t for t in state.tasks.values() if ranking.is_finite(t.score(metric))]
 
 
 def ranked_tasks(state: CampaignState, metric: str, goal: str) -> list[TaskRecord]:
     """Scored tasks, best first (smallest ``metric`` when minimizing, largest when maximizing)."""
-    sign = 1 if goal == "minimize" else -1
-    return sorted(scored_tasks(state, metric), key=lambda t: sign * t.metrics[metric])
+    return ranking.ranked(state.tasks.values(), lambda t: t.score(metric), goal)
 
 
 @dataclass
@@ -113,7 +112,7 @@ def _read_arrays(path: Path, group: str, names: tuple[str, ...]) -> dict[str, tu
 
 
 def _fmt(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if ranking.finite_or_none(value) is None:
         return "—"
     return f"{value:.4g}"
 
@@ -233,8 +232,10 @@ class Figures:
         self.plt.close(fig)
         return path
 
-    def _curves(self, names: tuple[str, str], name: str, xlabel: str, ylabel: str) -> Path | None:
-        """An array figure: the best simulations' ``names`` arrays (campaign.h5) against the target's."""
+    def curve(self, figure: CurveFigure) -> Path | None:
+        """An array figure the adapter declares: the best simulations' arrays (campaign.h5) against
+        the target's."""
+        names = (figure.x, figure.y)
         h5 = self.run_dir / "campaign.h5"
         best = ranked_tasks(self.state, self.metric, self.goal)[:N_BEST_CURVES]
         curves = [(t, a) for t in best if h5.is_file()
@@ -256,18 +257,10 @@ class Figures:
         units = curves[0][1]
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(f"{xlabel} [{units[x][1]}]")
-        ax.set_ylabel(f"{ylabel} [{units[y][1]}]")
+        ax.set_xlabel(f"{figure.xlabel} [{units[x][1]}]")
+        ax.set_ylabel(f"{figure.ylabel} [{units[y][1]}]")
         ax.legend(fontsize=7)
-        return self._save(fig, name)
-
-    def power_spectrum(self) -> Path | None:
-        """Matter power spectrum P(k) of the best simulations against the target (nbody_pm arrays)."""
-        return self._curves(("k", "pk"), "power_spectrum", "wavenumber k", "P(k)")
-
-    def mass_function(self) -> Path | None:
-        """Halo mass function dn/dlnM of the best simulations against the target (nbody_pm arrays)."""
-        return self._curves(("m", "dn_dlnm"), "mass_function", "halo mass M", "dn/dlnM")
+        return self._save(fig, figure.name)
 
     def timeline(self, turns: list[ModelTurn], slots: int) -> Path | None:
         """Each worker slot busy (a simulation) or idle, and the model turns, against campaign time."""
@@ -316,12 +309,11 @@ class Figures:
 def _observed(h_tasks: list[str], state: CampaignState, metric: str, goal: str) -> str:
     """What the hypothesis' simulations measured: the best metric among its finished tasks."""
     done = [state.tasks[i] for i in h_tasks if i in state.tasks]
-    scored = [t for t in done if t.status == "finished" and math.isfinite(t.metrics.get(metric, math.nan))]
-    if not scored:
+    top = ranking.best(done, lambda t: t.score(metric), goal)
+    if top is None:
         return "pending" if done else ""
-    pick = min if goal == "minimize" else max
-    best = pick(scored, key=lambda t: t.metrics[metric])
-    return f"best {metric} = {_fmt(best.metrics[metric])} ({best.id}; {len(scored)}/{len(done)} done)"
+    scored = sum(ranking.is_finite(t.score(metric)) for t in done)
+    return f"best {metric} = {_fmt(top.metrics[metric])} ({top.id}; {scored}/{len(done)} done)"
 
 
 def _cell(text: str) -> str:
@@ -362,8 +354,8 @@ def render(state: CampaignState, spec: dict, metric: str, slots: int,
         out.append("| — | no hypothesis was stated (optimizer only) | | | | | |")
     out += ["", "## Objective", ""] + figure("objective", f"{metric} of each simulation, in the order proposed")
     out += figure("parameters", f"Simulated parameters coloured by {metric}; star: best, X: the target's truth")
-    out += figure("power_spectrum", "P(k) of the best simulations against the target")
-    out += figure("mass_function", "Halo mass function of the best simulations against the target")
+    for curve in curve_figures(spec):
+        out += figure(curve.name, curve.caption)
     names = list(spec.get("simulation", {}).get("parameters", {}))
     header = "| task | source | hypothesis | " + " | ".join(names) + f" | {metric} | status | seconds |"
     out += ["## Simulations", "", header, "|---" * (len(names) + 6) + "|"]
@@ -404,11 +396,25 @@ def render_html(markdown: str, run_dir: Path, title: str) -> str:
             f"<style>{style}</style></head><body>\n{body}</body></html>\n")
 
 
+def curve_figures(spec: dict[str, Any]) -> tuple[CurveFigure, ...]:
+    """The array figures the run's adapter declares (``Adapter.figures``); none for an adapter
+    this physflow does not know.
+
+    The adapters are imported here, not with this module: ``status`` and ``watch`` read the
+    report's rankings and should not wait for every simulation code to load.
+    """
+    from physflow.sim_adapters import adapter_class
+
+    cls = adapter_class(spec.get("simulation", {}).get("adapter", ""))
+    return cls.figures if cls is not None else ()
+
+
 def draw_figures(run_dir: Path, state: CampaignState, spec: dict[str, Any], turns: list[ModelTurn]) -> dict[str, Path]:
-    """Every figure the run has data for, by name (objective, parameters, power_spectrum, ...)."""
+    """Every figure the run has data for, by name (objective, parameters, the adapter's array
+    figures, timeline, tokens)."""
     fig = Figures(run_dir, state, spec)
     drawn = {"objective": fig.objective(), "parameters": fig.parameter_space(),
-             "power_spectrum": fig.power_spectrum(), "mass_function": fig.mass_function(),
+             **{curve.name: fig.curve(curve) for curve in curve_figures(spec)},
              "timeline": fig.timeline(turns, int(spec["budget"]["max_concurrent"])), "tokens": fig.tokens()}
     return {name: path for name, path in drawn.items() if path is not None}
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import queue
 import re
@@ -31,7 +30,9 @@ import yaml
 
 from physflow.errors import RunDirError
 from physflow.site_configs.builder import SiteSpec
+from physflow.spec.ranking import finite_or_none
 from physflow.spec.records import Hypothesis, TaskRecord
+from physflow.spec.tables import Column, H5Group, Table
 from physflow.spec.task import Array
 from physflow.spec.workflow import LoadedWorkflow, load_workflow
 
@@ -68,11 +69,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"cannot journal {type(value).__name__}")
-
-
-def _finite_or_none(value: Any) -> Any:
-    """JSON has no NaN/inf: a non-finite metric is journaled as null, never as invalid JSON."""
-    return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 class Journal:
@@ -204,6 +200,37 @@ def write_task_hdf5(f: h5py.File, task: TaskRecord, arrays: dict[str, Array]) ->
     for key, arr in arrays.items():
         d = g.create_dataset(key, data=arr.values)
         d.attrs["units"] = arr.units
+
+
+def campaign_tables(root: H5Group) -> list[Table]:
+    """A campaign.h5 as ``physflow ask`` shows it: one row per simulation (``<name>/tasks``), its
+    status, parameters and metrics as columns, read back from the groups ``write_task_hdf5``
+    writes; [] for any other file."""
+    tasks = root.file.get("tasks")
+    if not isinstance(tasks, h5py.Group):
+        return []
+    rows = [(tid, g) for tid, g in tasks.items()
+            if isinstance(g, h5py.Group) and ("params" in g or "metrics" in g)]
+    if not rows:
+        return []
+    params: list[str] = []
+    metrics: list[str] = []
+    for _, g in rows:
+        for group, names in (("params", params), ("metrics", metrics)):
+            if group in g:
+                names += [k for k in g[group].attrs if k not in names]
+    columns = {"task": Column("task", np.array([tid for tid, _ in rows], dtype=str)),
+               "status": Column("status", np.array([str(g.attrs.get("status", "")) for _, g in rows], dtype=str))}
+    for group, names in (("params", params), ("metrics", metrics)):
+        for n in names:
+            if n in columns:
+                continue
+            values = [float(g[group].attrs[n]) if group in g and n in g[group].attrs else np.nan for _, g in rows]
+            columns[n] = Column(n, np.array(values, dtype=float), note=f"from tasks/<id>/{group} attributes")
+    read = (f"for task, g in h5py.File({root.source})['tasks'].items(): "
+            "g.attrs['status'], dict(g['params'].attrs), dict(g['metrics'].attrs)")
+    return [Table(root.table_name("tasks"), root.data, columns, read,
+                  "one row per simulation of the campaign; its parameters and metrics are columns")]
 
 
 #: Characters a shell treats specially. Parsl's providers put paths under the run directory into
@@ -545,6 +572,6 @@ class Committer:
 
 def _result_event(task: TaskRecord) -> dict[str, Any]:
     return {"event": task.status, "t": task.stored, "task": task.id,
-            "metrics": {k: _finite_or_none(v) for k, v in task.metrics.items()}, "arrays": task.arrays,
+            "metrics": {k: finite_or_none(v) for k, v in task.metrics.items()}, "arrays": task.arrays,
             "started": task.started, "finished": task.finished, "received": task.received,
             "host": task.host, "error": task.error}

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from physflow.agents.catalog import Catalog
 from physflow.agents.tools import Toolbox
 from physflow.cli import main
+from physflow.sim_adapters import catalog_tables
 from tests.conftest import physflow, write_script
 
 THRESHOLD = 1e14  # Msun/h
@@ -200,13 +201,13 @@ def test_failing_code_goes_back_to_the_coder_and_three_failures_end_unverified(h
     "mass > 1e13 and mass",
 ])
 def test_hostile_or_malformed_where_is_an_error_for_the_agent(halo_catalog, where):
-    toolbox = Toolbox(None, catalog=Catalog.load([halo_catalog]))
+    toolbox = Toolbox(None, catalog=Catalog.load([halo_catalog], group_tables=catalog_tables()))
     answer = toolbox.query_catalog("nbody/halos", ["mass"], where)
     assert answer.startswith("error: ")
 
 
 def test_where_selects_exactly_the_rows_numpy_selects(halo_catalog):
-    toolbox = Toolbox(None, catalog=Catalog.load([halo_catalog]))
+    toolbox = Toolbox(None, catalog=Catalog.load([halo_catalog], group_tables=catalog_tables()))
     mass = halo_masses(halo_catalog)
     out = json.loads(toolbox.query_catalog("nbody/halos", ["mass"], "not (mass <= 5e13) and mass / 1e13 < 20", 0))
     chosen = mass[(mass > 5e13) & (mass / 1e13 < 20)]

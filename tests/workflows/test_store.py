@@ -98,3 +98,19 @@ def test_second_orchestrator_is_refused_and_dead_ones_release(tmp_path):
     store = RunStore(run)
     store.open_for_writing()
     store.close()
+
+
+def test_campaign_h5_is_one_row_per_simulation_for_physflow_ask(tmp_path):
+    from physflow.agents.catalog import Catalog
+    from physflow.workflows.store import campaign_tables
+
+    store = RunStore.create(tmp_path / "run")
+    store.write_hdf5([(TaskRecord(id="t0", params={"x": 1.0}, status="finished", metrics={"loss": 0.5}),
+                       {"profile": Array(np.arange(3.0), "m")}),
+                      (TaskRecord(id="t1", params={"x": 2.0}, status="failed"), {})])
+    table = Catalog.load([store.h5_path], file_tables=[campaign_tables]).table("campaign/tasks")
+    assert list(table.columns) == ["task", "status", "x", "loss"]
+    assert list(table.columns["status"].values) == ["finished", "failed"]
+    assert list(table.columns["x"].values) == [1.0, 2.0] and table.columns["loss"].values[0] == 0.5
+    assert np.isnan(table.columns["loss"].values[1])
+    assert "campaign/tasks" not in Catalog.load([store.h5_path]).tables  # the store's reader, not the catalog's

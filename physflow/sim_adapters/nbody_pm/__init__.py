@@ -41,6 +41,8 @@ from physflow.sim_adapters.base import Adapter
 from physflow.sim_adapters.nbody_pm.cosmology import Cosmology, top_hat_window
 from physflow.sim_adapters.nbody_pm.halos import MIN_HALO_PARTICLES
 from physflow.sim_adapters.nbody_pm.settings import Settings
+from physflow.spec.figures import CurveFigure
+from physflow.spec.tables import Column, H5Group, Table
 from physflow.spec.task import Array, SimOutput, TaskSpec
 
 #: Parameters the code understands: name -> (units, default, description). Planck 2015 defaults.
@@ -102,8 +104,33 @@ def sigma8_from_shells(k: np.ndarray, pk: np.ndarray, nmodes: np.ndarray, box_si
     return float(math.sqrt(np.sum(nmodes * pk * top_hat_window(8.0 * k) ** 2) / box_size**3))
 
 
+def halo_table(group: H5Group) -> Table | None:
+    """The halo catalog the solver writes (``OUTPUT``), as ``physflow ask`` shows it: one row per
+    FoF group, with each halo's mass derived from its ``group_size`` and the file's
+    ``particle_mass``; None for a group that is not one."""
+    f, columns = group.file, group.columns
+    if "group_size" not in columns or "particle_mass" not in f.attrs:
+        return None
+    particle_mass = float(f.attrs["particle_mass"])
+    mass = Column("mass", columns["group_size"].values.astype(float) * particle_mass, "Msun/h",
+                  note=f"derived by physflow: group_size * particle_mass ({particle_mass:.6g} Msun/h, "
+                       "a file attribute)")
+    size = group.prefix + "group_size"
+    minimum = f[size].attrs.get("min_particles")
+    note = "a halo catalog: one row per friends-of-friends group" + (
+        f" of at least {int(minimum)} particles" if minimum is not None else "")
+    read = f"f = h5py.File({group.source}); mass = f[{size!r}][...] * f.attrs['particle_mass']  # Msun/h"
+    return Table(group.table_name("halos"), group.data, {**columns, "mass": mass}, read, note)
+
+
 class NbodyPMAdapter(Adapter):
     name = "nbody_pm"
+    catalog_tables = (halo_table,)
+    #: The matter power spectrum and the halo mass function of the best runs against the target.
+    figures = (CurveFigure("power_spectrum", "k", "pk", "wavenumber k", "P(k)",
+                           "P(k) of the best simulations against the target"),
+               CurveFigure("mass_function", "m", "dn_dlnm", "halo mass M", "dn/dlnM",
+                           "Halo mass function of the best simulations against the target"))
 
     def check(self) -> None:
         super().check()

@@ -1,0 +1,76 @@
+"""The report's array figures are the ones the run's adapter declares, drawn from campaign.h5 and
+the target; the best-first ranking the report, the snapshot, the agents and the campaign share."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import yaml
+
+from physflow.spec.ranking import best, ranked, reaches
+from physflow.spec.records import TaskRecord
+from physflow.spec.task import Array
+from physflow.workflows.report import write_report
+from physflow.workflows.store import RunStore
+
+K = np.geomspace(0.1, 1.0, 8)
+M = np.geomspace(1e13, 1e15, 4)
+
+
+def _run(tmp_path, adapter: str, arrays: dict[str, Array]):
+    """A stopped run of three finished simulations with ``arrays`` each, and a target file."""
+    run = tmp_path / adapter
+    store = RunStore.create(run)
+    target = tmp_path / f"{adapter}-target.h5"
+    with h5py.File(target, "w") as f:
+        for name, a in arrays.items():
+            f.create_dataset(name, data=a.values).attrs["units"] = a.units
+    spec = {"name": adapter, "goal": "g", "simulation": {"adapter": adapter, "parameters": {"a": {"min": 0, "max": 1}}},
+            "objective": {"metric": "chi2", "goal": "minimize", "target": str(target)},
+            "budget": {"max_concurrent": 2}}
+    (run / "workflow.yaml").write_text(yaml.safe_dump(spec))
+    tasks, events = [], [{"event": "campaign_started", "t": 1.0, "name": adapter}]
+    for i, chi2 in enumerate((3.0, 1.0, 2.0)):
+        t = TaskRecord(id=f"t{i}", params={"a": i / 4}, status="finished", metrics={"chi2": chi2},
+                       arrays=sorted(arrays), started=2.0 + i, finished=3.0 + i)
+        tasks.append((t, arrays))
+        events += [{"event": "proposed", "t": 1.0 + i, "task": t.id, "params": t.params, "source": "optimizer"},
+                   {"event": "finished", "t": 3.5 + i, "task": t.id, "metrics": t.metrics, "arrays": t.arrays,
+                    "started": t.started, "finished": t.finished}]
+    (run / "journal.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    store.write_hdf5(tasks)
+    return run
+
+
+def test_nbody_pm_runs_get_the_power_spectrum_and_mass_function_figures(tmp_path):
+    arrays = {"k": Array(K, "h/Mpc"), "pk": Array(1e3 * K**-1.5, "(Mpc/h)^3"),
+              "m": Array(M, "Msun/h"), "dn_dlnm": Array(1e-4 * (M / 1e13) ** -1, "(Mpc/h)^-3")}
+    report = write_report(_run(tmp_path, "nbody_pm", arrays)).read_text()
+    plots = {p.name: p.stat().st_size for p in (tmp_path / "nbody_pm" / "plots").glob("*.png")}
+    assert plots.get("power_spectrum.png") and plots.get("mass_function.png"), plots
+    assert ("![P(k) of the best simulations against the target](plots/power_spectrum.png)\n\n"
+            "*P(k) of the best simulations against the target*") in report
+    assert "![Halo mass function of the best simulations against the target](plots/mass_function.png)" in report
+    assert report.index("power_spectrum.png") < report.index("mass_function.png") < report.index("## Simulations")
+
+
+def test_an_adapter_without_figures_gets_none_whatever_its_arrays_are_called(tmp_path):
+    arrays = {"k": Array(K, ""), "pk": Array(K, ""), "temperature": Array(np.ones(8), "K")}
+    report = write_report(_run(tmp_path, "heat2d", arrays)).read_text()
+    assert not (tmp_path / "heat2d" / "plots" / "power_spectrum.png").exists()
+    assert "power_spectrum" not in report and "mass function" not in report.lower()
+    assert "objective.png" in report
+
+
+def test_ranking_keeps_finite_values_best_first_and_ties_in_order():
+    items = [("a", 2.0), ("b", float("nan")), ("c", 1.0), ("d", None), ("e", 1.0), ("f", float("inf")), ("g", 3)]
+    value = dict(items).get
+    names = [n for n, _ in items]
+    assert ranked(names, value, "minimize") == ["c", "e", "a", "g"]
+    assert ranked(names, value, "maximize") == ["g", "a", "c", "e"]
+    assert ranked(names, value, "minimize", unscored_last=True) == ["c", "e", "a", "g", "b", "d", "f"]
+    assert best(names, value, "minimize") == "c" and best(names, value, "maximize") == "g"
+    assert best(["b", "d"], value, "minimize") is None
+    assert reaches(1.0, 1.0, "minimize") and not reaches(1.1, 1.0, "minimize") and reaches(1.1, 1.0, "maximize")
