@@ -11,9 +11,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from physflow.dispatch.parsl_config import build_parsl_config
 from physflow.dispatch.payload import execute
+from physflow.site_configs.site import SiteSpec
 from physflow.spec.task import TaskSpec
-from physflow.site_configs.builder import SiteSpec, build_parsl_config
 
 
 class ParslDispatcher:

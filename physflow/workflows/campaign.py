@@ -33,8 +33,8 @@ from physflow.errors import AdapterError, PhysflowError, ProposalError
 from physflow.optimizer import Optimizer
 from physflow.sim_adapters import get_adapter
 from physflow.sim_adapters.base import Adapter
+from physflow.site_configs.site import SiteSpec
 from physflow.spec.task import Array
-from physflow.site_configs.builder import SiteSpec
 from physflow.spec.workflow import LoadedWorkflow
 from physflow.workflows.store import CampaignState, Committer, RunStore, TaskRecord
 

@@ -7,9 +7,10 @@ import sys
 import pytest
 
 from physflow.dispatch.parsl_backend import ParslDispatcher
-from physflow.spec.task import TaskSpec
+from physflow.dispatch.parsl_config import build_parsl_config
 from physflow.errors import SiteError
-from physflow.site_configs.builder import build_parsl_config, load_site
+from physflow.site_configs.loader import load_site
+from physflow.spec.task import TaskSpec
 
 RANK_PROBE = ("from mpi4py import MPI; c = MPI.COMM_WORLD; r = c.gather((c.Get_rank(), c.Get_size()))\n"
               "if c.Get_rank() == 0: print(r)")
