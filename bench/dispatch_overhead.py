@@ -90,7 +90,7 @@ class RunResult:
 def prepare_environment() -> None:
     """Parsl's interchange and workers inherit this process's environment.
 
-    HTEX needs the venv's ``bin`` on PATH (physflow's ``build_parsl_config`` does the same), and
+    HTEX needs the venv's ``bin`` on PATH (physflow's ``ParslDispatcher`` does the same), and
     the workers need the repository root on ``PYTHONPATH`` to import ``bench.noop_tasks``.
     """
     bin_dir = str(Path(sys.executable).parent)

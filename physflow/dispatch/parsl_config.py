@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from parsl.config import Config
 
 
-def _bin_dir() -> str:
+def bin_dir() -> str:
+    """The folder of this interpreter's executables: physflow's environment, which the workers
+    (``block_worker_init``) and the submitting process (``parsl_backend.bin_dir_on_path``) both
+    put first on PATH so that every part of a pool runs the same Python and Parsl."""
     return str(Path(sys.executable).parent)
 
 
@@ -37,7 +40,7 @@ def block_worker_init(site: SiteSpec, pool_name: str) -> str:
     also gets a node file listing this machine, which Parsl's MPI mode requires.
     """
     pool = site.pool(pool_name)
-    lines = [site.worker_init.strip(), f"export PATH={_bin_dir()}:$PATH", pool.worker_init.strip()]
+    lines = [site.worker_init.strip(), f"export PATH={bin_dir()}:$PATH", pool.worker_init.strip()]
     if site.scheduler == "local" and pool.kind == "mpi":
         lines.insert(0, 'export PBS_NODEFILE="$(mktemp)"; '
                         f"printf 'localhost\\n%.0s' $(seq {pool.nodes_per_block}) > \"$PBS_NODEFILE\"")
@@ -110,6 +113,9 @@ def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes
     Only pools of the given ``kinds`` (and, if given, with these names) are started: a campaign
     of MPI simulations holds no idle serial workers, one of Python functions starts no MPI pool,
     and on a site each started pool is a batch job that costs allocation hours.
+
+    Building has no side effect on this process: whoever starts a DataFlowKernel from the config
+    calls ``parsl_backend.bin_dir_on_path()`` first (HTEX needs it).
     """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor, MPIExecutor
@@ -117,10 +123,6 @@ def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes
     from physflow.dispatch.parsl_logging import ParslFileLogging
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    # HTEX starts its interchange (and, locally, its workers) from the submitting process's PATH.
-    bin_dir = _bin_dir()
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     local = site.scheduler == "local"
     address = _address(site)
     executors = []
