@@ -129,7 +129,8 @@ def colmena_style(n: int, base: Path) -> dict[str, list[float]]:
 
 # -- physflow ------------------------------------------------------------------------------------
 def physflow_campaign(n: int, seconds: float, base: Path) -> dict[str, list[float]]:
-    from physflow.workflows.campaign import Campaign, open_dispatcher, write_run_files
+    from physflow.dispatch.backends import open_dispatcher
+    from physflow.workflows.campaign import Campaign, write_run_files
     from physflow.workflows.store import RunStore
     from physflow.workflows.validate import check_workflow
 

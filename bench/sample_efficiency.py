@@ -121,10 +121,11 @@ def workflow_text(method: str, budget: int, steps: int | None) -> str:
 
 
 def run_one(method: str, seed: int, budget: int, folder: Path, steps: int | None) -> Outcome:
+    from physflow.dispatch.backends import open_dispatcher
     from physflow.optimizer import Optimizer
     from physflow.serving.plans import serving_plan
     from physflow.serving.service import ModelService
-    from physflow.workflows.campaign import Campaign, model_clients, open_dispatcher, write_run_files
+    from physflow.workflows.campaign import Campaign, model_clients, write_run_files
     from physflow.workflows.store import RunStore
     from physflow.workflows.validate import check_workflow
 

@@ -183,9 +183,10 @@ def _approver(spec: Any, yes: bool, source: Path):
 
 def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None) -> None:
     """Serve the model, run (or resume) the campaign, write the report; exits with its code."""
+    from physflow.dispatch.backends import open_dispatcher
     from physflow.serving.plans import serving_plan
     from physflow.serving.service import ModelService
-    from physflow.workflows.campaign import Campaign, model_clients, open_dispatcher
+    from physflow.workflows.campaign import Campaign, model_clients
     from physflow.workflows.report import write_report
 
     wf, spec, run_dir = checked.workflow, checked.workflow.spec, store.run_dir

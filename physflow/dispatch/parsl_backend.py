@@ -1,7 +1,8 @@
 """Dispatch through Parsl: a DataFlowKernel from a site config, one app per pool kind.
 
-``submit(TaskSpec) -> concurrent.futures.Future`` is the whole interface the campaign sees; MPI
-tasks go to the site's MPIExecutor pool with their resource specification, others to HTEX.
+A ``Dispatcher`` (``physflow.dispatch.base``): ``submit(TaskSpec) -> concurrent.futures.Future``
+is the whole interface the campaign sees; MPI tasks go to the site's MPIExecutor pool with their
+resource specification, others to HTEX.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from physflow.dispatch.backends import open_dispatcher
 from physflow.optimizer import Optimizer
-from physflow.workflows.campaign import Campaign, open_dispatcher, write_run_files
+from physflow.workflows.campaign import Campaign, write_run_files
 from physflow.workflows.store import RunStore
 from physflow.workflows.validate import check_workflow
 
