@@ -90,7 +90,7 @@ class RunResult:
 def prepare_environment() -> None:
     """Parsl's interchange and workers inherit this process's environment.
 
-    HTEX needs the venv's ``bin`` on PATH (physflow's ``build_parsl_config`` does the same), and
+    HTEX needs the venv's ``bin`` on PATH (physflow's ``ParslDispatcher`` does the same), and
     the workers need the repository root on ``PYTHONPATH`` to import ``bench.noop_tasks``.
     """
     bin_dir = str(Path(sys.executable).parent)
@@ -122,7 +122,7 @@ def raw_config(run_dir: Path, workers: int | None = None, blocks: int = 1, quiet
     """Plain Parsl, mirroring physflow's local ``cpu`` pool (``build_parsl_config``); ``workers``
     per block (Parsl caps them at one per core), default one per core; ``blocks`` worker pools.
     Its parsl.log is Parsl's default (DEBUG), or with ``quiet`` physflow's (INFO without the
-    per-task lines, ``physflow.site_configs.parsl_logging``)."""
+    per-task lines, ``physflow.dispatch.parsl_logging``)."""
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
@@ -133,7 +133,7 @@ def raw_config(run_dir: Path, workers: int | None = None, blocks: int = 1, quiet
         provider=LocalProvider(init_blocks=blocks, min_blocks=0, max_blocks=blocks,
                                worker_init=f"export PATH={bin_dir}:$PATH; "))
     if quiet:
-        from physflow.site_configs.parsl_logging import ParslFileLogging
+        from physflow.dispatch.parsl_logging import ParslFileLogging
 
         return Config(executors=[htex], run_dir=str(run_dir), strategy="none",
                       initialize_logging=ParslFileLogging(level=logging.INFO))
@@ -232,7 +232,7 @@ class CommitTracker:
 
 def run_physflow(n: int, warmup: int, base: Path) -> RunResult:
     from physflow.dispatch.parsl_backend import ParslDispatcher
-    from physflow.site_configs.builder import load_site
+    from physflow.site_configs.loader import load_site
 
     fresh_logging()
     store = RunStore.create(base / "run")

@@ -63,7 +63,7 @@ def validate(workflow: Path, site: str | None, assignments: tuple[str, ...]) -> 
     \b
     Example: physflow validate workflows/examples/heat2d.yaml
     """
-    from physflow.site_configs.builder import parse_assignments
+    from physflow.site_configs.placeholders import parse_assignments
     from physflow.workflows.validate import check_workflow
 
     check_workflow(workflow, site, parse_assignments(assignments))
@@ -90,7 +90,7 @@ def sites(ctx: click.Context) -> None:
     \b
     Example: physflow sites
     """
-    from physflow.site_configs.builder import builtin_sites, site_description
+    from physflow.site_configs.loader import builtin_sites, site_description
 
     if ctx.invoked_subcommand is None:
         for name in sorted(builtin_sites()):
@@ -107,7 +107,8 @@ def sites_show(site: str, assignments: tuple[str, ...]) -> None:
     \b
     Example: physflow sites show polaris --set account=MYPROJ
     """
-    from physflow.site_configs.builder import load_site, parse_assignments, site_yaml
+    from physflow.site_configs.loader import load_site, site_yaml
+    from physflow.site_configs.placeholders import parse_assignments
 
     click.echo(site_yaml(load_site(site, Path.cwd(), parse_assignments(assignments))), nl=False)
 
@@ -124,8 +125,9 @@ def endpoint_config(site: str, assignments: tuple[str, ...], pool: str | None, o
     \b
     Example: physflow endpoint-config polaris --set account=MYPROJ -o ~/.globus_compute/physflow/config.yaml
     """
-    from physflow.site_configs.builder import load_site, parse_assignments
-    from physflow.site_configs.endpoint_config import endpoint_config_yaml
+    from physflow.dispatch.endpoint_config import endpoint_config_yaml
+    from physflow.site_configs.loader import load_site
+    from physflow.site_configs.placeholders import parse_assignments
     from physflow.spec.workflow import user_path
 
     text = endpoint_config_yaml(load_site(site, Path.cwd(), parse_assignments(assignments)), pool, site)
@@ -231,7 +233,7 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool, de
       physflow watch "$(physflow submit workflows/examples/heat2d.yaml --detach)"
     """
     from physflow.errors import RunDirError
-    from physflow.site_configs.builder import parse_assignments
+    from physflow.site_configs.placeholders import parse_assignments
     from physflow.workflows.store import RunStore
     from physflow.workflows.validate import check_workflow
 

@@ -1,17 +1,18 @@
-"""TEMPORARY (replaced by the dispatch branch)."""
+"""Which dispatcher a site gets: the one place that picks a backend by the site's scheduler."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from physflow.site_configs.builder import SiteSpec
+from physflow.dispatch.base import Dispatcher
+from physflow.site_configs.site import SiteSpec
 
 
 def open_dispatcher(site: SiteSpec, parsl_dir: Path, max_concurrent: int, nodes_needed: int = 1,
-                    mpi: bool = True, service_pool: str | None = None) -> Any:
+                    mpi: bool = True, service_pool: str | None = None) -> Dispatcher:
     """The backend the site names: Globus Compute for ``scheduler: globus``, else Parsl pools
-    (``parsl_dir``: Parsl's run_dir). Both have the same submit/submit_service/on_close/close."""
+    (``parsl_dir``: Parsl's run_dir). Each backend module is imported only when a site asks
+    for it."""
     if site.scheduler == "globus":
         from physflow.dispatch.globus_backend import GlobusDispatcher
 

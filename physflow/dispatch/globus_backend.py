@@ -1,8 +1,8 @@
 """Dispatch through Globus Compute: ``globus_compute_sdk.Executor(endpoint_id=...)``.
 
-The same ``submit(TaskSpec) -> concurrent.futures.Future`` interface as ``ParslDispatcher``; the
-future's result is the same outcome dict that ``payload.execute`` returns, so a Globus result
-takes the campaign's one commit path (journal, then HDF5) the moment it arrives.
+A ``Dispatcher`` (``physflow.dispatch.base``) like ``ParslDispatcher``; the future's result is the
+same outcome dict that ``payload.execute`` returns, so a Globus result takes the campaign's one
+commit path (journal, then HDF5) the moment it arrives.
 
 What crosses the wire, and why:
 
@@ -39,7 +39,7 @@ from typing import Any
 
 from physflow.dispatch.payload import STDERR_TAIL_BYTES, execute
 from physflow.errors import SiteError
-from physflow.site_configs.builder import SiteSpec, check_mpi_request
+from physflow.site_configs.site import SiteSpec, check_mpi_request
 from physflow.spec.task import TaskSpec
 
 #: Exit code of a ShellFunction whose walltime ran out (as from timeout(1)).

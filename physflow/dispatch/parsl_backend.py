@@ -1,22 +1,40 @@
 """Dispatch through Parsl: a DataFlowKernel from a site config, one app per pool kind.
 
-``submit(TaskSpec) -> concurrent.futures.Future`` is the whole interface the campaign sees; MPI
-tasks go to the site's MPIExecutor pool with their resource specification, others to HTEX.
+A ``Dispatcher`` (``physflow.dispatch.base``): ``submit(TaskSpec) -> concurrent.futures.Future``
+is the whole interface the campaign sees; MPI tasks go to the site's MPIExecutor pool with their
+resource specification, others to HTEX.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from physflow.dispatch.parsl_config import bin_dir, build_parsl_config
 from physflow.dispatch.payload import execute
-from physflow.site_configs.builder import SiteSpec, build_parsl_config
+from physflow.site_configs.site import SiteSpec
 from physflow.spec.task import TaskSpec
 
 
+def bin_dir_on_path() -> None:
+    """Put physflow's environment (``parsl_config.bin_dir``) first on this process's PATH, once.
+
+    HTEX starts its interchange (and, locally, its workers) as commands found on the PATH of the
+    process that starts the DataFlowKernel; without the environment's ``bin`` there (a venv used
+    without activating it) that start fails with FileNotFoundError for ``interchange.py``. Call
+    it before any DataFlowKernel made from ``build_parsl_config``'s Config.
+    """
+    here = bin_dir()
+    if here not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+
+
 class ParslDispatcher:
+    """Simulations (and a model server, if any) on the site's Parsl pools, started by this process."""
+
     def __init__(self, site: SiteSpec, parsl_dir: Path, max_concurrent: int, nodes_needed: int = 1,
                  mpi: bool = True, service_pool: str | None = None) -> None:
         """``mpi``: whether the campaign's simulations are MPI tasks (then only the site's MPI pool
@@ -32,6 +50,7 @@ class ParslDispatcher:
         self.config = build_parsl_config(site, parsl_dir, max_concurrent, nodes_needed,
                                          frozenset(site.pools[name].kind for name in started),
                                          pools=frozenset(started))
+        bin_dir_on_path()
         self.dfk = DataFlowKernel(self.config)
         self.service_pool = service_pool
         self._on_close: list[Callable[[], None]] = []

@@ -22,10 +22,11 @@ from typing import Any
 
 from physflow.agents.prompts import critic_prompt, default_analysis, planner_prompt, resume_summary
 from physflow.agents.team import PlanOutcome, ScienceTeam, Transcript, Verdict
+from physflow.dispatch.base import Dispatcher
 from physflow.errors import PhysflowError
 from physflow.optimizer import Optimizer
 from physflow.sim_adapters.base import Adapter
-from physflow.site_configs.builder import SiteSpec
+from physflow.site_configs.site import SiteSpec
 from physflow.spec import ranking
 from physflow.spec.records import Hypothesis, TaskRecord
 from physflow.spec.workflow import LoadedWorkflow, ParameterSpec, WorkflowSpec
@@ -36,7 +37,6 @@ from physflow.workflows.resume import resumption
 from physflow.workflows.store import CampaignState, Committer, RunStore
 
 log = logging.getLogger("physflow.campaign")
-Dispatcher = Any  # until dispatch.base lands
 
 #: The loop's event handlers, registered by the methods below.
 handles = Handlers()

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from physflow.errors import RunDirError
-from physflow.site_configs.builder import SiteSpec
+from physflow.site_configs.site import SiteSpec
 from physflow.spec.ranking import finite_or_none
 from physflow.spec.records import Hypothesis, TaskRecord
 from physflow.spec.tables import Column, H5Group, Table

@@ -17,7 +17,8 @@ from physflow.errors import PhysflowError
 from physflow.serving.plans import serving_plan
 from physflow.sim_adapters import get_adapter
 from physflow.sim_adapters.base import Adapter
-from physflow.site_configs.builder import SiteSpec, builtin_sites, check_gpus, check_mpi_request, load_site
+from physflow.site_configs.loader import builtin_sites, load_site
+from physflow.site_configs.site import SiteSpec, check_gpus, check_mpi_request
 from physflow.spec.workflow import LoadedWorkflow, load_workflow, path_kind, user_path
 from physflow.workflows.store import RunStore
 

@@ -218,7 +218,7 @@ def test_globus_site_makes_submit_use_globus_compute(heat_workflow, tmp_path):
 def test_oversized_mpi_request_and_bad_endpoint_are_refused_before_globus_is_asked(tmp_path):
     from physflow.dispatch.globus_backend import GlobusDispatcher
     from physflow.errors import SiteError
-    from physflow.site_configs.builder import load_site
+    from physflow.site_configs.loader import load_site
 
     with pytest.raises(SiteError, match="wait forever"):
         GlobusDispatcher(load_site("globus", values={"endpoint": str(uuid.uuid4())}), 2, nodes_needed=2)

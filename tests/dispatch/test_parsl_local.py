@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
 
-from physflow.dispatch.parsl_backend import ParslDispatcher
+from physflow.dispatch.parsl_backend import ParslDispatcher, bin_dir_on_path
+from physflow.dispatch.parsl_config import bin_dir, build_parsl_config
 from physflow.errors import SiteError
-from physflow.site_configs.builder import build_parsl_config, load_site
+from physflow.site_configs.loader import load_site
 from physflow.spec.task import TaskSpec
 
 RANK_PROBE = ("from mpi4py import MPI; c = MPI.COMM_WORLD; r = c.gather((c.Get_rank(), c.Get_size()))\n"
@@ -64,3 +66,14 @@ def test_mpi_pool_alone_also_runs_python_tasks_and_reports_failures(dispatcher, 
 def test_mpi_request_larger_than_a_block_is_refused(tmp_path):
     with pytest.raises(SiteError, match="wait forever"):
         build_parsl_config(load_site("local"), tmp_path, 2, nodes_needed=2)
+
+
+def test_building_a_config_leaves_the_environment_and_starting_pools_puts_physflow_on_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    before = dict(os.environ)
+    build_parsl_config(load_site("local"), tmp_path, 2)
+    assert dict(os.environ) == before  # a Config is data; nothing of this process changes
+    bin_dir_on_path()
+    assert os.environ["PATH"] == f"{bin_dir()}{os.pathsep}/usr/bin:/bin"
+    bin_dir_on_path()  # once only
+    assert os.environ["PATH"] == f"{bin_dir()}{os.pathsep}/usr/bin:/bin"

@@ -147,7 +147,8 @@ def test_only_transient_failures_are_retried():
 
 
 def test_the_site_config_uses_the_retry_handler(tmp_path: Path):
-    from physflow.site_configs.builder import build_parsl_config, load_site
+    from physflow.dispatch.parsl_config import build_parsl_config
+    from physflow.site_configs.loader import load_site
 
     config = build_parsl_config(load_site("local"), tmp_path, 2)
     assert config.retries == TRANSIENT_RETRIES and config.retry_handler is retry_cost

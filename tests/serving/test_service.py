@@ -19,7 +19,8 @@ from physflow.errors import ServingError
 from physflow.serving import service
 from physflow.serving.plans import ServerPlan, embedded_plan, serving_plan, vllm_plan
 from physflow.serving.service import ModelService, serve
-from physflow.site_configs.builder import SiteLLM, load_site
+from physflow.site_configs.loader import load_site
+from physflow.site_configs.site import SiteLLM
 from physflow.spec.workflow import EMBEDDED_MODEL, LLMSpec
 
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from physflow.errors import SiteError
-from physflow.site_configs.builder import builtin_sites, check_gpus, check_mpi_request, load_site
+from physflow.site_configs.loader import builtin_sites, load_site
+from physflow.site_configs.site import check_gpus, check_mpi_request
 from tests.conftest import physflow
 
 HEAT = """\

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from physflow.site_configs.builder import PLACEHOLDER, load_site
+from physflow.site_configs.loader import load_site
+from physflow.site_configs.placeholders import PLACEHOLDER
 from physflow.spec.workflow import WorkflowSpec
 from physflow.workflows.validate import check_workflow
 from tests.conftest import EXAMPLES

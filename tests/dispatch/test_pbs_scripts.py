@@ -16,7 +16,8 @@ from parsl.config import Config
 from parsl.executors import HighThroughputExecutor, MPIExecutor
 from parsl.providers import PBSProProvider
 
-from physflow.site_configs.builder import build_parsl_config, build_provider, load_site
+from physflow.dispatch.parsl_config import build_parsl_config, build_provider
+from physflow.site_configs.loader import load_site
 
 AURORA_TILES = ["0.0", "0.1", "1.0", "1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1", "5.0", "5.1"]
 # docs.alcf.anl.gov/aurora/workflows/parsl: workers pinned to the cores nearest their tile.

@@ -10,8 +10,9 @@ from globus_compute_endpoint.endpoint.config.utils import get_config, load_confi
 from parsl.launchers import MpiExecLauncher, SimpleLauncher
 from parsl.providers import LocalProvider, PBSProProvider
 
-from physflow.site_configs.builder import build_provider, builtin_sites, load_site
-from physflow.site_configs.endpoint_config import endpoint_config_yaml
+from physflow.dispatch.endpoint_config import endpoint_config_yaml
+from physflow.dispatch.parsl_config import build_provider
+from physflow.site_configs.loader import builtin_sites, load_site
 from tests.conftest import physflow
 
 

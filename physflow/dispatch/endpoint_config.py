@@ -14,9 +14,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import yaml
-
-from physflow.site_configs.builder import SiteSpec, provider_arguments
+from physflow.dispatch.parsl_config import provider_arguments
+from physflow.site_configs.loader import block_yaml
+from physflow.site_configs.site import SiteSpec
 
 
 def default_pool(site: SiteSpec) -> str:
@@ -88,14 +88,6 @@ def endpoint_config(site: SiteSpec, pool_name: str | None = None) -> dict[str, A
     return {"display_name": f"physflow-{site.name}-{name}", "engine": engine}
 
 
-class _LiteralDumper(yaml.SafeDumper):
-    """Writes multi-line strings (worker_init, scheduler options) as ``|`` blocks, as a person would."""
-
-
-_LiteralDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
-
-
 def endpoint_config_yaml(site: SiteSpec, pool_name: str | None = None, source: str = "") -> str:
     """``endpoint_config`` as the text of an endpoint's ``config.yaml``, with a header saying
     where it came from and where it goes."""
@@ -103,4 +95,4 @@ def endpoint_config_yaml(site: SiteSpec, pool_name: str | None = None, source: s
     header = (f"# Globus Compute endpoint config for pool {name} of site {source or site.name}, written by\n"
               "# physflow endpoint-config. Install it as ~/.globus_compute/<endpoint>/config.yaml on the\n"
               "# machine that runs the endpoint, in the environment physflow runs in.\n")
-    return header + yaml.dump(endpoint_config(site, name), Dumper=_LiteralDumper, sort_keys=False)
+    return header + block_yaml(endpoint_config(site, name))
