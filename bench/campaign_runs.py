@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.dispatch_overhead import load, prepare_environment  # noqa: E402
-from physflow.spec.records import TaskRecord  # noqa: E402
+from physflow.vocabulary.records import TaskRecord  # noqa: E402
 from physflow.workflows.store import CampaignState, read_journal, replay  # noqa: E402
 
 FIGURES = REPO / "bench" / "figures"

@@ -59,8 +59,8 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
 from physflow.sim_adapters.base import split_values  # noqa: E402
-from physflow.spec.records import TaskRecord  # noqa: E402
-from physflow.spec.task import Array, TaskSpec  # noqa: E402
+from physflow.vocabulary.records import TaskRecord  # noqa: E402
+from physflow.vocabulary.task import Array, TaskSpec  # noqa: E402
 from physflow.workflows.store import Committer, RunStore, read_journal  # noqa: E402
 
 NOOP = "bench.noop_tasks.noop"

@@ -50,7 +50,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from physflow.optimizer import Optimizer  # noqa: E402
-from physflow.spec.workflow import ParameterSpec  # noqa: E402
+from physflow.vocabulary.workflow import ParameterSpec  # noqa: E402
 
 GRID = REPO / "bench" / "data" / "cosmology_grid.npz"
 PARAMETERS = {"omega_m": ParameterSpec(min=0.1, max=0.5), "sigma8": ParameterSpec(min=0.5, max=1.1)}

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         run = run_campaign(args.workflow.read_text(), folder)
         t_end = t0 + run.wall_s
-        from physflow.spec.workflow import load_workflow
+        from physflow.vocabulary.workflow import load_workflow
 
         slots = load_workflow(folder / "wf.yaml").spec.budget.max_concurrent
         rows = breakdown(run, t0, t_end, slots)

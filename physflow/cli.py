@@ -77,7 +77,7 @@ def schema() -> None:
     \b
     Example: physflow schema > physflow.schema.json
     """
-    from physflow.spec.workflow import json_schema
+    from physflow.vocabulary.workflow import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 
@@ -128,7 +128,7 @@ def endpoint_config(site: str, assignments: tuple[str, ...], pool: str | None, o
     from physflow.dispatch.endpoint_config import endpoint_config_yaml
     from physflow.site_configs.loader import load_site
     from physflow.site_configs.placeholders import parse_assignments
-    from physflow.spec.workflow import user_path
+    from physflow.vocabulary.workflow import user_path
 
     text = endpoint_config_yaml(load_site(site, Path.cwd(), parse_assignments(assignments)), pool, site)
     if output is None:
@@ -343,8 +343,8 @@ def status(run: Path, as_json: bool) -> None:
     \b
     Example: physflow status runs/heat2d-20261125T120000Z --json
     """
-    from physflow.spec.records import status_counts
     from physflow.ui.snapshot import effective_state
+    from physflow.vocabulary.records import status_counts
 
     store = _store(run)
     st = store.state()
@@ -542,7 +542,7 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
     from pydantic import ValidationError
 
     from physflow.agents.ask import answer_question
-    from physflow.spec.workflow import LLMSpec
+    from physflow.vocabulary.workflow import LLMSpec
     from physflow.workflows.launcher import question_client, question_model
 
     settings = {"provider": provider, "base_url": base_url, "api_key_env": api_key_env,

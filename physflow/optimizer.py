@@ -44,8 +44,8 @@ import numpy as np
 from scipy import linalg, optimize, special
 from scipy.stats import qmc
 
-from physflow.spec import ranking
-from physflow.spec.workflow import ParameterSpec
+from physflow.vocabulary import ranking
+from physflow.vocabulary.workflow import ParameterSpec
 
 #: From this many finished results on, suggestions come from TPE instead of the GP. The GP's
 #: cost grows as n^3: a suggestion took about 0.05 s at 50 results, 0.15 s at 200 and 0.35 s at

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from physflow.optimizer import Optimizer, warp
-from physflow.spec.workflow import ParameterSpec
+from physflow.vocabulary.workflow import ParameterSpec
 
 Params = dict[str, float]
 VALLEY = {"x": ParameterSpec(min=-2.0, max=2.0), "y": ParameterSpec(min=-1.0, max=3.0)}

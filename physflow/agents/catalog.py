@@ -5,7 +5,7 @@ A ``Catalog`` reads every table of the files it is given, whole, into numpy colu
 - HDF5: a compound dataset is a table of its fields; the 1-D datasets of a group that share a
   length are a table of those columns (one table per length); other arrays are listed, not
   loaded. ``units`` attributes become the columns' units. Layouts that only their writer knows
-  are read by the readers ``load`` is given (``physflow.spec.tables``): the command that composes
+  are read by the readers ``load`` is given (``physflow.vocabulary.tables``): the command that composes
   ``ask`` passes the adapters' (nbody_pm's halo catalog gains a derived ``mass`` column) and the
   run store's (a run's ``campaign.h5`` gives one row per simulation), since the agents may import
   neither.
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from physflow.errors import CatalogError, QueryError
-from physflow.spec.tables import Column, FileTableReader, GroupTableReader, H5Group, Table, join_name
+from physflow.vocabulary.tables import Column, FileTableReader, GroupTableReader, H5Group, Table, join_name
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 CSV_SUFFIXES = (".csv",)

@@ -42,7 +42,7 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 from pydantic import BaseModel
 
 from physflow.errors import SpecError
-from physflow.spec.workflow import LLMSpec
+from physflow.vocabulary.workflow import LLMSpec
 
 LOCAL_MODEL_INFO = ModelInfo(vision=False, function_calling=True, json_output=True, family=ModelFamily.UNKNOWN,
                              structured_output=True, multiple_system_messages=True)

@@ -12,8 +12,8 @@ import json
 
 from physflow.agents.tools import results_table
 from physflow.agents.view import CampaignView
-from physflow.spec.records import status_counts
-from physflow.spec.workflow import ParameterSpec
+from physflow.vocabulary.records import status_counts
+from physflow.vocabulary.workflow import ParameterSpec
 
 
 def parameter_lines(parameters: dict[str, ParameterSpec]) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from physflow.agents.catalog import Catalog
 from physflow.errors import QueryError
-from physflow.spec.tables import Table
+from physflow.vocabulary.tables import Table
 
 MAX_WHERE_CHARS = 500
 MAX_DEPTH = 40

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from physflow.agents.models import FirstToolClient
 from physflow.agents.tools import Toolbox
 from physflow.errors import ProposalError
-from physflow.spec.workflow import AgentRole, ParameterSpec, ToolName, WorkflowSpec
+from physflow.vocabulary.workflow import AgentRole, ParameterSpec, ToolName, WorkflowSpec
 
 
 class Review(BaseModel):

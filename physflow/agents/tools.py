@@ -20,8 +20,8 @@ from pydantic import StrictFloat
 
 from physflow.agents.view import CampaignView
 from physflow.errors import ProposalError, QueryError
-from physflow.spec.ranking import finite_or_none, ranked
-from physflow.spec.workflow import TOOL_NAMES
+from physflow.vocabulary.ranking import finite_or_none, ranked
+from physflow.vocabulary.workflow import TOOL_NAMES
 
 #: Simulations one propose_simulations call may stage (more are rejected, with the reason).
 MAX_PROPOSED = 8

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from physflow.spec.records import Hypothesis, TaskRecord
-from physflow.spec.workflow import ParameterSpec, WorkflowSpec
+from physflow.vocabulary.records import Hypothesis, TaskRecord
+from physflow.vocabulary.workflow import ParameterSpec, WorkflowSpec
 
 
 class CampaignView(Protocol):

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from physflow.spec.task import TaskSpec
+from physflow.vocabulary.task import TaskSpec
 
 
 class Dispatcher(Protocol):

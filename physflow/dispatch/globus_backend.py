@@ -40,7 +40,7 @@ from typing import Any
 from physflow.dispatch.payload import STDERR_TAIL_BYTES, execute
 from physflow.errors import SiteError
 from physflow.site_configs.site import SiteSpec, check_mpi_request
-from physflow.spec.task import TaskSpec
+from physflow.vocabulary.task import TaskSpec
 
 #: Exit code of a ShellFunction whose walltime ran out (as from timeout(1)).
 SHELL_TIMEOUT = 124

@@ -16,7 +16,7 @@ from typing import Any
 from physflow.dispatch.parsl_config import bin_dir, build_parsl_config
 from physflow.dispatch.payload import execute
 from physflow.site_configs.site import SiteSpec
-from physflow.spec.task import TaskSpec
+from physflow.vocabulary.task import TaskSpec
 
 
 def bin_dir_on_path() -> None:

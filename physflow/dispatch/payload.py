@@ -1,6 +1,6 @@
 """The function that runs a simulation task on a worker.
 
-A ``TaskSpec`` (physflow.spec.task) is plain data that any backend (Parsl, Globus Compute) can
+A ``TaskSpec`` (physflow.vocabulary.task) is plain data that any backend (Parsl, Globus Compute) can
 ship. ``execute`` runs on the worker: it starts the program (under the MPI launcher prefix the executor set in
 ``$PARSL_MPI_PREFIX`` when ``mpi`` is true), enforces the per-task walltime, keeps stdout and
 stderr in the task's working directory, and reports its own start and finish times (UNIX
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from physflow.processes import die_with_parent, end_group
-from physflow.spec.task import TaskSpec
+from physflow.vocabulary.task import TaskSpec
 
 STDERR_TAIL_BYTES = 2000
 

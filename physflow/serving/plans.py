@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from physflow.errors import ServingError
-from physflow.spec.workflow import EMBEDDED_MODEL
+from physflow.vocabulary.workflow import EMBEDDED_MODEL
 
 
 @dataclass

@@ -5,8 +5,8 @@ Importing this package registers the built-in adapters; ``get_adapter`` finds on
 
 from physflow.sim_adapters import executable, heat2d, nbody_pm, python  # noqa: F401 - registration
 from physflow.sim_adapters.base import Adapter
-from physflow.spec.tables import GroupTableReader
-from physflow.spec.workflow import LoadedWorkflow
+from physflow.vocabulary.tables import GroupTableReader
+from physflow.vocabulary.workflow import LoadedWorkflow
 
 
 def adapter_class(name: str) -> type[Adapter] | None:

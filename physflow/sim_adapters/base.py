@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from physflow.errors import AdapterError, ProposalError
-from physflow.spec.figures import CurveFigure
-from physflow.spec.records import TaskRecord
-from physflow.spec.tables import GroupTableReader
-from physflow.spec.task import Array, SimOutput, TaskSpec
-from physflow.spec.workflow import LoadedWorkflow, ParameterSpec
+from physflow.vocabulary.figures import CurveFigure
+from physflow.vocabulary.records import TaskRecord
+from physflow.vocabulary.tables import GroupTableReader
+from physflow.vocabulary.task import Array, SimOutput, TaskSpec
+from physflow.vocabulary.workflow import LoadedWorkflow, ParameterSpec
 
 
 class Adapter(ABC):

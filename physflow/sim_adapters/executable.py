@@ -15,7 +15,7 @@ from typing import Any
 
 from physflow.errors import AdapterError
 from physflow.sim_adapters.base import Adapter, split_values
-from physflow.spec.task import SimOutput, TaskSpec
+from physflow.vocabulary.task import SimOutput, TaskSpec
 
 #: ``{{ name }}`` in an input template; distinct from the ``$var``/``${var}``/``{}`` of input languages.
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")

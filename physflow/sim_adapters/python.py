@@ -8,7 +8,7 @@ from typing import Any
 
 from physflow.errors import AdapterError
 from physflow.sim_adapters.base import Adapter, split_values
-from physflow.spec.task import SimOutput, TaskSpec
+from physflow.vocabulary.task import SimOutput, TaskSpec
 
 
 class PythonAdapter(Adapter):

@@ -15,7 +15,7 @@ import yaml
 from physflow.errors import SiteError, SpecError
 from physflow.site_configs.placeholders import placeholder_filler
 from physflow.site_configs.site import SiteSpec
-from physflow.spec.workflow import parse_model, path_kind, user_path
+from physflow.vocabulary.workflow import parse_model, path_kind, user_path
 
 
 def builtin_sites() -> dict[str, Path]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from physflow.errors import SiteError
-from physflow.spec.workflow import Location, line_of
+from physflow.vocabulary.workflow import Location, line_of
 
 #: ``${name}`` or ``${name:-default}``; lower-case names only, so ``${HOME}`` stays shell syntax.
 PLACEHOLDER = re.compile(r"\$\{([a-z][a-z0-9_]*)(?::-([^}]*))?\}")

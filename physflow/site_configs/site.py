@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from physflow.errors import SiteError
-from physflow.spec.workflow import Strict
+from physflow.vocabulary.workflow import Strict
 
 WALLTIME = re.compile(r"\d+:[0-5]\d:[0-5]\d")
 

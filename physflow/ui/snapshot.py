@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from physflow.spec.ranking import finite_or_none
-from physflow.spec.records import TASK_STATES, status_counts
+from physflow.vocabulary.ranking import finite_or_none
+from physflow.vocabulary.records import TASK_STATES, status_counts
 from physflow.workflows.report import busy_fraction, ranked_tasks, run_spec, true_parameters
 from physflow.workflows.store import JOURNAL, CampaignState, RunStore
 

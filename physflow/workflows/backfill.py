@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable, Sized
 from typing import Protocol
 
 from physflow.optimizer import Optimizer
-from physflow.spec.records import TaskRecord
-from physflow.spec.workflow import BudgetSpec
+from physflow.vocabulary.records import TaskRecord
+from physflow.vocabulary.workflow import BudgetSpec
 
 #: The optimizer prepares a spare point while every slot is busy once a suggestion takes more
 #: than this fraction of a typical simulation's run time: below it a fresh fit is worth its

@@ -27,9 +27,9 @@ from physflow.errors import PhysflowError
 from physflow.optimizer import Optimizer
 from physflow.sim_adapters.base import Adapter
 from physflow.site_configs.site import SiteSpec
-from physflow.spec import ranking
-from physflow.spec.records import Hypothesis, TaskRecord
-from physflow.spec.workflow import LoadedWorkflow, ParameterSpec, WorkflowSpec
+from physflow.vocabulary import ranking
+from physflow.vocabulary.records import Hypothesis, TaskRecord
+from physflow.vocabulary.workflow import LoadedWorkflow, ParameterSpec, WorkflowSpec
 from physflow.workflows.approval import Approver, ask_user, batch_text
 from physflow.workflows.backfill import Backfill
 from physflow.workflows.events import Event, Handlers
@@ -194,31 +194,24 @@ class Campaign:
         log.info("round %d: %s", round_no, f"hypothesis: {outcome.hypothesis[:100]}" if outcome.ok
                  else "no valid proposal from the model; the optimizer fills the round")
         if outcome.ok:
-            hid = f"H{round_no}"
+            hid, source, batch = f"H{round_no}", "planner", outcome.simulations[:capacity]
             self.hypotheses[hid] = Hypothesis(hid, outcome.hypothesis, outcome.prediction, round_no)
             review = outcome.review
             self.committer.event("hypothesis", id=hid, statement=outcome.hypothesis,
                                  prediction=outcome.prediction, round=round_no,
                                  review=review.model_dump() if review else None,
                                  unverified_citations=outcome.unverified_citations)
-            proposed = outcome.simulations[:capacity]
-            batch = await self._approve(hid, proposed)
-            if batch is None:
-                return
-            for params in batch:
-                self.new_task(params, "planner" if params in proposed else "user", hid)
-        else:
-            # The model gave nothing usable: the optimizer fills this round's slots, recorded as such.
+        else:  # the model gave nothing usable: the optimizer fills this round's slots, recorded as such
             self.transcript.note("physflow", "fallback",
                                  f"round {round_no}: no valid proposal ({'; '.join(outcome.errors)[-400:]}); "
                                  "using the optimizer's suggestions")
             n = min(capacity, self.spec.budget.max_concurrent)
-            suggested = await self.backfill.points_now(self, n) if n else []
-            batch = await self._approve(None, suggested) if suggested else []
-            if batch is None:
-                return
-            for params in batch:
-                self.new_task(params, "optimizer" if params in suggested else "user", None)
+            hid, source, batch = None, "optimizer", await self.backfill.points_now(self, n) if n else []
+        approved = await self._approve(hid, batch) if hid or batch else []
+        if approved is None:
+            return
+        for params in approved:
+            self.new_task(params, source if params in batch else "user", hid)
         if outcome.rejected:
             self.transcript.note("physflow", "rejected", outcome.rejected)
 

@@ -20,8 +20,8 @@ import h5py
 
 from physflow.errors import PhysflowError
 from physflow.sim_adapters import get_adapter
-from physflow.spec.records import TaskRecord
-from physflow.spec.task import Array
+from physflow.vocabulary.records import TaskRecord
+from physflow.vocabulary.task import Array
 from physflow.workflows.store import JOURNAL, RunStore, heal_journal, torn_journal_tail
 
 ArraysOf = Callable[[TaskRecord], dict[str, Array]]

@@ -25,8 +25,8 @@ from physflow.dispatch.backends import open_dispatcher
 from physflow.errors import PhysflowError
 from physflow.serving.plans import embedded_plan, serving_plan
 from physflow.serving.service import ModelService
-from physflow.spec.records import TaskRecord
-from physflow.spec.workflow import LLMSpec, LoadedWorkflow
+from physflow.vocabulary.records import TaskRecord
+from physflow.vocabulary.workflow import LLMSpec, LoadedWorkflow
 from physflow.workflows.campaign import Approver, Campaign
 from physflow.workflows.store import CampaignState, RunStore
 from physflow.workflows.validate import Checked

@@ -17,9 +17,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from physflow.spec import ranking
-from physflow.spec.figures import CurveFigure
-from physflow.spec.records import TaskRecord
+from physflow.vocabulary import ranking
+from physflow.vocabulary.figures import CurveFigure
+from physflow.vocabulary.records import TaskRecord
 from physflow.workflows.store import CampaignState, RunStore
 
 PLOTS = "plots"

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from physflow.spec.records import Hypothesis, TaskRecord
+from physflow.vocabulary.records import Hypothesis, TaskRecord
 from physflow.workflows.store import CampaignState
 
 LOST_TWICE = "lost in flight twice (orchestrator stopped while it ran)"

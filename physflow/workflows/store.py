@@ -30,11 +30,11 @@ import yaml
 
 from physflow.errors import RunDirError
 from physflow.site_configs.site import SiteSpec
-from physflow.spec.ranking import finite_or_none
-from physflow.spec.records import Hypothesis, TaskRecord
-from physflow.spec.tables import Column, H5Group, Table
-from physflow.spec.task import Array
-from physflow.spec.workflow import LoadedWorkflow, load_workflow
+from physflow.vocabulary.ranking import finite_or_none
+from physflow.vocabulary.records import Hypothesis, TaskRecord
+from physflow.vocabulary.tables import Column, H5Group, Table
+from physflow.vocabulary.task import Array
+from physflow.vocabulary.workflow import LoadedWorkflow, load_workflow
 
 JOURNAL = "journal.jsonl"
 HDF5 = "campaign.h5"

@@ -1,6 +1,6 @@
 """Everything ``physflow validate`` checks before anything starts.
 
-Types and bounds (physflow.spec.workflow), then what only the rest of physflow knows: the
+Types and bounds (physflow.vocabulary.workflow), then what only the rest of physflow knows: the
 adapter exists and accepts the keys given, the objective's metric is one the adapter reports,
 named files exist, the site exists and its pools can hold the simulation's request. Checking
 changes nothing it is given: it returns what it found (the workflow as it will run, its adapter
@@ -19,7 +19,7 @@ from physflow.sim_adapters import get_adapter
 from physflow.sim_adapters.base import Adapter
 from physflow.site_configs.loader import builtin_sites, load_site
 from physflow.site_configs.site import SiteSpec, check_gpus, check_mpi_request
-from physflow.spec.workflow import LoadedWorkflow, load_workflow, path_kind, user_path
+from physflow.vocabulary.workflow import LoadedWorkflow, load_workflow, path_kind, user_path
 from physflow.workflows.store import RunStore
 
 

@@ -8,7 +8,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from physflow.agents.models import grammar_schema, tool_choice_schema
 from physflow.agents.team import OUTPUTS, proposal_model
-from physflow.spec.workflow import ParameterSpec
+from physflow.vocabulary.workflow import ParameterSpec
 
 
 def test_long_length_bounds_leave_the_grammar_but_short_ones_stay():

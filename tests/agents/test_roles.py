@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from physflow.agents.team import ROLES
 from physflow.agents.tools import Toolbox
-from physflow.spec.workflow import AGENT_ROLES, TOOL_NAMES
+from physflow.vocabulary.workflow import AGENT_ROLES, TOOL_NAMES
 
 
 def test_the_team_defines_every_role_of_the_spec_in_its_order():

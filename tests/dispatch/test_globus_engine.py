@@ -27,8 +27,8 @@ from globus_compute_sdk.serialize import ComputeSerializer
 
 from physflow.dispatch.globus_backend import GlobusCall, chained, globus_call, mpi_runner, outcome_of, serial_resources
 from physflow.sim_adapters import get_adapter
-from physflow.spec.task import TaskSpec
-from physflow.spec.workflow import load_workflow
+from physflow.vocabulary.task import TaskSpec
+from physflow.vocabulary.workflow import load_workflow
 from tests.conftest import physflow
 
 BIN = str(Path(sys.executable).parent)

@@ -11,7 +11,7 @@ from physflow.dispatch.parsl_backend import ParslDispatcher, bin_dir_on_path
 from physflow.dispatch.parsl_config import bin_dir, build_parsl_config
 from physflow.errors import SiteError
 from physflow.site_configs.loader import load_site
-from physflow.spec.task import TaskSpec
+from physflow.vocabulary.task import TaskSpec
 
 RANK_PROBE = ("from mpi4py import MPI; c = MPI.COMM_WORLD; r = c.gather((c.Get_rank(), c.Get_size()))\n"
               "if c.Get_rank() == 0: print(r)")

@@ -21,7 +21,7 @@ from physflow.serving.plans import ServerPlan, embedded_plan, serving_plan, vllm
 from physflow.serving.service import ModelService, serve
 from physflow.site_configs.loader import load_site
 from physflow.site_configs.site import SiteLLM
-from physflow.spec.workflow import EMBEDDED_MODEL, LLMSpec
+from physflow.vocabulary.workflow import EMBEDDED_MODEL, LLMSpec
 
 
 def _get(url: str, key: str | None = None) -> int:

@@ -11,7 +11,7 @@ import pytest
 from physflow.dispatch.payload import execute
 from physflow.errors import AdapterError, ProposalError, SpecError
 from physflow.sim_adapters import get_adapter
-from physflow.spec.workflow import load_workflow
+from physflow.vocabulary.workflow import load_workflow
 
 SIM = """\
 import argparse, json, sys

@@ -8,7 +8,7 @@ import pytest
 
 from physflow.errors import SpecError
 from physflow.sim_adapters import get_adapter
-from physflow.spec.workflow import load_workflow
+from physflow.vocabulary.workflow import load_workflow
 from tests.conftest import EXAMPLES, results_of, submit_folder
 
 MELT = EXAMPLES / "lammps_melt"

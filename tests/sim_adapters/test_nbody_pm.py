@@ -21,8 +21,8 @@ from physflow.sim_adapters import get_adapter
 from physflow.sim_adapters.nbody_pm import KNOWN, OUTPUT, solver
 from physflow.sim_adapters.nbody_pm.cosmology import Cosmology
 from physflow.sim_adapters.nbody_pm.settings import Settings
-from physflow.spec.records import TaskRecord
-from physflow.spec.workflow import load_workflow
+from physflow.vocabulary.records import TaskRecord
+from physflow.vocabulary.workflow import load_workflow
 from physflow.workflows.store import write_task_hdf5
 from tests.conftest import EXAMPLES
 
@@ -255,7 +255,7 @@ def test_parameters_carry_units_and_cosmological_names(adapter, tmp_path):
 def test_example_campaign_finds_the_adapter_by_name():
     """``adapter: nbody_pm`` resolves without importing the adapter first, as in ``physflow submit``."""
     code = ("from physflow.sim_adapters import get_adapter\n"
-            "from physflow.spec.workflow import load_workflow\n"
+            "from physflow.vocabulary.workflow import load_workflow\n"
             f"print(type(get_adapter(load_workflow({str(EXAMPLES / 'cosmology.yaml')!r}))).__name__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "NbodyPMAdapter", proc.stderr

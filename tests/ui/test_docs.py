@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from physflow.site_configs.loader import load_site
 from physflow.site_configs.placeholders import PLACEHOLDER
-from physflow.spec.workflow import WorkflowSpec
+from physflow.vocabulary.workflow import WorkflowSpec
 from physflow.workflows.validate import check_workflow
 from tests.conftest import EXAMPLES
 

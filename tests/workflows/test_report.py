@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import yaml
 
-from physflow.spec.ranking import best, ranked, reaches
-from physflow.spec.records import TaskRecord
-from physflow.spec.task import Array
+from physflow.vocabulary.ranking import best, ranked, reaches
+from physflow.vocabulary.records import TaskRecord
+from physflow.vocabulary.task import Array
 from physflow.workflows.report import write_report
 from physflow.workflows.store import RunStore
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from physflow.errors import SpecError
-from physflow.spec.workflow import json_schema, parse_duration
+from physflow.vocabulary.workflow import json_schema, parse_duration
 from physflow.workflows.validate import check_workflow
 from tests.conftest import EXAMPLES, physflow
 

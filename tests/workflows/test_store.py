@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from physflow.errors import RunDirError
-from physflow.spec.records import TaskRecord
-from physflow.spec.task import Array
+from physflow.vocabulary.records import TaskRecord
+from physflow.vocabulary.task import Array
 from physflow.workflows.store import Committer, RunStore, read_journal, replay
 
 

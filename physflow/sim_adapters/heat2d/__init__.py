@@ -16,7 +16,7 @@ import numpy as np
 
 from physflow.errors import AdapterError
 from physflow.sim_adapters.base import Adapter
-from physflow.spec.task import Array, SimOutput, TaskSpec
+from physflow.vocabulary.task import Array, SimOutput, TaskSpec
 
 #: Parameters the solver understands: name -> (units, default).
 KNOWN = {"kappa": ("m^2/s", 0.3), "power": ("K/s", 20.0)}

@@ -41,9 +41,9 @@ from physflow.sim_adapters.base import Adapter
 from physflow.sim_adapters.nbody_pm.cosmology import Cosmology, top_hat_window
 from physflow.sim_adapters.nbody_pm.halos import MIN_HALO_PARTICLES
 from physflow.sim_adapters.nbody_pm.settings import Settings
-from physflow.spec.figures import CurveFigure
-from physflow.spec.tables import Column, H5Group, Table
-from physflow.spec.task import Array, SimOutput, TaskSpec
+from physflow.vocabulary.figures import CurveFigure
+from physflow.vocabulary.tables import Column, H5Group, Table
+from physflow.vocabulary.task import Array, SimOutput, TaskSpec
 
 #: Parameters the code understands: name -> (units, default, description). Planck 2015 defaults.
 KNOWN = {

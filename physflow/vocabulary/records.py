@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from physflow.spec.ranking import finite_or_none
+from physflow.vocabulary.ranking import finite_or_none
 
 TASK_STATES = ("proposed", "submitted", "running", "finished", "failed", "cancelled")
 #: The keys of a row of ``physflow results --json`` (and ``--csv``), in this order: scripts
@@ -53,7 +53,7 @@ class TaskRecord:
 
     def score(self, metric: str) -> Any:
         """The task's value of ``metric`` if it finished, else None: what ranks it (see
-        ``physflow.spec.ranking``); a failed task never ranks, whatever it measured."""
+        ``physflow.vocabulary.ranking``); a failed task never ranks, whatever it measured."""
         return self.metrics.get(metric) if self.status == "finished" else None
 
 
