@@ -140,7 +140,7 @@ def run_one(method: str, seed: int, budget: int, folder: Path, steps: int | None
     try:  # as ``physflow submit`` launches it (the embedded model served as a task on the site's pool)
         with launched(checked, store) as campaign:
             campaign.optimizer = (UniformRandom(campaign.adapter.parameters, seed) if method == "random"
-                                  else Optimizer(campaign.adapter.parameters, campaign.goal, seed=seed))
+                                  else Optimizer(campaign.adapter.parameters, campaign.spec.objective.goal, seed=seed))
             asyncio.run(campaign.run())
     finally:
         store.close()
