@@ -285,7 +285,19 @@ def resume(run: Path, yes: bool) -> None:
         if ended:
             click.echo(f"ended {len(ended)} process(es) left running by the previous orchestrator", err=True)
         previous = store.state()
+        lost = store.unaccounted(previous)
+        if lost:  # resuming would re-run what the journal forgot and write over its results
+            raise RunDirError(f"{run}: resume refused, the journal lost events it had: {lost[0]}"
+                              + (f" (and {len(lost) - 1} more)" if len(lost) > 1 else "")
+                              + f"; physflow fsck {run} lists what disagrees; nothing was changed")
         if previous.state == "finished":
+            if not (store.run_dir / "report.md").is_file():  # stopped between the end and its report
+                from physflow.workflows.report import write_report
+
+                store.close()
+                click.echo(f"the campaign had finished; its report was missing: {write_report(store.run_dir)}",
+                           err=True)
+                return
             raise RunDirError(f"{run}: the campaign already finished ({previous.reason}); nothing to resume")
         checked = check_run_dir(store)
         approver = _approver(checked.workflow.spec, yes, store.run_dir / "workflow.yaml")
@@ -334,6 +346,16 @@ def _store(run: Path):
     return RunStore(run)
 
 
+def _state(run: Path):
+    """The run's state from its journal; each damaged journal line (skipped) is said on stderr."""
+    st = _store(run).state()
+    for damage in st.damage[:5]:
+        click.echo(f"warning: {run}/{damage}; skipped (physflow fsck {run} says what it lost)", err=True)
+    if len(st.damage) > 5:
+        click.echo(f"warning: {run}: {len(st.damage) - 5} more damaged journal lines skipped", err=True)
+    return st
+
+
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
@@ -347,7 +369,7 @@ def status(run: Path, as_json: bool) -> None:
     from physflow.vocabulary.records import status_counts
 
     store = _store(run)
-    st = store.state()
+    st = _state(run)
     state = effective_state(store, st)  # "failed" if the orchestrator died mid-campaign: resumable
     counts = status_counts(st.tasks.values())
     info = {"state": state, "name": st.name, "reason": st.reason or ("orchestrator not running"
@@ -403,7 +425,7 @@ def results(run: Path, as_json: bool, as_csv: bool) -> None:
       physflow results runs/heat2d-20261125T120000Z --json
       physflow results runs/heat2d-20261125T120000Z --csv > results.csv
     """
-    rows = [t.result_row() for t in _store(run).state().tasks.values()]
+    rows = [t.result_row() for t in _state(run).tasks.values()]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -430,7 +452,7 @@ def report(run: Path, as_json: bool) -> None:
     """
     from physflow.workflows.report import write_report
 
-    _store(run)
+    _state(run)  # says which journal lines are damaged (the report skips them)
     path = write_report(run)
     if as_json:
         click.echo(json.dumps({"markdown": str(path), "html": str(path.with_suffix(".html")),
@@ -454,7 +476,7 @@ def watch(run: Path, once: bool, as_json: bool, interval: float) -> None:
     """
     from physflow.ui.watch import watch as follow
 
-    _store(run)
+    _state(run)  # says which journal lines are damaged (the snapshots skip them)
     state = follow(run, once, as_json, interval)
     sys.exit(1 if state in ("failed", "cancelled") else 0)
 

@@ -108,8 +108,8 @@ class Campaign:
 
     # -- tasks: proposed -> submitted -> finished | failed -------------------------------------
     def new_task(self, params: dict[str, float], source: str, hypothesis: str | None) -> TaskRecord:
-        task = TaskRecord(id=f"t{len(self.tasks):04d}", params=params, hypothesis=hypothesis, source=source,
-                          created=time.time())
+        task = TaskRecord(id=self.store.next_task_id(self.tasks), params=params, hypothesis=hypothesis,
+                          source=source, created=time.time())
         self.tasks[task.id] = task
         self.queue.append(task)
         if hypothesis:
