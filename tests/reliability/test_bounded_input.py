@@ -38,8 +38,8 @@ def bomb(levels: int = 9) -> str:
 
 
 def refused(path: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """``physflow validate PATH`` in its own process with 4 GiB of address space at most (a bomb expanded grows to gigabytes): it must
-    end in time, exit 2 and say one line that names the file."""
+    """``physflow validate PATH`` in its own process with 4 GiB of address space at most (an
+    expanded bomb grows past it): it must end in time, exit 2 and say one line naming the file."""
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
