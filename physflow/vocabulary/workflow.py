@@ -34,6 +34,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class WorkflowPart(Strict):
+    """Base of the workflow's models: values are taken as the YAML typed them, never coerced
+    (``max_simulations: true`` is not 1, ``"5"`` is not 5). Site models stay lax: a placeholder
+    fills a number as text (``nodes_per_block: ${nodes:-2}``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 #: The longest duration a workflow may give (s): one year.
 MAX_DURATION = 365 * 86400.0
 
@@ -62,7 +70,7 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-class ParameterSpec(Strict):
+class ParameterSpec(WorkflowPart):
     """One parameter the agents may choose: a closed interval [min, max] in the given units."""
 
     min: float
@@ -82,7 +90,7 @@ class ParameterSpec(Strict):
         return self
 
 
-class LLMSpec(Strict):
+class LLMSpec(WorkflowPart):
     provider: Literal["embedded", "openai", "vllm", "replay"] = "embedded"
     model: str = EMBEDDED_MODEL
     base_url: str | None = None
@@ -117,7 +125,7 @@ ToolName = Literal["suggest_parameters", "query_results", "propose_simulations",
 TOOL_NAMES: tuple[ToolName, ...] = get_args(ToolName)
 
 
-class AgentSpec(Strict):
+class AgentSpec(WorkflowPart):
     enabled: bool = True
     model: str | None = None
     script: str | None = Field(None, description="replay provider: this role's own script of responses")
@@ -126,12 +134,12 @@ class AgentSpec(Strict):
     max_tokens: int | None = Field(None, gt=0, description="this agent's share of the token budget")
 
 
-class Resources(Strict):
+class Resources(WorkflowPart):
     ranks: int = Field(1, ge=1, le=10_000_000)
     nodes: int = Field(1, ge=1, le=1_000_000)
 
 
-class OutputsSpec(Strict):
+class OutputsSpec(WorkflowPart):
     format: Literal["json"] = "json"
     path: str = "result.json"
 
@@ -143,7 +151,7 @@ class OutputsSpec(Strict):
         return value
 
 
-class SimulationSpec(Strict):
+class SimulationSpec(WorkflowPart):
     adapter: str
     resources: Resources = Resources()
     fixed: dict[str, Any] = {}
@@ -175,14 +183,21 @@ class SimulationSpec(Strict):
         return value
 
 
-class ObjectiveSpec(Strict):
+class ObjectiveSpec(WorkflowPart):
     metric: str
     target: str | None = None
     goal: Literal["minimize", "maximize"] = "minimize"
     tolerance: float | None = None
 
+    @field_validator("tolerance")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("the tolerance must be a finite number (it is compared with the objective)")
+        return value
 
-class BudgetSpec(Strict):
+
+class BudgetSpec(WorkflowPart):
     max_simulations: int = Field(32, ge=1, le=10_000_000)
     max_concurrent: int = Field(2, ge=1, le=1_000_000)
     max_rounds: int = Field(8, ge=1, le=1_000_000)
@@ -195,7 +210,7 @@ class BudgetSpec(Strict):
         return parse_duration(value)
 
 
-class WorkflowSpec(Strict):
+class WorkflowSpec(WorkflowPart):
     physflow: Literal[1]
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     goal: str = Field(min_length=1)
