@@ -21,17 +21,25 @@ from physflow import __version__
 from physflow.errors import PhysflowError
 
 
+def _one_line(text: str) -> str:
+    """``text`` as one printable line, whatever the input held: a key named "a\rb" is shown as a\rb."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class PhysflowGroup(click.Group):
-    """Turns every PhysflowError into one line and exit code 2."""
+    """Turns every PhysflowError, and every flag or argument click refuses, into one line and
+    exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except PhysflowError as exc:
-            # One line, whatever the input held: a key named "a\rb" is shown as a\rb.
-            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))
-            click.echo(f"error: {text}", err=True)
+            click.echo(f"error: {_one_line(str(exc))}", err=True)
             sys.exit(exc.exit_code)
+        except click.UsageError as exc:  # a subcommand's flags: click would print usage, a hint and the error
+            command = f"physflow {exc.ctx.info_name}: " if exc.ctx is not None and exc.ctx is not ctx else ""
+            click.echo(f"error: {command}{_one_line(exc.format_message())} (see --help)", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=PhysflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -285,7 +293,19 @@ def resume(run: Path, yes: bool) -> None:
         if ended:
             click.echo(f"ended {len(ended)} process(es) left running by the previous orchestrator", err=True)
         previous = store.state()
+        lost = store.unaccounted(previous)
+        if lost:  # resuming would re-run what the journal forgot and write over its results
+            raise RunDirError(f"{run}: resume refused, the journal lost events it had: {lost[0]}"
+                              + (f" (and {len(lost) - 1} more)" if len(lost) > 1 else "")
+                              + f"; physflow fsck {run} lists what disagrees; nothing was changed")
         if previous.state == "finished":
+            if not (store.run_dir / "report.md").is_file():  # stopped between the end and its report
+                from physflow.workflows.report import write_report
+
+                store.close()
+                click.echo(f"the campaign had finished; its report was missing: {write_report(store.run_dir)}",
+                           err=True)
+                return
             raise RunDirError(f"{run}: the campaign already finished ({previous.reason}); nothing to resume")
         checked = check_run_dir(store)
         approver = _approver(checked.workflow.spec, yes, store.run_dir / "workflow.yaml")
@@ -334,6 +354,16 @@ def _store(run: Path):
     return RunStore(run)
 
 
+def _state(run: Path):
+    """The run's state from its journal; each damaged journal line (skipped) is said on stderr."""
+    st = _store(run).state()
+    for damage in st.damage[:5]:
+        click.echo(f"warning: {run}/{damage}; skipped (physflow fsck {run} says what it lost)", err=True)
+    if len(st.damage) > 5:
+        click.echo(f"warning: {run}: {len(st.damage) - 5} more damaged journal lines skipped", err=True)
+    return st
+
+
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
@@ -347,7 +377,7 @@ def status(run: Path, as_json: bool) -> None:
     from physflow.vocabulary.records import status_counts
 
     store = _store(run)
-    st = store.state()
+    st = _state(run)
     state = effective_state(store, st)  # "failed" if the orchestrator died mid-campaign: resumable
     counts = status_counts(st.tasks.values())
     info = {"state": state, "name": st.name, "reason": st.reason or ("orchestrator not running"
@@ -403,7 +433,9 @@ def results(run: Path, as_json: bool, as_csv: bool) -> None:
       physflow results runs/heat2d-20261125T120000Z --json
       physflow results runs/heat2d-20261125T120000Z --csv > results.csv
     """
-    rows = [t.result_row() for t in _store(run).state().tasks.values()]
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv: choose one")
+    rows = [t.result_row() for t in _state(run).tasks.values()]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -430,7 +462,7 @@ def report(run: Path, as_json: bool) -> None:
     """
     from physflow.workflows.report import write_report
 
-    _store(run)
+    _state(run)  # says which journal lines are damaged (the report skips them)
     path = write_report(run)
     if as_json:
         click.echo(json.dumps({"markdown": str(path), "html": str(path.with_suffix(".html")),
@@ -443,7 +475,8 @@ def report(run: Path, as_json: bool) -> None:
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--once", is_flag=True, help="print one snapshot and exit")
 @click.option("--json", "as_json", is_flag=True, help="print snapshots as JSON, one object per line")
-@click.option("--interval", default=1.0, show_default=True, help="seconds between looks at the run")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="seconds between looks at the run (at least 0.1)")
 def watch(run: Path, once: bool, as_json: bool, interval: float) -> None:
     """Follow a campaign live until it ends: tasks by state, hypotheses and verdicts, best metric,
     tokens spent, ETA. A panel on a terminal; otherwise one line per change. Exit 0 when the
@@ -454,15 +487,17 @@ def watch(run: Path, once: bool, as_json: bool, interval: float) -> None:
     """
     from physflow.ui.watch import watch as follow
 
-    _store(run)
+    _state(run)  # says which journal lines are damaged (the snapshots skip them)
     state = follow(run, once, as_json, interval)
     sys.exit(1 if state in ("failed", "cancelled") else 0)
 
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--port", default=8765, show_default=True, help="TCP port on 127.0.0.1 (0: any free port)")
-@click.option("--poll", default=1.0, show_default=True, help="seconds between the page's updates")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port on 127.0.0.1 (0: any free port)")
+@click.option("--poll", default=1.0, show_default=True, type=click.FloatRange(min=0.1, max=3600),
+              help="seconds between the page's updates (0.1 to 3600)")
 def dashboard(run: Path, port: int, poll: float) -> None:
     """Serve a live page of a run on http://127.0.0.1:PORT/ (this machine only) until Ctrl-C:
     tasks, hypotheses, best metric, and the report's figures, updated as results arrive.
@@ -610,17 +645,24 @@ def transcript(run: Path, agents: tuple[str, ...], as_json: bool) -> None:
     Example: physflow transcript runs/cosmology-hmf-20261127T043000Z --agent critic
     """
     from physflow.errors import RunDirError
+    from physflow.vocabulary.workflow import AGENT_ROLES
 
     _store(run)
+    unknown = sorted(set(agents) - {*AGENT_ROLES, "physflow"})
+    if unknown:
+        raise click.UsageError(f"--agent {', '.join(unknown)}: no such agent (agents: {', '.join(AGENT_ROLES)}, "
+                               "physflow)")
     path = run / "transcript.jsonl"
     if not path.is_file():
         raise RunDirError(f"{run}: no transcript.jsonl (the campaign ran without agents)")
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line torn by a crash
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            continue  # a line torn by a crash, or damaged
+        if isinstance(record, dict):
+            records.append(record)
     records = [r for r in records if not agents or r.get("agent") in agents]
     if as_json:
         for r in records:

@@ -134,6 +134,9 @@ class Adapter(ABC):
         if metric not in out.metrics:
             task.status = "failed"
             task.error = f"the simulation reported no {metric} (it reported: {', '.join(out.metrics)})"
+        elif not math.isfinite(out.metrics[metric]):  # NaN, or a number past a float's range (1e400)
+            task.status = "failed"
+            task.error = f"the simulation reported {metric} = {out.metrics[metric]}, not a finite number"
         else:
             task.status = "finished"
         return out.arrays

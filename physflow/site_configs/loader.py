@@ -15,7 +15,7 @@ import yaml
 from physflow.errors import SiteError, SpecError
 from physflow.site_configs.placeholders import placeholder_filler
 from physflow.site_configs.site import SiteSpec
-from physflow.vocabulary.workflow import parse_model, path_kind, user_path
+from physflow.vocabulary.workflow import load_yaml_with_lines, parse_model, path_kind, user_path
 
 
 def builtin_sites() -> dict[str, Path]:
@@ -39,7 +39,7 @@ def site_path(name_or_path: str, relative_to: Path | None = None) -> Path:
 
 def site_description(name_or_path: str) -> str:
     """A site's description without filling its placeholders (for listings)."""
-    data = yaml.safe_load(site_path(name_or_path).read_text(encoding="utf-8"))
+    data, _ = load_yaml_with_lines(site_path(name_or_path))  # bounded, as every YAML a user hands over
     return str(data.get("description", "")) if isinstance(data, dict) else ""
 
 

@@ -19,6 +19,8 @@ from physflow.vocabulary.workflow import Location, line_of
 
 #: ``${name}`` or ``${name:-default}``; lower-case names only, so ``${HOME}`` stays shell syntax.
 PLACEHOLDER = re.compile(r"\$\{([a-z][a-z0-9_]*)(?::-([^}]*))?\}")
+#: Where a placeholder begins: one that PLACEHOLDER does not match whole is malformed.
+OPENED = re.compile(r"\$\{[a-z]")
 
 
 def placeholder_variable(name: str) -> str:
@@ -34,6 +36,9 @@ def parse_assignments(items: tuple[str, ...] | list[str]) -> dict[str, str]:
         if not sep or not re.fullmatch(r"[a-z][a-z0-9_]*", key.strip()):
             raise SiteError(f"--set {item!r}: expected name=value with a lower-case placeholder name, "
                             "e.g. --set account=myproject")
+        if not value.isprintable():  # a newline would become a line of its own in a batch script
+            raise SiteError(f"--set {key.strip()}: the value holds a newline or another control character; "
+                            "it goes into batch scripts, where that would start a line of its own")
         values[key.strip()] = value
     return values
 
@@ -52,6 +57,10 @@ def placeholder_filler(path: Path, values: Mapping[str, str]) -> Callable[[Any, 
             if name in values:
                 return values[name]
             if (env := os.environ.get(placeholder_variable(name))) is not None:
+                if not env.isprintable():
+                    raise SiteError(f"${{{name}}}: {placeholder_variable(name)} holds a newline or another control "
+                                    "character (it would start a line of its own in a batch script)",
+                                    str(path), line_of(lines, loc), ".".join(map(str, loc)))
                 return env
             if default is not None:
                 return default
@@ -64,6 +73,9 @@ def placeholder_filler(path: Path, values: Mapping[str, str]) -> Callable[[Any, 
             if isinstance(node, list):
                 return [walk(v, loc + (i,)) for i, v in enumerate(node)]
             if isinstance(node, str):
+                if len(OPENED.findall(node)) > len(PLACEHOLDER.findall(node)):
+                    raise SiteError("a ${name} placeholder that is not closed (or not name or name:-default)",
+                                    str(path), line_of(lines, loc), ".".join(map(str, loc)))
                 return PLACEHOLDER.sub(lambda m: one(m, loc), node)
             return node
 

@@ -182,16 +182,22 @@ def scaffold(folder: Path, adapter: str) -> list[Path]:
     if adapter not in ADAPTERS:
         raise PhysflowError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
     workflow = folder / "workflow.yaml"
-    if workflow.exists():
-        raise PhysflowError(f"{workflow} already exists; choose another folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    extra = {"executable": ("sim.py", SIM_PY), "python": ("model.py", MODEL_PY)}.get(adapter)
+    ours = [workflow] + ([folder / extra[0]] if extra else []) \
+        + ([folder / "data" / "target.h5"] if adapter in ("heat2d", "nbody_pm") else [])
+    taken = [str(p) for p in ours if p.exists() or p.is_symlink()]
+    if taken:  # a user's own sim.py or target is never written over
+        raise PhysflowError(f"{', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; choose another folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PhysflowError(f"{folder}: cannot create the folder: {exc.strerror or exc}") from None
     # The folder's name as the campaign's, within the spec's pattern for names.
     name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in folder.resolve().name)[:64]
     name = name.lstrip("_.-") or "campaign"
     template = {"heat2d": HEAT2D, "nbody_pm": NBODY, "executable": EXECUTABLE, "python": PYTHON}[adapter]
     workflow.write_text(template.format(name=name) + COMMON_TAIL)
     written = [workflow]
-    extra = {"executable": ("sim.py", SIM_PY), "python": ("model.py", MODEL_PY)}.get(adapter)
     if extra:
         (folder / extra[0]).write_text(extra[1])
         written.append(folder / extra[0])

@@ -34,6 +34,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class WorkflowPart(Strict):
+    """Base of the workflow's models: values are taken as the YAML typed them, never coerced
+    (``max_simulations: true`` is not 1, ``"5"`` is not 5). Site models stay lax: a placeholder
+    fills a number as text (``nodes_per_block: ${nodes:-2}``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 #: The longest duration a workflow may give (s): one year.
 MAX_DURATION = 365 * 86400.0
 
@@ -62,7 +70,7 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-class ParameterSpec(Strict):
+class ParameterSpec(WorkflowPart):
     """One parameter the agents may choose: a closed interval [min, max] in the given units."""
 
     min: float
@@ -82,7 +90,7 @@ class ParameterSpec(Strict):
         return self
 
 
-class LLMSpec(Strict):
+class LLMSpec(WorkflowPart):
     provider: Literal["embedded", "openai", "vllm", "replay"] = "embedded"
     model: str = EMBEDDED_MODEL
     base_url: str | None = None
@@ -117,7 +125,7 @@ ToolName = Literal["suggest_parameters", "query_results", "propose_simulations",
 TOOL_NAMES: tuple[ToolName, ...] = get_args(ToolName)
 
 
-class AgentSpec(Strict):
+class AgentSpec(WorkflowPart):
     enabled: bool = True
     model: str | None = None
     script: str | None = Field(None, description="replay provider: this role's own script of responses")
@@ -126,12 +134,12 @@ class AgentSpec(Strict):
     max_tokens: int | None = Field(None, gt=0, description="this agent's share of the token budget")
 
 
-class Resources(Strict):
+class Resources(WorkflowPart):
     ranks: int = Field(1, ge=1, le=10_000_000)
     nodes: int = Field(1, ge=1, le=1_000_000)
 
 
-class OutputsSpec(Strict):
+class OutputsSpec(WorkflowPart):
     format: Literal["json"] = "json"
     path: str = "result.json"
 
@@ -143,7 +151,7 @@ class OutputsSpec(Strict):
         return value
 
 
-class SimulationSpec(Strict):
+class SimulationSpec(WorkflowPart):
     adapter: str
     resources: Resources = Resources()
     fixed: dict[str, Any] = {}
@@ -175,14 +183,21 @@ class SimulationSpec(Strict):
         return value
 
 
-class ObjectiveSpec(Strict):
+class ObjectiveSpec(WorkflowPart):
     metric: str
     target: str | None = None
     goal: Literal["minimize", "maximize"] = "minimize"
     tolerance: float | None = None
 
+    @field_validator("tolerance")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("the tolerance must be a finite number (it is compared with the objective)")
+        return value
 
-class BudgetSpec(Strict):
+
+class BudgetSpec(WorkflowPart):
     max_simulations: int = Field(32, ge=1, le=10_000_000)
     max_concurrent: int = Field(2, ge=1, le=1_000_000)
     max_rounds: int = Field(8, ge=1, le=1_000_000)
@@ -195,7 +210,7 @@ class BudgetSpec(Strict):
         return parse_duration(value)
 
 
-class WorkflowSpec(Strict):
+class WorkflowSpec(WorkflowPart):
     physflow: Literal[1]
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     goal: str = Field(min_length=1)
@@ -284,24 +299,80 @@ def path_kind(path: Path) -> Literal["file", "folder"] | None:
     return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else None
 
 
+#: Bounds on a YAML file a user hands over (a workflow, a site): its size, the values it may
+#: expand to (aliases repeat what an anchor holds: nine anchors of nine aliases are 9^9 values),
+#: and its depth. Real workflows are a few kilobytes, a few hundred values, a few levels deep.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+def read_input_file(path: Path, limit: int = MAX_YAML_BYTES) -> str:
+    """The text of the regular file ``path``, or a SpecError naming it: missing, a symlink loop,
+    not a regular file (a FIFO would block the read forever, /dev/zero would never end), larger
+    than ``limit`` bytes, or not UTF-8."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting
+    except FileNotFoundError:
+        raise SpecError("file not found", str(path)) from None
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"cannot read file: {getattr(exc, 'strerror', None) or exc}", str(path)) from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SpecError("not a regular file (a workflow or site is a YAML file, not a FIFO, device or folder)",
+                            str(path))
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise SpecError(f"larger than {limit:,} bytes, far more than any workflow or site needs", str(path))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not UTF-8 text (byte {exc.start})", str(path)) from None
+
+
 def load_yaml_with_lines(path: Path, text: str | None = None) -> tuple[Any, dict[Location, int]]:
-    """Parse YAML into plain data plus a map from key path to 1-based line number."""
-    text = path.read_text(encoding="utf-8") if text is None else text
+    """Parse YAML into plain data plus a map from key path to 1-based line number, within the
+    bounds above (MAX_YAML_VALUES, MAX_YAML_DEPTH); scalars must be plain (text, numbers,
+    booleans, null): a ``!!binary`` or a timestamp is not a workflow value."""
+    text = read_input_file(path) if text is None else text
     try:
         loader = yaml.SafeLoader(text)  # checks the characters first: a NUL byte fails here
     except yaml.reader.ReaderError as exc:
         char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
         raise SpecError(f"invalid YAML: character {char} is not allowed (position {exc.position})", str(path)) from None
     lines: dict[Location, int] = {}
+    built = [0]
+
+    def bounded(n: yaml.Node, loc: Location) -> None:
+        built[0] += 1
+        where = ".".join(map(str, loc)) or None
+        if built[0] > MAX_YAML_VALUES:
+            raise SpecError(f"more than {MAX_YAML_VALUES:,} values (YAML aliases that repeat an anchor expand "
+                            "to this many)", str(path), n.start_mark.line + 1, where)
+        if len(loc) > MAX_YAML_DEPTH:
+            raise SpecError(f"nested deeper than {MAX_YAML_DEPTH} levels", str(path), n.start_mark.line + 1, where)
+
+    def scalar(n: yaml.Node, loc: Location) -> Any:
+        try:
+            value = loader.construct_object(n, deep=True)
+        except ValueError as exc:  # e.g. an integer of thousands of digits (Python's conversion limit)
+            raise SpecError(f"cannot read this value: {str(exc).split(':')[0]}", str(path), n.start_mark.line + 1,
+                            ".".join(map(str, loc)) or None) from None
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise SpecError(f"a {type(value).__name__} value ({n.tag}) is not allowed: write plain text or numbers",
+                            str(path), n.start_mark.line + 1, ".".join(map(str, loc)) or None)
+        return value
+
     try:
         node = loader.get_single_node()
 
         def build(n: yaml.Node, loc: Location) -> Any:
+            bounded(n, loc)
             lines.setdefault(loc, n.start_mark.line + 1)
             if isinstance(n, yaml.MappingNode):
                 out: dict[Any, Any] = {}
                 for key_node, value_node in n.value:
-                    key = loader.construct_object(key_node, deep=True)
+                    key = scalar(key_node, loc) if isinstance(key_node, yaml.ScalarNode) else None
                     if not isinstance(key, (str, int, float, bool)) or key is None or "\x00" in str(key):
                         raise SpecError("keys must be plain names", str(path), key_node.start_mark.line + 1,
                                         ".".join(map(str, loc)) or None)
@@ -313,7 +384,7 @@ def load_yaml_with_lines(path: Path, text: str | None = None) -> tuple[Any, dict
                 return out
             if isinstance(n, yaml.SequenceNode):
                 return [build(v, loc + (i,)) for i, v in enumerate(n.value)]
-            value = loader.construct_object(n, deep=True)
+            value = scalar(n, loc)
             if isinstance(value, str) and "\x00" in value:
                 # a "\0" escape: no path, command or name can hold one, and os calls raise on it
                 raise SpecError("a NUL character (\\0) is not allowed in a value", str(path), n.start_mark.line + 1,
@@ -327,6 +398,8 @@ def load_yaml_with_lines(path: Path, text: str | None = None) -> tuple[Any, dict
         raise SpecError(f"invalid YAML: {exc.problem or exc.context}", str(path), line) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid YAML: {exc}", str(path)) from None
+    except RecursionError:  # the YAML parser recurses into each level before build() can count it
+        raise SpecError(f"nested deeper than {MAX_YAML_DEPTH} levels", str(path)) from None
     finally:
         loader.dispose()
     return data, lines
@@ -359,13 +432,6 @@ def parse_model(model: type[BaseModel], path: Path, text: str | None = None,
 
     ``fill(data, lines)`` may rewrite the parsed data before validation (a site's placeholders).
     """
-    if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SpecError("file not found", str(path)) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"cannot read file: {exc}", str(path)) from None
     data, lines = load_yaml_with_lines(path, text)
     if not isinstance(data, dict):
         raise SpecError("the file must be a YAML mapping", str(path), 1)

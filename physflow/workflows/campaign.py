@@ -108,8 +108,8 @@ class Campaign:
 
     # -- tasks: proposed -> submitted -> finished | failed -------------------------------------
     def new_task(self, params: dict[str, float], source: str, hypothesis: str | None) -> TaskRecord:
-        task = TaskRecord(id=f"t{len(self.tasks):04d}", params=params, hypothesis=hypothesis, source=source,
-                          created=time.time())
+        task = TaskRecord(id=self.store.next_task_id(self.tasks), params=params, hypothesis=hypothesis,
+                          source=source, created=time.time())
         self.tasks[task.id] = task
         self.queue.append(task)
         if hypothesis:
@@ -384,6 +384,10 @@ class Campaign:
                                     else "rounds done" if self.rounds >= self.spec.budget.max_rounds
                                     else "nothing left to do")
             state = "cancelled" if self.cancel_requested else "finished"
+            failed = [t for t in self.tasks.values() if t.status == "failed"]
+            if state == "finished" and failed and not any(t.status == "finished" for t in self.tasks.values()):
+                last = (failed[-1].error or "")[:200]
+                state, self.stop_reason = "failed", f"every simulation failed ({len(failed)}): {last}"
         except PhysflowError:
             self.stop_reason = self.stop_reason or "error"
             raise

@@ -3,17 +3,21 @@
 The journal is the truth; campaign.h5 is a view of it. Every task the journal calls finished or
 failed must have its group in campaign.h5, whole (attributes, params, metrics, the arrays the
 journal lists), with the same status and numbers; campaign.h5 holds nothing the journal does not.
-A repair rewrites what disagrees from the journal (arrays parsed again from the task folders),
-moves a torn journal line or an unreadable file aside, and then checks again: what still
-disagrees is reported as unrepaired.
+
+A repair never deletes, and it trusts the journal only as far as the journal accounts for the run.
+It always adds what the journal proves is missing (a group never written, arrays parsed again
+from the task folders) and moves a torn last journal line or an unreadable file aside. It rewrites
+a group that disagrees only when the journal is whole — no damaged line, and no result or task
+folder it does not know of; otherwise the journal has lost events and a disagreeing group may
+hold what it lost, so it is left as it is. Before it changes campaign.h5 it copies the file to
+``campaign.h5.before-repair-<time>``. Then it checks again: what still disagrees is reported.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
@@ -33,6 +37,8 @@ class Problem:
 
     what: str
     task: str | None = None
+    #: Evidence that the journal lost events (then no group is rewritten from it).
+    lost: bool = False
 
 
 @dataclass
@@ -45,8 +51,8 @@ class FsckReport:
         return not self.problems
 
     def as_json(self) -> dict[str, Any]:
-        return {"clean": self.clean, "problems": [asdict(p) for p in self.problems],
-                "repaired": [asdict(p) for p in self.repaired]}
+        return {"clean": self.clean, "problems": [{"what": p.what, "task": p.task} for p in self.problems],
+                "repaired": [{"what": p.what, "task": p.task} for p in self.repaired]}
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -84,14 +90,11 @@ def check(store: RunStore) -> list[Problem]:
     torn = torn_journal_tail(store.journal_path)
     if torn:
         problems.append(Problem(f"{JOURNAL}: last line torn by a crash ({torn} bytes, ignored by readers)"))
-    lines = store.journal_path.read_bytes().split(b"\n")[:-1] if store.journal_path.exists() else []
-    for number, line in enumerate(lines, 1):
-        try:
-            json.loads(line)
-        except ValueError:
-            problems.append(Problem(f"{JOURNAL}: line {number} is not JSON; readers ignore every event after it"))
-            break
-    done = {t.id: t for t in store.state().tasks.values() if t.status in ("finished", "failed")}
+    state = store.state()
+    problems += [Problem(f"{d}; readers skip it, and the event it held is lost", lost=True) for d in state.damage]
+    problems += [Problem("task folder of a task the journal never proposed (the journal lost its events)", tid,
+                         lost=True) for tid in store.unknown_task_folders(state)]
+    done = {t.id: t for t in state.tasks.values() if t.status in ("finished", "failed")}
     if not store.h5_path.exists():
         if done:
             problems.append(Problem(f"campaign.h5 is missing ({len(done)} done tasks in the journal)"))
@@ -105,25 +108,30 @@ def check(store: RunStore) -> list[Problem]:
                 elif (why := _group_problem(groups[tid], task)) is not None:
                     problems.append(Problem(why, tid))
             for tid in sorted(set(groups) - set(done)):
-                problems.append(Problem("group in campaign.h5 for a task the journal has not finished", tid))
+                problems.append(Problem("group in campaign.h5 for a task the journal has not finished", tid,
+                                        lost=True))
     except (OSError, KeyError) as exc:
         problems.append(Problem(f"campaign.h5 is unreadable ({type(exc).__name__}: {str(exc)[:120]})"))
     return problems
 
 
 def repair(store: RunStore, problems: list[Problem], arrays_of: ArraysOf) -> None:
-    """Mend what ``check`` found, from the journal (the caller holds the run's lock)."""
+    """Mend what ``check`` found, from the journal, as far as the journal proves it (see the module
+    docstring); the caller holds the run's lock."""
     if any(p.what.startswith(f"{JOURNAL}: last line torn") for p in problems):
         heal_journal(store.journal_path)
     if any(p.what.startswith("campaign.h5 is unreadable") for p in problems):
         store.set_aside_hdf5()
     done = {t.id: t for t in store.state().tasks.values() if t.status in ("finished", "failed")}
-    if not store.h5_path.exists():  # missing or set aside: rebuilt whole
-        rewrite = list(done.values())
-    else:
-        rewrite = [done[p.task] for p in problems if p.task in done]
-    strays = [p.task for p in problems if p.task and p.task not in done]
-    store.rewrite_hdf5(rewrite, arrays_of, remove=strays)
+    if not store.h5_path.exists():  # missing or set aside (kept): rebuilt from the journal
+        store.rewrite_hdf5(list(done.values()), arrays_of)
+        return
+    whole = not any(p.lost for p in problems)
+    stored = store.stored_task_ids() or set()
+    rewrite = [done[p.task] for p in problems if p.task in done and (whole or p.task not in stored)]
+    if rewrite:
+        store.back_up_hdf5("before-repair")
+        store.rewrite_hdf5(rewrite, arrays_of)
 
 
 def fsck(store: RunStore, mend: bool = False, arrays_of: Callable[[], ArraysOf] | None = None) -> FsckReport:

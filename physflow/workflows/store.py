@@ -18,7 +18,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,8 @@ LOCK = "orchestrator.lock"
 #: The spec that ran (defaults filled, paths absolute), and where it came from and ran (JSON).
 WORKFLOW = "workflow.yaml"
 RUN_INFO = "run.json"
+
+
 @dataclass
 class CampaignState:
     """Everything a journal says: rebuilt by ``replay`` for readers and for resume."""
@@ -61,6 +63,8 @@ class CampaignState:
     round_unanswered: bool = False
     #: How many times each task was submitted (resume resubmits an in-flight task once only).
     submits: dict[str, int] = field(default_factory=dict)
+    #: Lines of the journal that are not events (skipped): the journal lost what they held.
+    damage: list[Damage] = field(default_factory=list)
 
 
 def _json_default(value: Any) -> Any:
@@ -115,21 +119,81 @@ def heal_journal(path: Path) -> int:
     return torn
 
 
-def read_journal(path: Path) -> list[dict[str, Any]]:
-    """All complete events; a torn last line (crash mid-write) is dropped."""
-    events = []
+@dataclass(frozen=True)
+class Damage:
+    """A line of the journal that is not an event (1-based line number, and why): skipped by every
+    reader, never taken for the end of the journal."""
+
+    line: int
+    why: str
+
+    def __str__(self) -> str:
+        return f"{JOURNAL}: line {self.line} is {self.why}"
+
+
+#: What replay reads of each kind of event: key -> type. An event without one of them (or with a
+#: value of another type) is damage, not an event.
+EVENT_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "campaign_ended": {"state": str},
+    "hypothesis": {"id": str, "statement": str},
+    "verdict": {"id": str, "verdict": str},
+    "round": {"round": int},
+    "tokens": {"agent": str, "tokens": int},
+    "proposed": {"task": str, "params": dict},
+    **{kind: {"task": str} for kind in ("submitted", "finished", "failed", "cancelled", "requeued")},
+}
+
+
+def _not_an_event(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(the event, "") for a line that is one, else (None, why not)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.endswith("\n"):
-                    break
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    break
+        event = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except RecursionError:
+        return None, "JSON nested too deeply"
+    except ValueError as exc:  # also an integer past Python's digit limit
+        return None, f"not JSON ({str(exc).split(':')[0]})"
+    if not isinstance(event, dict):
+        return None, f"a JSON {type(event).__name__}, not an event object"
+    kind = event.get("event")
+    if not isinstance(kind, str):
+        return None, "an object without an event kind"
+    for key, kinds in EVENT_KEYS.get(kind, {}).items():
+        value = event.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            return None, f"a {kind} event without a valid {key}"
+    return event, ""
+
+
+def scan_journal(path: Path) -> tuple[list[dict[str, Any]], list[Damage]]:
+    """Every event of the journal, and every line that is not one.
+
+    A line that is not an event (garbage, binary, a JSON list, an event missing what replay
+    needs) is reported with its number and skipped: the events after it still count. A torn last
+    line (no newline: a crash mid-write) is not damage; it is left out and ``heal_journal`` moves it
+    aside.
+    """
+    try:
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RunDirError(f"{path.parent}: not a physflow run directory (no {JOURNAL})") from None
-    return events
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read the journal: {exc.strerror or exc}") from None
+    events: list[dict[str, Any]] = []
+    damage: list[Damage] = []
+    for number, raw in enumerate(data.split(b"\n")[:-1], 1):  # the last piece: empty or torn
+        event, why = _not_an_event(raw)
+        if event is None:
+            damage.append(Damage(number, why))
+        else:
+            events.append(event)
+    return events, damage
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """All complete events (see ``scan_journal``; damaged lines are skipped)."""
+    return scan_journal(path)[0]
 
 
 def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
@@ -327,7 +391,10 @@ class RunStore:
         return self.run_dir / "tasks" / task_id
 
     def state(self) -> CampaignState:
-        return replay(read_journal(self.journal_path))
+        events, damage = scan_journal(self.journal_path)
+        state = replay(events)
+        state.damage = damage
+        return state
 
     def is_live(self) -> bool:
         """True while an orchestrator holds this run's lock."""
@@ -341,6 +408,38 @@ class RunStore:
                 return True
             fcntl.flock(fh, fcntl.LOCK_UN)
         return False
+
+    def next_task_id(self, tasks: Mapping[str, Any]) -> str:
+        """The next task's id (t0000, t0001, ...): past every id the campaign has and every folder
+        under tasks/, so a folder is never reused for new parameters, not even one whose task the
+        journal lost."""
+        n = len(tasks)
+        while (tid := f"t{n:04d}") in tasks or self.task_dir(tid).exists():
+            n += 1
+        return tid
+
+    def unknown_task_folders(self, state: CampaignState) -> list[str]:
+        """Folders under tasks/ of tasks the journal never proposed, sorted."""
+        folders = self.run_dir / "tasks"
+        if not folders.is_dir():
+            return []
+        return sorted({p.name for p in folders.iterdir() if p.is_dir()} - set(state.tasks))
+
+    def unaccounted(self, state: CampaignState) -> list[str]:
+        """What this run directory holds that its journal does not account for — evidence that the
+        journal lost events it had (damaged lines, results in campaign.h5 of tasks it has not
+        finished, task folders of tasks it never proposed). Empty for a sound run."""
+        why = [f"{d}; the event it held is lost" for d in state.damage]
+        done = {t.id for t in state.tasks.values() if t.status in ("finished", "failed")}
+        extra = sorted((self.stored_task_ids() or set()) - done)
+        if extra:
+            why.append(f"campaign.h5 holds results of {len(extra)} task(s) the journal has not finished "
+                       f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''})")
+        unknown = self.unknown_task_folders(state)
+        if unknown:
+            why.append(f"tasks/ holds {len(unknown)} folder(s) of task(s) the journal never proposed "
+                       f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''})")
+        return why
 
     def stored_task_ids(self) -> set[str] | None:
         """Task groups present in campaign.h5, or None if the file is unreadable (torn by a crash)."""
@@ -372,6 +471,13 @@ class RunStore:
         tasks, remove = list(tasks), list(remove)
         if tasks or remove:
             self.write_hdf5([(t, arrays_of(t) if t.status == "finished" else {}) for t in tasks], remove)
+
+    def back_up_hdf5(self, why: str) -> Path:
+        """Copy campaign.h5 to ``campaign.h5.<why>-<time>`` before it is changed in place of what
+        it held (a repair): the copy is what it was."""
+        target = self.h5_path.with_name(f"{HDF5}.{why}-{int(time.time())}")
+        shutil.copyfile(self.h5_path, target)
+        return target
 
     def set_aside_hdf5(self) -> Path:
         """Move an unreadable campaign.h5 (torn by a crash) aside; the journal can rebuild it."""

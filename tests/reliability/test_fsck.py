@@ -48,13 +48,14 @@ def test_a_clean_run_is_clean(run: Path):
 
 
 def test_deleted_half_written_and_forged_groups_and_a_torn_journal_line_are_repaired(run: Path):
+    """The journal accounts for the whole run: what disagrees with it is rewritten from it (after a
+    backup of campaign.h5 as it was)."""
     with h5py.File(run / "campaign.h5", "a") as f:
         del f["tasks/t0003"]                              # a group that never got written
         del f["tasks/t0004/metrics"]                      # a group cut short
         f["tasks/t0005"].attrs["status"] = "failed"       # a status that disagrees
         f["tasks/t0006/metrics"].attrs["loss"] = 42.0     # numbers that disagree
         del f["tasks/t0007/profile"]                      # an array lost
-        f.create_group("tasks/t0099")                     # a task the journal never finished
     journal_before = (run / "journal.jsonl").read_bytes()
     with open(run / "journal.jsonl", "ab") as fh:
         fh.write(b'{"event": "finished", "t": 1795760000.0, "task": "t00')   # killed mid-write
@@ -67,7 +68,6 @@ def test_deleted_half_written_and_forged_groups_and_a_torn_journal_line_are_repa
     assert where["t0005"] == "status 'failed' in campaign.h5 but 'finished' in the journal"
     assert where["t0006"] == "metrics differ from the journal"
     assert where["t0007"] == "arrays missing: profile"
-    assert where["t0099"] == "group in campaign.h5 for a task the journal has not finished"
     assert any("last line torn" in p["what"] and p["task"] is None for p in found["problems"])
     text = physflow("fsck", str(run))
     assert text.returncode == 1 and "6 problem" not in text.stdout and "--repair" in text.stdout.splitlines()[-1]
@@ -78,14 +78,35 @@ def test_deleted_half_written_and_forged_groups_and_a_torn_journal_line_are_repa
     assert [p.read_bytes() for p in run.glob("journal.jsonl.torn-*")] == [b'{"event": "finished", "t": 1795760000.0, '
                                                                           b'"task": "t00']
     rows = {r["id"]: r for r in json.loads(physflow("results", str(run), "--json").stdout)}
+    [backup] = run.glob("campaign.h5.before-repair-*")
+    with h5py.File(backup, "r") as f:  # what the repair changed, as it was
+        assert "t0003" not in f["tasks"] and f["tasks/t0006/metrics"].attrs["loss"] == 42.0
     with h5py.File(run / "campaign.h5", "r") as f:
-        assert "t0099" not in f["tasks"] and len(f["tasks"]) == 12
+        assert len(f["tasks"]) == 12
         for tid in ("t0003", "t0004", "t0005", "t0006", "t0007"):
             g = f[f"tasks/{tid}"]
             x = rows[tid]["params"]["x"]
             assert g.attrs["status"] == "finished" and g["metrics"].attrs["loss"] == rows[tid]["metrics"]["loss"]
             np.testing.assert_array_equal(g["profile"][...], [x, x * x])  # parsed again from tasks/<id>/
     assert fsck(run) == (0, {"clean": True, "problems": [], "repaired": []})
+
+
+def test_a_group_the_journal_does_not_know_is_kept_and_no_group_is_rewritten(run: Path):
+    """A result the journal has not finished means the journal lost events: the group is never
+    deleted, and groups that disagree are not rewritten from a journal that forgot things (a
+    missing group is still added)."""
+    with h5py.File(run / "campaign.h5", "a") as f:
+        del f["tasks/t0003"]
+        f["tasks/t0006/metrics"].attrs["loss"] = 42.0
+        f.create_group("tasks/t0099")
+    code, fixed = fsck(run, "--repair")
+    assert code == 1 and not fixed["clean"]
+    where = {p["task"]: p["what"] for p in fixed["problems"]}
+    assert where == {"t0006": "metrics differ from the journal",
+                     "t0099": "group in campaign.h5 for a task the journal has not finished"}
+    assert [p["task"] for p in fixed["repaired"]] == ["t0003"]
+    with h5py.File(run / "campaign.h5", "r") as f:
+        assert {"t0003", "t0099"} <= set(f["tasks"]) and f["tasks/t0006/metrics"].attrs["loss"] == 42.0
 
 
 def test_a_truncated_or_missing_file_is_rebuilt_whole(run: Path):
@@ -109,6 +130,8 @@ def test_a_corrupt_line_inside_the_journal_is_reported_not_guessed_at(run: Path)
     (run / "journal.jsonl").write_text("".join(lines))
     code, found = fsck(run, "--repair")
     assert code == 1 and any("line 6 is not JSON" in p["what"] for p in found["problems"])
+    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    assert len(rows) >= 11  # the events after it still count: only the one line's event is lost
 
 
 def test_fsck_of_a_missing_run_is_one_line_exit_2(tmp_path: Path):

@@ -1,0 +1,74 @@
+"""What was silently accepted is refused in one line, or said: a value that would inject a batch
+script line, a half-written placeholder, a user's file written over, a boolean taken for a count, a
+tolerance at infinity, a NaN objective taken for a result, a campaign of failures called finished."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import physflow, results_of, submit_folder
+
+pytestmark = pytest.mark.reliability
+
+GOOD = """\
+physflow: 1
+name: accept
+goal: find x
+agents: {planner: {enabled: false}}
+simulation:
+  adapter: executable
+  command: "{python} {workflow_dir}/sim.py {x}"
+  parameters: {x: {min: 0, max: 1}}
+objective: {metric: loss}
+budget: {max_simulations: 2, max_concurrent: 2, wall_time: 5m}
+"""
+
+
+def one_line_refusal(out) -> str:
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    return out.stderr
+
+
+def test_a_newline_in_a_set_value_never_reaches_a_batch_script(tmp_path: Path):
+    (tmp_path / "wf.yaml").write_text(GOOD)
+    out = physflow("validate", str(tmp_path / "wf.yaml"), "--site", "pbs", "--set", "account=proj\n#PBS -l evil")
+    assert "newline" in one_line_refusal(out)
+
+
+def test_an_unclosed_placeholder_is_located(tmp_path: Path):
+    (tmp_path / "site.yaml").write_text("name: mine\nscheduler: pbs\naccount: ${account\npools: {cpu: {kind: htex}}\n")
+    (tmp_path / "wf.yaml").write_text(GOOD)
+    out = physflow("validate", str(tmp_path / "wf.yaml"), "--site", str(tmp_path / "site.yaml"))
+    assert f"{tmp_path / 'site.yaml'}:3: account: a ${{name}} placeholder that is not closed" in one_line_refusal(out)
+
+
+def test_init_never_writes_over_a_users_file(tmp_path: Path):
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "sim.py").write_text("my own simulation\n")
+    out = physflow("init", str(tmp_path / "study"), "--adapter", "executable")
+    assert "sim.py already exists" in one_line_refusal(out)
+    assert (tmp_path / "study" / "sim.py").read_text() == "my own simulation\n"
+    assert not (tmp_path / "study" / "workflow.yaml").exists()
+
+
+@pytest.mark.parametrize(("old", "new", "says"), [
+    ("max_simulations: 2", "max_simulations: true", "budget.max_simulations: Input should be a valid integer"),
+    ("objective: {metric: loss}", "objective: {metric: loss, tolerance: .inf}", "objective.tolerance: the tolerance"),
+])
+def test_a_value_of_the_wrong_kind_is_refused(tmp_path: Path, old: str, new: str, says: str):
+    (tmp_path / "wf.yaml").write_text(GOOD.replace(old, new))
+    assert says in one_line_refusal(physflow("validate", str(tmp_path / "wf.yaml")))
+
+
+def test_a_non_finite_objective_is_a_failed_simulation_and_all_failed_is_a_failed_campaign(tmp_path: Path):
+    sim = ("import json, sys\nx = float(sys.argv[1])\n"
+           "open('result.json', 'w').write('{\"loss\": NaN}' if x < 0.5 else '{\"loss\": 1e400}')\n")
+    run, proc = submit_folder(tmp_path, {"wf.yaml": GOOD, "sim.py": sim})
+    assert proc.returncode == 1, proc.stderr
+    rows = results_of(run)
+    assert len(rows) == 2 and all(r["status"] == "failed" and "not a finite number" in r["error"] for r in rows)
+    status = json.loads(physflow("status", str(run), "--json").stdout)
+    assert status["state"] == "failed" and status["reason"].startswith("every simulation failed (2)")
