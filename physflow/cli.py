@@ -242,6 +242,7 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool, de
     """
     from physflow.errors import RunDirError
     from physflow.site_configs.placeholders import parse_assignments
+    from physflow.vocabulary.workflow import real_path
     from physflow.workflows.store import RunStore
     from physflow.workflows.validate import check_workflow
 
@@ -253,13 +254,13 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool, de
         if spec.approval != "auto" and not yes:
             raise RunDirError(f"{checked.workflow.path}: approval is {spec.approval!r}, but a detached campaign "
                               "has no terminal to ask; pass --yes to approve every batch")
-        run_dir = (run_dir or _default_run_dir(spec.name)).resolve()
+        run_dir = real_path(run_dir or _default_run_dir(spec.name))
         options = (["--site", site] if site else []) + [f"--set={a}" for a in assignments] + ["--yes"]
         submit_detached(workflow, run_dir, options)
         click.echo(str(run_dir))
         return
     approver = _approver(spec, yes, checked.workflow.path)
-    run_dir = (run_dir or _default_run_dir(spec.name)).resolve()
+    run_dir = real_path(run_dir or _default_run_dir(spec.name))
     try:
         store = RunStore.create(run_dir)
     except FileExistsError:
@@ -577,7 +578,7 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
     from pydantic import ValidationError
 
     from physflow.agents.ask import answer_question
-    from physflow.vocabulary.workflow import LLMSpec
+    from physflow.vocabulary.workflow import LLMSpec, real_path
     from physflow.workflows.launcher import question_client, question_model
 
     settings = {"provider": provider, "base_url": base_url, "api_key_env": api_key_env,
@@ -588,11 +589,14 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
         llm = LLMSpec(**settings)
     except ValidationError as exc:
         raise SpecError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
-    run_dir = (run_dir or _default_run_dir("ask")).resolve()
+    run_dir = real_path(run_dir or _default_run_dir("ask"))
     if run_dir.exists():
         raise RunDirError(f"{run_dir} already exists")
     client = question_client(llm)  # every client but the embedded one, before anything is written
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise RunDirError(f"{run_dir}: cannot create the run directory: {exc.strerror or exc}") from None
     click.echo(f"physflow {__version__}: {len(catalog.tables)} table(s) in {len(catalog.files)} file(s); "
                f"model {llm.provider}:{llm.model}", err=True)
     with question_model(llm, run_dir, client, _say) as client:

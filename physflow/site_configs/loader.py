@@ -5,6 +5,7 @@ resolved site back out (``physflow sites show``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,14 @@ import yaml
 from physflow.errors import SiteError, SpecError
 from physflow.site_configs.placeholders import placeholder_filler
 from physflow.site_configs.site import SiteSpec
-from physflow.vocabulary.workflow import load_yaml_with_lines, parse_model, path_kind, user_path
+from physflow.vocabulary.workflow import (
+    load_yaml_with_lines,
+    parse_model,
+    path_kind,
+    read_input_file,
+    real_path,
+    user_path,
+)
 
 
 def builtin_sites() -> dict[str, Path]:
@@ -33,7 +41,12 @@ def site_path(name_or_path: str, relative_to: Path | None = None) -> Path:
     if not p.is_absolute() and relative_to is not None:
         p = relative_to / p
     if p.suffix in (".yaml", ".yml") and path_kind(p) == "file":
-        return p.resolve()
+        return real_path(p)
+    if p.suffix in (".yaml", ".yml") and os.path.lexists(p):  # there, but a loop, a FIFO, a device
+        try:
+            read_input_file(p)
+        except SpecError as exc:
+            raise SiteError(exc.message, exc.file) from None
     raise SiteError(f"unknown site {name_or_path!r} (built-in: {', '.join(sorted(sites))}; or a path to a site YAML)")
 
 

@@ -254,7 +254,7 @@ class LoadedWorkflow(BaseModel):
     def resolve(self, relative: str) -> Path:
         """A path named in the YAML, relative to the YAML's folder."""
         p = user_path(relative)
-        return p if p.is_absolute() else (self.directory / p).resolve()
+        return p if p.is_absolute() else real_path(self.directory / p)
 
     def resolved(self) -> dict[str, Any]:
         """The spec as plain data, with defaults filled and the file paths it names made absolute
@@ -287,6 +287,13 @@ def user_path(text: str) -> Path:
     not exist and gets the usual located error.
     """
     return Path(os.path.expanduser(text))
+
+
+def real_path(path: str | Path) -> Path:
+    """``path`` made absolute with its links followed as far as they lead. ``Path.resolve`` raises
+    RuntimeError on a symlink loop; this stops at the loop and leaves it to the open that follows,
+    which says "Too many levels of symbolic links" in the usual one-line error."""
+    return Path(os.path.realpath(path))
 
 
 def path_kind(path: Path) -> Literal["file", "folder"] | None:
@@ -446,7 +453,7 @@ def parse_model(model: type[BaseModel], path: Path, text: str | None = None,
 def load_workflow(path: str | Path, source: Path | None = None) -> LoadedWorkflow:
     """Parse and type-check a workflow YAML (no cross-checks against adapters or sites);
     ``source``: the file it stands for (see ``LoadedWorkflow.source``)."""
-    path = user_path(str(path)).resolve()
+    path = real_path(user_path(str(path)))
     spec, lines = parse_model(WorkflowSpec, path)
     return LoadedWorkflow(spec=spec, path=path, lines=lines, source=source)
 

@@ -323,9 +323,15 @@ class RunStore:
 
     @classmethod
     def create(cls, run_dir: Path) -> RunStore:
+        """A new run directory (FileExistsError if there is one: the caller says resume)."""
         check_shell_safe(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=False)
-        (run_dir / "tasks").mkdir()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            (run_dir / "tasks").mkdir()
+        except FileExistsError:
+            raise
+        except OSError as exc:  # under /proc, a read-only or full filesystem, a file in the way
+            raise RunDirError(f"{run_dir}: cannot create the run directory: {exc.strerror or exc}") from None
         return cls(run_dir)
 
     def open_for_writing(self) -> None:

@@ -19,7 +19,7 @@ from physflow.sim_adapters import get_adapter
 from physflow.sim_adapters.base import Adapter
 from physflow.site_configs.loader import builtin_sites, load_site
 from physflow.site_configs.site import SiteSpec, check_gpus, check_mpi_request
-from physflow.vocabulary.workflow import LoadedWorkflow, load_workflow, path_kind, user_path
+from physflow.vocabulary.workflow import LoadedWorkflow, load_workflow, path_kind, real_path, user_path
 from physflow.workflows.store import RunStore
 
 
@@ -34,7 +34,7 @@ def with_site(workflow: LoadedWorkflow, site: str) -> LoadedWorkflow:
     """``workflow`` run on ``site`` instead of its own ``site:`` (a built-in name, or a site YAML
     path relative to the current folder, recorded absolute)."""
     own = site not in builtin_sites() and site.endswith((".yaml", ".yml"))
-    spec = workflow.spec.model_copy(update={"site": str(user_path(site).resolve()) if own else site})
+    spec = workflow.spec.model_copy(update={"site": str(real_path(user_path(site))) if own else site})
     return workflow.model_copy(update={"spec": spec})
 
 

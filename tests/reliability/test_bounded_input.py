@@ -22,8 +22,8 @@ name: bounded
 goal: find x
 agents: {planner: {enabled: false}}
 simulation:
-  adapter: python
-  function: m.f
+  adapter: executable
+  command: "{python} sim.py {x}"
   parameters: {x: {min: 0, max: 1}}
 objective: {metric: y}
 """

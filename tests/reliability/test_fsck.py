@@ -70,7 +70,7 @@ def test_deleted_half_written_and_forged_groups_and_a_torn_journal_line_are_repa
     assert where["t0007"] == "arrays missing: profile"
     assert any("last line torn" in p["what"] and p["task"] is None for p in found["problems"])
     text = physflow("fsck", str(run))
-    assert text.returncode == 1 and "6 problem" not in text.stdout and "--repair" in text.stdout.splitlines()[-1]
+    assert text.returncode == 1 and "6 problem(s)" in text.stdout and "--repair" in text.stdout.splitlines()[-1]
 
     code, fixed = fsck(run, "--repair")
     assert code == 0 and fixed["clean"] and len(fixed["repaired"]) == len(found["problems"])

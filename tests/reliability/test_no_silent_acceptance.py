@@ -72,3 +72,19 @@ def test_a_non_finite_objective_is_a_failed_simulation_and_all_failed_is_a_faile
     assert len(rows) == 2 and all(r["status"] == "failed" and "not a finite number" in r["error"] for r in rows)
     status = json.loads(physflow("status", str(run), "--json").stdout)
     assert status["state"] == "failed" and status["reason"].startswith("every simulation failed (2)")
+
+
+@pytest.mark.parametrize("command", [["submit", "{wf}", "--yes", "--run-dir", "/proc/physflow-nope/run"],
+                                     ["init", "/proc/physflow-nope/study"]])
+def test_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path, command: list[str]):
+    (tmp_path / "wf.yaml").write_text(GOOD)
+    out = physflow(*[c.format(wf=tmp_path / "wf.yaml") for c in command])
+    assert "/proc/physflow-nope" in one_line_refusal(out)
+
+
+def test_a_symlink_loop_as_run_dir_is_one_line(tmp_path: Path):
+    (tmp_path / "wf.yaml").write_text(GOOD)
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    out = physflow("submit", str(tmp_path / "wf.yaml"), "--yes", "--run-dir", str(tmp_path / "a" / "run"))
+    one_line_refusal(out)
