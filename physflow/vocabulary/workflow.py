@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from physflow.errors import SpecError
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
+#: The embedded model when a workflow names none (serving.embedded lists them all).
+EMBEDDED_MODEL = "qwen2.5-coder-1.5b-instruct"
 #: The agents' roles, the keys of ``agents:``; ``physflow.agents.team.ROLES`` says what each does.
 AgentRole = Literal["planner", "domain_expert", "coder", "critic"]
 AGENT_ROLES: tuple[AgentRole, ...] = get_args(AgentRole)

@@ -35,7 +35,7 @@ def test_shipped_example_validates():
 def test_good_workflow_fills_defaults(heat_workflow):
     checked = check_workflow(heat_workflow(GOOD))
     spec = checked.workflow.spec
-    assert spec.llm.model == "smollm2-135m-instruct"
+    assert spec.llm.model == "qwen2.5-coder-1.5b-instruct"  # the embedded default
     assert spec.budget.wall_time == 600.0
     assert spec.budget.backfill == "optimizer"
     assert spec.approval == "auto"
