@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,8 @@ def fake_parts(root: Path, blobs: list[bytes], prefix: str) -> tuple[str, ...]:
 def model(tmp_path: Path, monkeypatch) -> EmbeddedModel:
     blobs = [b"GGUF" + bytes(range(256)) * 40, b"\x01" * 5000, b"tail of the model"]
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    parts = fake_parts(tmp_path / "site", blobs, "physflow_test_part")
+    # a fresh module name per test: an imported part module stays in sys.modules
+    parts = fake_parts(tmp_path / "site", blobs, f"physflow_test_{uuid.uuid4().hex[:8]}_part")
     joined = b"".join(blobs)
     m = EmbeddedModel(name="test-model", title="a test model", filename="test.gguf", parts=parts,
                       size=len(joined), sha256=hashlib.sha256(joined).hexdigest())

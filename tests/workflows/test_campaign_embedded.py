@@ -38,6 +38,27 @@ def test_embedded_model_campaign_end_to_end(tmp_path):
         urllib.request.urlopen(url + "/models", timeout=5)
 
 
+@pytest.mark.slow
+def test_the_default_embedded_model_runs_a_campaign(tmp_path):
+    """A workflow that names no model gets Qwen2.5-Coder-1.5B, served from its joined parts: the
+    planner's proposals, checked against the bounds, are what runs (no backfill)."""
+    shutil.copytree(EXAMPLES / "data", tmp_path / "data")
+    text = (EXAMPLES / "heat2d.yaml").read_text().replace("  model: smollm2-135m-instruct\n", "")
+    text = text.replace("max_simulations: 24", "max_simulations: 4").replace("max_rounds: 6", "max_rounds: 2")
+    text = text.replace("backfill: optimizer", "backfill: none")
+    text += "agents: {domain_expert: {enabled: false}, critic: {enabled: false}, coder: {enabled: false}}\n"
+    (tmp_path / "wf.yaml").write_text(text)
+    run = tmp_path / "run"
+    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    assert "model embedded:qwen2.5-coder-1.5b-instruct" in proc.stderr
+    transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
+    assert any(t["agent"] == "planner" and t.get("completion_tokens", 0) > 0 for t in transcript)
+    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    assert rows and all(r["source"] in ("planner", "optimizer") for r in rows), rows
+    assert any(r["status"] == "finished" for r in rows)
+
+
 def _tool_calls(transcript: list[dict]) -> set[str]:
     """Names of the tools the agents really called (requests, and physflow running the coder's code)."""
     names = set()
