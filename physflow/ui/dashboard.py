@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from physflow.ui.snapshot import journal_version, snapshot
-from physflow.workflows.report import draw_figures, model_turns, run_spec
+from physflow.workflows.report import draw_figures, model_turns
 from physflow.workflows.store import RunStore
 
 PAGE = """<!DOCTYPE html>
@@ -94,8 +94,9 @@ class FigureCache:
         """Figure name -> PNG path, current as of journal ``version`` (its size in bytes)."""
         with self._lock:
             if version != self._version:
-                state = RunStore(self.run_dir).state()
-                self._figures = draw_figures(self.run_dir, state, run_spec(self.run_dir), model_turns(self.run_dir))
+                store = RunStore(self.run_dir)
+                self._figures = draw_figures(self.run_dir, store.state(), store.resolved_spec(),
+                                             model_turns(self.run_dir))
                 self._version = version
             return dict(self._figures)
 

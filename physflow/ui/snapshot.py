@@ -9,7 +9,7 @@ from typing import Any
 
 from physflow.vocabulary.ranking import finite_or_none
 from physflow.vocabulary.records import TASK_STATES, status_counts
-from physflow.workflows.report import busy_fraction, ranked_tasks, run_spec, true_parameters
+from physflow.workflows.report import busy_fraction, ranked_tasks, true_parameters
 from physflow.workflows.store import JOURNAL, CampaignState, RunStore
 
 
@@ -45,7 +45,7 @@ def snapshot(run_dir: Path, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     store = RunStore(run_dir)
     st = store.state()
-    spec = run_spec(run_dir)
+    spec = store.resolved_spec()
     objective, budget = spec["objective"], spec["budget"]
     metric, goal = objective["metric"], objective.get("goal", "minimize")
     counts = status_counts(st.tasks.values(), zeros=(s for s in TASK_STATES if s != "running"))

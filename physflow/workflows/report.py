@@ -419,17 +419,10 @@ def draw_figures(run_dir: Path, state: CampaignState, spec: dict[str, Any], turn
     return {name: path for name, path in drawn.items() if path is not None}
 
 
-def run_spec(run_dir: Path) -> dict[str, Any]:
-    """The resolved workflow a run was started with (its workflow.yaml)."""
-    import yaml
-
-    return yaml.safe_load((run_dir / "workflow.yaml").read_text())
-
-
 def write_report(run_dir: Path) -> Path:
     """Write report.md, plots/*.png and report.html; returns report.md's path."""
-    state = RunStore(run_dir).state()
-    spec = run_spec(run_dir)
+    store = RunStore(run_dir)
+    state, spec = store.state(), store.resolved_spec()
     turns = model_turns(run_dir)
     figures = draw_figures(run_dir, state, spec, turns)
     text = render(state, spec, spec["objective"]["metric"], int(spec["budget"]["max_concurrent"]), figures, turns)

@@ -28,13 +28,13 @@ import h5py
 import numpy as np
 import yaml
 
-from physflow.errors import RunDirError
+from physflow.errors import RunDirError, SpecError
 from physflow.site_configs.site import SiteSpec
 from physflow.vocabulary.ranking import finite_or_none
 from physflow.vocabulary.records import Hypothesis, TaskRecord
 from physflow.vocabulary.tables import Column, H5Group, Table
 from physflow.vocabulary.task import Array
-from physflow.vocabulary.workflow import LoadedWorkflow, load_workflow
+from physflow.vocabulary.workflow import LoadedWorkflow, load_workflow, load_yaml_with_lines
 
 JOURNAL = "journal.jsonl"
 HDF5 = "campaign.h5"
@@ -380,7 +380,28 @@ class RunStore:
         self._write_info({**self.run_info(), "llm_base_url": base_url})
 
     def run_info(self) -> dict[str, Any]:
-        return json.loads((self.run_dir / RUN_INFO).read_text())
+        """run.json as written at submit; a missing or damaged one is a RunDirError naming it."""
+        path = self.run_dir / RUN_INFO
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise RunDirError(f"{path}: missing or damaged ({why}); physflow wrote it at submit and needs it "
+                              "to resume") from None
+        if not isinstance(info, dict) or not isinstance(info.get("source"), str):
+            raise RunDirError(f"{path}: damaged (not the object physflow wrote at submit)")
+        return info
+
+    def resolved_spec(self) -> dict[str, Any]:
+        """The resolved workflow the run was started with (workflow.yaml) as plain data, read with
+        the same bounds as any YAML; a missing or damaged file is a RunDirError naming it."""
+        try:
+            data, _ = load_yaml_with_lines(self.run_dir / WORKFLOW)
+        except SpecError as exc:
+            raise RunDirError(f"{self.run_dir}: its {WORKFLOW} cannot be read ({exc.one_line()})") from None
+        if not isinstance(data, dict):
+            raise RunDirError(f"{self.run_dir / WORKFLOW}: damaged (not the mapping physflow wrote)")
+        return data
 
     def _write_info(self, info: dict[str, Any]) -> None:
         (self.run_dir / RUN_INFO).write_text(json.dumps(info, indent=1))

@@ -88,3 +88,19 @@ def test_a_symlink_loop_as_run_dir_is_one_line(tmp_path: Path):
     (tmp_path / "b").symlink_to(tmp_path / "a")
     out = physflow("submit", str(tmp_path / "wf.yaml"), "--yes", "--run-dir", str(tmp_path / "a" / "run"))
     one_line_refusal(out)
+
+
+SIM = "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n"
+
+
+def test_a_run_without_its_workflow_or_with_a_broken_run_json_is_one_line(tmp_path: Path):
+    run, proc = submit_folder(tmp_path, {"wf.yaml": GOOD, "sim.py": SIM})
+    assert proc.returncode == 0, proc.stderr
+    (run / "workflow.yaml").rename(run / "workflow.yaml.away")
+    for args in (["report"], ["watch", "--once"]):
+        assert "workflow.yaml" in one_line_refusal(physflow(args[0], str(run), *args[1:]))
+    (run / "workflow.yaml.away").rename(run / "workflow.yaml")
+    lines = (run / "journal.jsonl").read_text().splitlines(keepends=True)
+    (run / "journal.jsonl").write_text("".join(line for line in lines if '"campaign_ended"' not in line))
+    (run / "run.json").write_text('{"workflow_dir": ')
+    assert "run.json: missing or damaged" in one_line_refusal(physflow("resume", str(run)))
