@@ -9,11 +9,14 @@ are redrawn only when the journal has grown, so an idle dashboard costs nothing.
 from __future__ import annotations
 
 import json
+import math
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from physflow.errors import PhysflowError
 from physflow.ui.snapshot import journal_version, snapshot
 from physflow.workflows.report import draw_figures, model_turns
 from physflow.workflows.store import RunStore
@@ -101,9 +104,48 @@ class FigureCache:
             return dict(self._figures)
 
 
+class StateCache:
+    """``/api/state`` as served: the snapshot (with its figure names) made again only when the
+    journal has grown or the last one is ``max_age`` seconds old (its elapsed time and ETA), so any
+    number of pages polling at once costs one snapshot."""
+
+    def __init__(self, run_dir: Path, figures: FigureCache, max_age: float = 1.0) -> None:
+        self.run_dir, self.figures, self.max_age = run_dir, figures, max_age
+        self._lock = threading.Lock()
+        self._made = (-1, -math.inf)  # (journal version, monotonic time)
+        self._body = b""
+
+    def body(self) -> bytes:
+        with self._lock:
+            version = journal_version(self.run_dir)
+            if version != self._made[0] or time.monotonic() - self._made[1] > self.max_age:
+                snap = snapshot(self.run_dir)
+                snap["figures"] = sorted(self.figures.figures(snap["version"]))
+                self._body, self._made = json.dumps(snap).encode(), (version, time.monotonic())
+            return self._body
+
+
+#: Names a browser on this machine sends in ``Host:``; any other is refused, so that a web page
+#: elsewhere cannot point its own host name at 127.0.0.1 (DNS rebinding) and read the run.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def loopback_host(header: str | None) -> bool:
+    """Whether a ``Host:`` header names this machine's loopback (with or without a port)."""
+    if not header:
+        return False
+    host = header.strip().lower()
+    if host.startswith("["):  # an IPv6 literal: [::1] or [::1]:8765
+        host = host[: host.find("]") + 1]
+    else:
+        host = host.split(":", 1)[0]
+    return host in LOOPBACK_HOSTS
+
+
 def make_server(run_dir: Path, port: int = 0, poll_ms: int = 1000) -> ThreadingHTTPServer:
     """An HTTP server for ``run_dir`` on 127.0.0.1:``port`` (0: any free port); not yet serving."""
     cache = FigureCache(run_dir)
+    state = StateCache(run_dir, cache)
     page = PAGE.replace("__POLL_MS__", str(int(poll_ms))).encode()
 
     class Handler(BaseHTTPRequestHandler):
@@ -116,13 +158,17 @@ def make_server(run_dir: Path, port: int = 0, poll_ms: int = 1000) -> ThreadingH
             self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            if not loopback_host(self.headers.get("Host")):
+                self._send(b"this dashboard answers only for 127.0.0.1 and localhost", "text/plain", 403)
+                return
             path = self.path.split("?", 1)[0]
             if path in ("/", "/index.html"):
                 self._send(page, "text/html; charset=utf-8")
             elif path == "/api/state":
-                snap = snapshot(run_dir)
-                snap["figures"] = sorted(cache.figures(snap["version"]))
-                self._send(json.dumps(snap).encode(), "application/json")
+                try:
+                    self._send(state.body(), "application/json")
+                except PhysflowError as exc:  # the run's files went missing or damaged meanwhile
+                    self._send(str(exc).encode(), "text/plain; charset=utf-8", 500)
             elif path.startswith("/plots/") and path.endswith(".png"):
                 name = path[len("/plots/"):-len(".png")]
                 figure = cache.figures(journal_version(run_dir)).get(name)
