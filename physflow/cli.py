@@ -34,7 +34,9 @@ class PhysflowGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PhysflowError as exc:
-            click.echo(f"error: {_one_line(str(exc))}", err=True)
+            from physflow.secrets import redact
+
+            click.echo(f"error: {_one_line(redact(str(exc)))}", err=True)
             sys.exit(exc.exit_code)
         except click.UsageError as exc:  # a subcommand's flags: click would print usage, a hint and the error
             command = f"physflow {exc.ctx.info_name}: " if exc.ctx is not None and exc.ctx is not ctx else ""

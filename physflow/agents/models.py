@@ -42,6 +42,7 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 from pydantic import BaseModel
 
 from physflow.errors import SpecError
+from physflow.secrets import remember
 from physflow.vocabulary.workflow import LLMSpec
 
 LOCAL_MODEL_INFO = ModelInfo(vision=False, function_calling=True, json_output=True, family=ModelFamily.UNKNOWN,
@@ -255,12 +256,14 @@ def make_client(llm: LLMSpec, *, base_url: str | None = None, script_dir: Path |
     if llm.provider == "embedded":
         return LlamaCppBridgeClient(model=name, base_url=base_url, api_key=api_key or "physflow-local",
                                     model_info=LOCAL_MODEL_INFO, **common)
+    remember(api_key)  # the per-campaign key of a server physflow started
     if llm.provider == "vllm" and api_key:
         return OpenAICompatibleClient(model=name, base_url=base_url, api_key=api_key,
                                       model_info=LOCAL_MODEL_INFO, **common)
     key = os.environ.get(llm.api_key_env, "") if llm.api_key_env else "physflow-none"
     if llm.api_key_env and not key:
         raise SpecError(f"environment variable {llm.api_key_env} (llm.api_key_env) is not set")
+    remember(key if llm.api_key_env else None)
     return OpenAICompatibleClient(model=name, base_url=base_url or llm.base_url, api_key=key,
                                   model_info=LOCAL_MODEL_INFO, **common)
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from physflow.agents.models import FirstToolClient
 from physflow.agents.tools import Toolbox
 from physflow.errors import ProposalError
+from physflow.secrets import redact
 from physflow.vocabulary.workflow import AgentRole, ParameterSpec, ToolName, WorkflowSpec
 
 
@@ -162,7 +163,7 @@ class Transcript:
                 self.on_tokens(agent, tokens)
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, default=str) + "\n")
+        self._fh.write(redact(json.dumps(record, default=str)) + "\n")  # a key echoed by a server stays out
         self._fh.flush()
 
     def close(self) -> None:
@@ -210,6 +211,7 @@ async def take_turn(agent: AssistantAgent, task: str, transcript: Transcript) ->
     else:
         error = None
     if error is not None:
+        error = redact(error)  # it goes back to the model in the retry prompt
         usage = client.total_usage()
         used = max(used, usage.prompt_tokens + usage.completion_tokens
                    - usage_before.prompt_tokens - usage_before.completion_tokens)
