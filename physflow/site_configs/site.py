@@ -51,17 +51,35 @@ class PoolSpec(Strict):
     def _walltime(cls, value: str | None) -> str | None:
         return None if value is None else _check_walltime(value)
 
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _affinity(cls, value: str) -> str:
+        """What Parsl's worker pool reads (checked here: the pool would only fail on the node, in
+        its own log): a strategy, or ``list:`` and one core list per worker (``0-7,104-111``)."""
+        if not CPU_AFFINITY.fullmatch(value):
+            raise ValueError(f"cpu_affinity {value!r} is not none, block, block-reverse, alternating or "
+                             "list:CORES:CORES... (one comma-separated list of cores or ranges per worker)")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> PoolSpec:
         if self.init_blocks > self.max_blocks:
             raise ValueError(f"init_blocks ({self.init_blocks}) exceeds max_blocks ({self.max_blocks})")
         if self.accelerators and self.kind != "htex":
             raise ValueError("accelerators belong to htex pools (an MPI task binds its own GPUs)")
+        workers = self.cpu_affinity.count(":")
+        if workers and self.accelerators and workers != len(self.accelerators):
+            raise ValueError(f"cpu_affinity lists cores for {workers} workers, accelerators make "
+                             f"{len(self.accelerators)}: one core list per worker")
         return self
 
     def gpus_per_worker(self) -> int:
         """Devices one worker sees (0 for a CPU pool): what a multi-GPU task may use."""
         return min((len(a.split(",")) for a in self.accelerators), default=0)
+
+
+#: Parsl's cpu_affinity: a strategy, or list: then per worker a comma list of cores and core ranges.
+CPU_AFFINITY = re.compile(r"none|block|block-reverse|alternating|list(:\d+(-\d+)?(,\d+(-\d+)?)*)+")
 
 
 def _check_walltime(value: str) -> str:

@@ -104,3 +104,11 @@ def test_a_run_without_its_workflow_or_with_a_broken_run_json_is_one_line(tmp_pa
     (run / "journal.jsonl").write_text("".join(line for line in lines if '"campaign_ended"' not in line))
     (run / "run.json").write_text('{"workflow_dir": ')
     assert "run.json: missing or damaged" in one_line_refusal(physflow("resume", str(run)))
+
+
+@pytest.mark.parametrize("affinity", ["list:;;;", "list:", "sideways", "list:0,a"])
+def test_a_cpu_affinity_parsl_cannot_read_is_located(tmp_path: Path, affinity: str):
+    (tmp_path / "site.yaml").write_text(f'name: mine\npools:\n  cpu: {{kind: htex, cpu_affinity: "{affinity}"}}\n')
+    (tmp_path / "wf.yaml").write_text(GOOD)
+    out = physflow("validate", str(tmp_path / "wf.yaml"), "--site", str(tmp_path / "site.yaml"))
+    assert "site.yaml:3: pools.cpu.cpu_affinity: cpu_affinity" in one_line_refusal(out)
