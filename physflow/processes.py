@@ -11,6 +11,8 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -82,3 +84,50 @@ def reap_leftovers(folder: Path, grace: float = 3.0) -> list[int]:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     return [p.pid for p in found]
+
+
+#: Seconds between a watchdog's looks at the process it watches.
+WATCH_EVERY_S = 0.5
+
+
+def start_watchdog(folder: Path) -> subprocess.Popen:
+    """A process of its own session that ends what runs under ``folder`` (Parsl's run directory)
+    as soon as this process is gone, however it went.
+
+    Parsl's interchange and worker pools outlive a SIGKILLed orchestrator by minutes (they wait for
+    heartbeats), holding cores or a batch job's nodes; a SIGKILL runs no cleanup, and a kill of the
+    orchestrator's process group would take a watchdog in that group with it, so it gets its own
+    session. Stop it with ``stop_watchdog`` on a clean shutdown.
+    """
+    return subprocess.Popen([sys.executable, "-m", "physflow.processes", str(os.getpid()), str(folder)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True)
+
+
+def stop_watchdog(proc: subprocess.Popen) -> None:
+    """End a watchdog whose orchestrator shuts down cleanly (nothing is left for it to end)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process took the pid: ours is gone
+        return False
+    return True
+
+
+def watch(pid: int, folder: Path) -> None:
+    """The watchdog's body: wait for ``pid`` to end, then ``reap_leftovers(folder)``."""
+    while _alive(pid) and os.getppid() == pid:  # reparented: the orchestrator is gone (or its pid reused)
+        time.sleep(WATCH_EVERY_S)
+    reap_leftovers(folder)
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), Path(sys.argv[2]))

@@ -15,6 +15,7 @@ from typing import Any
 
 from physflow.dispatch.parsl_config import bin_dir, build_parsl_config
 from physflow.dispatch.payload import execute
+from physflow.processes import start_watchdog, stop_watchdog
 from physflow.site_configs.site import SiteSpec
 from physflow.vocabulary.task import TaskSpec
 
@@ -52,6 +53,7 @@ class ParslDispatcher:
                                          pools=frozenset(started))
         bin_dir_on_path()
         self.dfk = DataFlowKernel(self.config)
+        self._watchdog = start_watchdog(parsl_dir)  # the pools end with this process, even a SIGKILLed one
         self.service_pool = service_pool
         self._on_close: list[Callable[[], None]] = []
         self._mpi = self._cpu = None
@@ -90,3 +92,4 @@ class ParslDispatcher:
             self._on_close.pop()()
         if not self.dfk.cleanup_called:
             self.dfk.cleanup()
+        stop_watchdog(self._watchdog)
