@@ -51,15 +51,16 @@ def end_group(proc: subprocess.Popen, grace: float) -> None:
     proc.wait()
 
 
-def reap_leftovers(folder: Path, grace: float = 3.0) -> list[int]:
+def reap_leftovers(folder: Path, grace: float = 3.0, before: float | None = None) -> list[int]:
     """End what a killed orchestrator left running under ``folder`` (its Parsl run directory).
 
     ``kill -9`` of an orchestrator leaves Parsl's interchange and worker pools running for good
     (they wait for a client that never returns), and with them any simulation still in flight.
     They are found by the paths in their command lines and open files (log files, submit
     scripts), and get SIGTERM, then SIGKILL after ``grace`` seconds; a simulation dies with its
-    worker (``die_with_parent``). This process, its ancestors and its children are never touched.
-    Returns the pids ended.
+    worker (``die_with_parent``). This process, its ancestors and its children are never touched,
+    nor (with ``before``, UNIX seconds) a process started at or after that moment: a new
+    orchestrator resuming the run. Returns the pids ended.
     """
     import psutil  # a dependency of Parsl
 
@@ -67,8 +68,8 @@ def reap_leftovers(folder: Path, grace: float = 3.0) -> list[int]:
     keep = {me.pid, *(p.pid for p in me.parents()), *(p.pid for p in me.children(recursive=True))}
     prefix = str(folder.resolve()) + os.sep
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.pid in keep:
+    for proc in psutil.process_iter(["cmdline", "create_time"]):
+        if proc.pid in keep or (before is not None and (proc.info["create_time"] or 0.0) >= before):
             continue
         try:
             paths = [*(proc.info["cmdline"] or []), *(f.path for f in proc.open_files())]
@@ -126,7 +127,7 @@ def watch(pid: int, folder: Path) -> None:
     """The watchdog's body: wait for ``pid`` to end, then ``reap_leftovers(folder)``."""
     while _alive(pid) and os.getppid() == pid:  # reparented: the orchestrator is gone (or its pid reused)
         time.sleep(WATCH_EVERY_S)
-    reap_leftovers(folder)
+    reap_leftovers(folder, before=time.time())  # not what a resume starts from now on
 
 
 if __name__ == "__main__":
