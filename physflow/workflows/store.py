@@ -10,6 +10,7 @@ the HDF5 file, and a torn last line from a crash is simply ignored.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import queue
@@ -371,9 +372,10 @@ class RunStore:
         """Record what runs: the resolved workflow, and in run.json the folder and file it came
         from (its relative paths and ``{workflow_dir}`` mean the same on resume) and the site as
         resolved now (placeholders filled at submit need not be set again)."""
-        (self.run_dir / WORKFLOW).write_text(yaml.safe_dump(workflow.resolved(), sort_keys=False))
+        text = yaml.safe_dump(workflow.resolved(), sort_keys=False)
+        (self.run_dir / WORKFLOW).write_text(text)
         self._write_info({"workflow_dir": str(workflow.directory), "source": str(workflow.source or workflow.path),
-                          "site": site.model_dump()})
+                          "site": site.model_dump(), "workflow_sha256": hashlib.sha256(text.encode()).hexdigest()})
 
     def record_model_url(self, base_url: str) -> None:
         """Add the model server's URL to run.json (the key is never written anywhere)."""
@@ -411,6 +413,16 @@ class RunStore:
         came from, so relative paths resolve as at submit) and its site as resolved then (None
         for a run that predates that record)."""
         info = self.run_info()
+        recorded = info.get("workflow_sha256")
+        if recorded is not None:  # results of two parameter spaces, budgets or metrics never mix
+            try:
+                now = hashlib.sha256((self.run_dir / WORKFLOW).read_bytes()).hexdigest()
+            except OSError as exc:
+                raise RunDirError(f"{self.run_dir / WORKFLOW}: cannot be read ({exc.strerror or exc})") from None
+            if now != recorded:
+                raise RunDirError(f"{self.run_dir / WORKFLOW} was changed after the run started; the results so far "
+                                  "belong to the workflow it recorded: put that back, or submit the changed workflow "
+                                  "as a new run")
         site = SiteSpec.model_validate(info["site"]) if "site" in info else None
         return load_workflow(self.run_dir / WORKFLOW, source=Path(info["source"])), site
 

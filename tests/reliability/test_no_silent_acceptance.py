@@ -112,3 +112,16 @@ def test_a_cpu_affinity_parsl_cannot_read_is_located(tmp_path: Path, affinity: s
     (tmp_path / "wf.yaml").write_text(GOOD)
     out = physflow("validate", str(tmp_path / "wf.yaml"), "--site", str(tmp_path / "site.yaml"))
     assert "site.yaml:3: pools.cpu.cpu_affinity: cpu_affinity" in one_line_refusal(out)
+
+
+def test_resume_refuses_a_workflow_edited_after_the_run_started(tmp_path: Path):
+    run, proc = submit_folder(tmp_path, {"wf.yaml": GOOD.replace("max_simulations: 2", "max_simulations: 4"),
+                                         "sim.py": SIM})
+    assert proc.returncode == 0, proc.stderr
+    lines = (run / "journal.jsonl").read_text().splitlines(keepends=True)
+    (run / "journal.jsonl").write_text("".join(line for line in lines if '"campaign_ended"' not in line))
+    text = (run / "workflow.yaml").read_text()
+    (run / "workflow.yaml").write_text(text.replace("max: 1.0", "max: 100.0"))  # bounds 0-1 -> 0-100
+    assert "was changed after the run started" in one_line_refusal(physflow("resume", str(run)))
+    (run / "workflow.yaml").write_text(text)
+    assert physflow("resume", str(run)).returncode == 0
