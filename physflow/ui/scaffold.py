@@ -187,7 +187,8 @@ def scaffold(folder: Path, adapter: str) -> list[Path]:
         + ([folder / "data" / "target.h5"] if adapter in ("heat2d", "nbody_pm") else [])
     taken = [str(p) for p in ours if p.exists() or p.is_symlink()]
     if taken:  # a user's own sim.py or target is never written over
-        raise PhysflowError(f"{', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; choose another folder")
+        more = f" (and {len(taken) - 1} more of the files init writes)" if len(taken) > 1 else ""
+        raise PhysflowError(f"{taken[0]} already exists{more}; choose another folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
