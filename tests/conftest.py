@@ -15,6 +15,22 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "workflows" / "examples"
 
 
+#: The smallest workflow that runs: the optimizer alone, an executable ``sim.py`` beside it that
+#: writes ``result.json`` with a ``loss``, two simulations.
+TINY_WORKFLOW = """\
+physflow: 1
+name: tiny
+goal: find x
+agents: {planner: {enabled: false}}
+simulation:
+  adapter: executable
+  command: "{python} {workflow_dir}/sim.py {x}"
+  parameters: {x: {min: 0, max: 1}}
+objective: {metric: loss}
+budget: {max_simulations: 2, max_concurrent: 2, wall_time: 5m}
+"""
+
+
 @pytest.fixture
 def heat_workflow(tmp_path: Path):
     """Write a heat2d workflow (with the shipped target) into tmp_path; returns a writer."""

@@ -14,19 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_WORKFLOW
+
 pytestmark = pytest.mark.reliability
 
-GOOD = """\
-physflow: 1
-name: bounded
-goal: find x
-agents: {planner: {enabled: false}}
-simulation:
-  adapter: executable
-  command: "{python} sim.py {x}"
-  parameters: {x: {min: 0, max: 1}}
-objective: {metric: y}
-"""
 
 
 def bomb(levels: int = 9) -> str:
@@ -52,14 +43,14 @@ def refused(path: Path, *args: str, timeout: float = 30) -> subprocess.Completed
 
 def test_a_billion_laughs_in_a_workflow_is_refused_at_once(tmp_path: Path):
     path = tmp_path / "wf.yaml"
-    path.write_text(GOOD + "x-unused:\n" + "".join("  " + line + "\n" for line in bomb().splitlines()))
+    path.write_text(TINY_WORKFLOW + "x-unused:\n" + "".join("  " + line + "\n" for line in bomb().splitlines()))
     assert "more than 100,000 values" in refused(path).stderr
 
 
 def test_a_billion_laughs_in_a_site_file_is_refused_at_once(tmp_path: Path):
     site = tmp_path / "site.yaml"
     site.write_text("name: bomb\npools: {cpu: {kind: htex}}\n" + bomb())
-    (tmp_path / "wf.yaml").write_text(GOOD)
+    (tmp_path / "wf.yaml").write_text(TINY_WORKFLOW)
     out = refused(tmp_path / "wf.yaml", "--site", str(site))
     assert str(site) in out.stderr and "more than 100,000 values" in out.stderr
 
@@ -82,13 +73,13 @@ def test_a_symlink_loop_is_one_line(tmp_path: Path):
     (tmp_path / "a.yaml").symlink_to(tmp_path / "b.yaml")
     (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
     assert "symbolic links" in refused(tmp_path / "a.yaml").stderr
-    (tmp_path / "wf.yaml").write_text(GOOD)
+    (tmp_path / "wf.yaml").write_text(TINY_WORKFLOW)
     assert "symbolic links" in refused(tmp_path / "wf.yaml", "--site", str(tmp_path / "a.yaml")).stderr
 
 
 def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path):
     path = tmp_path / "wf.yaml"
-    path.write_text(GOOD + "# " + "x" * (2 << 20) + "\n")
+    path.write_text(TINY_WORKFLOW + "# " + "x" * (2 << 20) + "\n")
     assert "larger than 1,048,576 bytes" in refused(path).stderr
 
 
@@ -99,6 +90,7 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path):
 ])
 def test_values_that_cannot_be_workflow_values(tmp_path: Path, extra: str, says: str):
     path = tmp_path / "wf.yaml"
-    path.write_text(GOOD.replace("objective: {metric: y}\n", f"objective: {{metric: y}}\nx-extra:\n  {extra}\n"))
+    path.write_text(TINY_WORKFLOW.replace("objective: {metric: loss}\n",
+                                          f"objective: {{metric: loss}}\nx-extra:\n  {extra}\n"))
     out = refused(path)
     assert says in out.stderr and str(path) in out.stderr

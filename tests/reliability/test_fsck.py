@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -15,25 +14,6 @@ from tests.conftest import physflow
 from tests.reliability.campaigns import SIM, WORKFLOW, submit
 
 pytestmark = pytest.mark.reliability
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """One real campaign (12 simulations, each with an array), shared read-only by the tests."""
-    folder = tmp_path_factory.mktemp("fsck")
-    (folder / "wf.yaml").write_text(WORKFLOW)
-    (folder / "sim.py").write_text(SIM)
-    proc = submit(folder, folder / "run", env={"SIM_SECONDS": "0.05"})
-    assert proc.wait(timeout=300) == 0
-    return folder / "run"
-
-
-@pytest.fixture
-def run(finished_run: Path, tmp_path: Path) -> Path:
-    """A copy of the finished run (tasks/ included, so repairs can parse arrays again)."""
-    copy = tmp_path / "run"
-    shutil.copytree(finished_run, copy)
-    return copy
 
 
 def fsck(run: Path, *args: str) -> tuple[int, dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import h5py
@@ -13,27 +12,8 @@ import pytest
 
 from physflow.workflows.store import RunStore
 from tests.conftest import physflow
-from tests.reliability.campaigns import SIM, WORKFLOW, submit
 
 pytestmark = pytest.mark.reliability
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """One real campaign (12 simulations), shared read-only by the tests."""
-    folder = tmp_path_factory.mktemp("journal")
-    (folder / "wf.yaml").write_text(WORKFLOW)
-    (folder / "sim.py").write_text(SIM)
-    proc = submit(folder, folder / "run", env={"SIM_SECONDS": "0.05"})
-    assert proc.wait(timeout=300) == 0
-    return folder / "run"
-
-
-@pytest.fixture
-def run(finished_run: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(finished_run, copy)
-    return copy
 
 
 def insert_line(run: Path, number: int, text: bytes) -> None:

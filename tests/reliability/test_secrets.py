@@ -68,20 +68,25 @@ class OpenAIChat(BaseHTTPRequestHandler):
         pass
 
 
+def submit_against(handler: type[BaseHTTPRequestHandler], tmp_path: Path, key: str, workflow: str):
+    """``physflow submit`` of ``workflow`` (its ``{url}`` filled) against a local server of ``handler``,
+    the key in the environment; returns (the run folder, the finished process)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "wf.yaml").write_text(workflow.format(url=f"http://127.0.0.1:{server.server_address[1]}/v1"))
+        (tmp_path / "sim.py").write_text(SIM)
+        run = tmp_path / "run"
+        return run, physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path,
+                             env={"PHYSFLOW_TEST_API_KEY": key, "SIM_SECONDS": "0.05"})
+    finally:
+        server.shutdown()
+
+
 def test_the_api_key_appears_in_no_file_of_the_run(tmp_path: Path):
     key = "sk-physflow-" + secrets.token_hex(16)
     OpenAIChat.key, OpenAIChat.seen, OpenAIChat.tools = key, [], set()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), OpenAIChat)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        (tmp_path / "wf.yaml").write_text(WORKFLOW.format(url=url))
-        (tmp_path / "sim.py").write_text(SIM)
-        run = tmp_path / "run"
-        proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path,
-                        env={"PHYSFLOW_TEST_API_KEY": key, "SIM_SECONDS": "0.05"})
-    finally:
-        server.shutdown()
+    run, proc = submit_against(OpenAIChat, tmp_path, key, WORKFLOW)
     assert proc.returncode == 0, proc.stderr
     assert OpenAIChat.seen and all(h == f"Bearer {key}" for h in OpenAIChat.seen)  # the key was used ...
     rows = json.loads(physflow("results", str(run), "--json").stdout)
@@ -96,43 +101,23 @@ def test_the_api_key_appears_in_no_file_of_the_run(tmp_path: Path):
                                "leaks": len(leaks)})
 
 
-class EchoingOpenAI(BaseHTTPRequestHandler):
+class EchoingOpenAI(OpenAIChat):
     """A server that refuses every request and quotes the key it was sent in its error body, as
     some gateways do; it records every request body (what physflow sends back to the model)."""
 
     bodies: list[bytes] = []
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server API
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        EchoingOpenAI.bodies.append(body)
-        auth = self.headers.get("Authorization", "")
-        payload = {"error": {"message": f"Incorrect API key provided: {auth.removeprefix('Bearer ')}",
-                             "type": "invalid_request_error", "code": "invalid_api_key"}}
-        data = json.dumps(payload).encode()
-        self.send_response(400)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+        EchoingOpenAI.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        self._send(400, {"error": {"message": f"Incorrect API key provided: {key}",
+                                   "type": "invalid_request_error", "code": "invalid_api_key"}})
 
 
 def test_a_key_echoed_by_the_server_reaches_no_file_and_is_not_sent_back(tmp_path: Path):
     key = "sk-physflow-" + secrets.token_hex(16)
     EchoingOpenAI.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoingOpenAI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        (tmp_path / "wf.yaml").write_text(WORKFLOW.format(url=url).replace("max_rounds: 2", "max_rounds: 1"))
-        (tmp_path / "sim.py").write_text(SIM)
-        run = tmp_path / "run"
-        proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path,
-                        env={"PHYSFLOW_TEST_API_KEY": key, "SIM_SECONDS": "0.05"})
-    finally:
-        server.shutdown()
+    run, proc = submit_against(EchoingOpenAI, tmp_path, key, WORKFLOW.replace("max_rounds: 2", "max_rounds: 1"))
     assert proc.returncode == 0, proc.stderr  # the optimizer ran the round the model could not plan
     assert len(EchoingOpenAI.bodies) >= 2  # the model was asked again after the error
     assert not any(key.encode() in body for body in EchoingOpenAI.bodies)  # the echo never went back

@@ -12,25 +12,14 @@ import pytest
 
 from physflow.ui.dashboard import loopback_host, make_server
 from physflow.vocabulary.workflow import load_workflow
-
-WORKFLOW = """\
-physflow: 1
-name: guarded
-goal: find x
-agents: {planner: {enabled: false}}
-simulation:
-  adapter: executable
-  command: "{python} sim.py {x}"
-  parameters: {x: {min: 0, max: 1}}
-objective: {metric: loss}
-"""
+from tests.conftest import TINY_WORKFLOW
 
 
 @pytest.fixture
 def server(tmp_path: Path):
     import yaml
 
-    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    (tmp_path / "wf.yaml").write_text(TINY_WORKFLOW)
     run = tmp_path / "run"
     run.mkdir()
     (run / "workflow.yaml").write_text(yaml.safe_dump(load_workflow(tmp_path / "wf.yaml").resolved()))
