@@ -11,6 +11,7 @@ dispatchers ask them, before Parsl or an endpoint would queue an impossible requ
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -148,6 +149,11 @@ class SiteSpec(Strict):
         return self.pools[name]
 
 
+#: Ranks a local site may start per core of this machine: a few ranks a core is how MPI codes are
+#: tried on a laptop; thousands are a typo that would start thousands of processes here.
+LOCAL_RANKS_PER_CORE = 8
+
+
 def check_mpi_request(site: SiteSpec, pool_name: str, nodes: int, ranks: int) -> None:
     """Refuse an MPI request that cannot run in one block of ``pool_name``: Parsl would queue it
     forever. ``field`` of the SiteError names the workflow key at fault."""
@@ -164,6 +170,11 @@ def check_mpi_request(site: SiteSpec, pool_name: str, nodes: int, ranks: int) ->
         raise SiteError(f"{ranks} ranks on {nodes} nodes is {per_node} per node, more than the "
                         f"{pool.cores_per_node} cores per node of pool {pool_name} of site {site.name}",
                         field="simulation.resources.ranks")
+    cores = os.cpu_count() or 1
+    if site.scheduler == "local" and ranks > LOCAL_RANKS_PER_CORE * cores:
+        raise SiteError(f"{ranks} ranks on this machine's {cores} cores: a local site starts every rank here "
+                        f"(at most {LOCAL_RANKS_PER_CORE * cores}, {LOCAL_RANKS_PER_CORE} a core); run it on a "
+                        "cluster site", field="simulation.resources.ranks")
 
 
 def check_gpus(site: SiteSpec, pool_name: str, gpus: int) -> None:

@@ -113,3 +113,11 @@ def test_resume_refuses_a_workflow_edited_after_the_run_started(tmp_path: Path):
     assert "was changed after the run started" in one_line_refusal(physflow("resume", str(run)))
     (run / "workflow.yaml").write_text(text)
     assert physflow("resume", str(run)).returncode == 0
+
+
+def test_thousands_of_ranks_on_the_local_site_are_refused(tmp_path: Path):
+    (tmp_path / "wf.yaml").write_text(TINY_WORKFLOW.replace(
+        'command: "{python} {workflow_dir}/sim.py {x}"', 'command: "{python} {workflow_dir}/sim.py {x}"\n  mpi: true\n'
+        "  resources: {ranks: 5000, nodes: 1}"))
+    assert "simulation.resources.ranks: 5000 ranks on this machine" in one_line_refusal(
+        physflow("validate", str(tmp_path / "wf.yaml")))
