@@ -200,6 +200,7 @@ def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None)
 
     spec = checked.workflow.spec
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is dropped, not a traceback
     logging.getLogger("parsl").propagate = False  # Parsl logs to parsl/ in the run directory
     logging.getLogger("physflow").setLevel(logging.INFO)
     click.echo(f"physflow {__version__}: campaign {spec.name} on site {checked.site.name}, "

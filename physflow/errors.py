@@ -52,6 +52,13 @@ class ServingError(PhysflowError):
     """The model server could not be started or did not become healthy."""
 
 
+class StoreError(PhysflowError):
+    """The run directory cannot be written any more (a full disk, a quota): the campaign stops;
+    what its journal holds is kept and resumable. A failure, not bad input: exit code 1."""
+
+    exit_code = 1
+
+
 class SandboxViolation(PhysflowError):
     """LLM-written code that tried to leave the sandbox."""
 

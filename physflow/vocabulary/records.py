@@ -79,3 +79,13 @@ class Hypothesis:
     evidence: str = ""
     advice: str = ""
     analysis: str = ""  # the coder's output on this hypothesis's results
+
+
+def all_failed(tasks: Iterable[TaskRecord]) -> str | None:
+    """Why a campaign whose simulations all failed (and at least one ran) has failed: how many,
+    and the last one's error; None when one finished or none ended."""
+    tasks = list(tasks)
+    failed = [t for t in tasks if t.status == "failed"]
+    if not failed or any(t.status == "finished" for t in tasks):
+        return None
+    return f"every simulation failed ({len(failed)}): {(failed[-1].error or '')[:200]}"

@@ -1,11 +1,9 @@
 """The steering loop: think -> propose -> dispatch -> simulate -> stream back -> store -> think.
 
-Asynchronous in the manner of Colmena's Thinker: the loop reacts to named events — a result
-was stored, the planner finished thinking, the critic gave a verdict, the optimizer suggested —
-each handled by the method registered for it (``@handles``), and never lets a worker idle while
-the model thinks. One planner turn proposes a batch; while it thinks, free slots are backfilled
-by the optimizer (workflows.backfill), each recorded as such. This module is the only place
-where agents, adapters and dispatch meet; workflows.launcher builds what it is given.
+Asynchronous in the manner of Colmena's Thinker: the loop reacts to named events, each handled
+by the method registered for it (``@handles``), and never lets a worker idle while the model
+thinks: free slots are backfilled by the optimizer (workflows.backfill). This module is the only
+place where agents, adapters and dispatch meet; workflows.launcher builds what it is given.
 """
 
 from __future__ import annotations
@@ -23,12 +21,12 @@ from typing import Any
 from physflow.agents.prompts import critic_prompt, default_analysis, planner_prompt, resume_summary
 from physflow.agents.team import PlanOutcome, ScienceTeam, Transcript, Verdict
 from physflow.dispatch.base import Dispatcher
-from physflow.errors import PhysflowError
+from physflow.errors import PhysflowError, StoreError
 from physflow.optimizer import Optimizer
 from physflow.sim_adapters.base import Adapter
 from physflow.site_configs.site import SiteSpec
 from physflow.vocabulary import ranking
-from physflow.vocabulary.records import Hypothesis, TaskRecord
+from physflow.vocabulary.records import Hypothesis, TaskRecord, all_failed
 from physflow.vocabulary.workflow import LoadedWorkflow, ParameterSpec, WorkflowSpec
 from physflow.workflows.approval import Approver, ask_user, batch_text
 from physflow.workflows.backfill import Backfill
@@ -55,11 +53,10 @@ class Campaign:
         self.queue: deque[TaskRecord] = deque()
         self.in_flight: dict[str, TaskRecord] = {}
         self.hypotheses: dict[str, Hypothesis] = {}
-        self.rounds = 0
-        self.stop_reason = ""
-        self.cancel_requested = False
+        self.rounds, self.stop_reason, self.cancel_requested = 0, "", False
         self.team: ScienceTeam | None = None  # formed by the launcher; None: the optimizer steers alone
         self.committer: Committer | None = None
+        self.store_error: BaseException | None = None  # the journal could not be written
         self.backfill = Backfill(self.spec.budget, self._deliver_suggestion)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
@@ -67,10 +64,9 @@ class Campaign:
         self._critic: asyncio.Task | None = None
         self._to_judge: deque[str] = deque()
         self.approved_once = self.spec.approval == "auto" or approver is None
-        self.resume_note = ""
-        self.last_analysis = ""
+        self.resume_note = self.last_analysis = ""  # said to the planner once; the coder's latest output
 
-    # -- what the agents (agents.prompts.CampaignView) and the backfill policy read ------------
+    # -- what the agents (agents.view.CampaignView) and the backfill policy read ---------------
     @property
     def spec(self) -> WorkflowSpec:
         return self.workflow.spec
@@ -133,7 +129,7 @@ class Campaign:
 
     def _on_committed(self, task: TaskRecord) -> None:
         """Runs in the committer thread once a result is durable: the loop may now see it."""
-        self._post_threadsafe(Event("result", (task,)))
+        self._loop.call_soon_threadsafe(self._events.put_nowait, Event("result", (task,)))
 
     @handles("result")
     def on_result(self, task: TaskRecord) -> None:
@@ -269,14 +265,17 @@ class Campaign:
                              analysis=h.analysis)
 
     # -- start, restore, stop ------------------------------------------------------------------
-    def _post_threadsafe(self, event: Event) -> None:
-        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
-
-    def request_cancel(self) -> None:
+    def request_cancel(self, reason: str = "cancelled") -> None:
+        """Stop cleanly (a signal, ``physflow cancel``, a store that cannot be written); resumable."""
         self.cancel_requested = True
-        self.stop_reason = self.stop_reason or "cancelled"
+        self.stop_reason = self.stop_reason or reason
         with contextlib.suppress(RuntimeError, AttributeError):
-            self._post_threadsafe(Event("wake"))
+            self._loop.call_soon_threadsafe(self._events.put_nowait, Event("wake"))
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """Runs in the committer's thread: the journal cannot be written (a full disk); stop."""
+        self.store_error = exc
+        self.request_cancel(f"cannot write the run directory: {getattr(exc, 'strerror', None) or exc}")
 
     def restore(self, previous: CampaignState) -> None:
         """Continue from a journal (workflows.resume decides what is kept and run again).
@@ -305,7 +304,7 @@ class Campaign:
         """Open the journal (the transcript's token counts go to it too), restore a resumed run."""
         self._loop = asyncio.get_running_loop()
         self.committer = Committer(self.store, lambda task, outcome: self.adapter.finish(
-            task, outcome, self.store.task_dir(task.id)), self._on_committed)
+            task, outcome, self.store.task_dir(task.id)), self._on_committed, self._store_failed)
         self.transcript.on_tokens = lambda agent, n: self.committer.event("tokens", agent=agent, tokens=n)
         if previous is None:
             self.committer.event("campaign_started", name=self.spec.name, pid=os.getpid(), site=self.site.name)
@@ -379,15 +378,16 @@ class Campaign:
         state = "failed"
         try:
             await self._until_done()
+            if self.store_error is not None:
+                raise StoreError(f"{self.store.run_dir}: {self.stop_reason}; the journal keeps what was written "
+                                 "before: physflow resume RUN once there is room") from None
             if not self.stop_reason:
                 self.stop_reason = ("simulation budget spent" if self.simulations_left <= 0
                                     else "rounds done" if self.rounds >= self.spec.budget.max_rounds
                                     else "nothing left to do")
             state = "cancelled" if self.cancel_requested else "finished"
-            failed = [t for t in self.tasks.values() if t.status == "failed"]
-            if state == "finished" and failed and not any(t.status == "finished" for t in self.tasks.values()):
-                last = (failed[-1].error or "")[:200]
-                state, self.stop_reason = "failed", f"every simulation failed ({len(failed)}): {last}"
+            if state == "finished" and (why := all_failed(self.tasks.values())):
+                state, self.stop_reason = "failed", why
         except PhysflowError:
             self.stop_reason = self.stop_reason or "error"
             raise

@@ -591,10 +591,15 @@ class Committer:
     """
 
     def __init__(self, store: RunStore, finalize: Finalize,
-                 on_committed: Callable[[TaskRecord], None] | None = None) -> None:
+                 on_committed: Callable[[TaskRecord], None] | None = None,
+                 on_failed: Callable[[BaseException], None] | None = None) -> None:
+        """``on_failed(exc)`` is called once, from the journal stage, when a commit fails (a full
+        disk): the results of that batch are not durable, so they are neither shown (``on_committed``)
+        nor written to campaign.h5, and ``close`` no longer raises what was reported."""
         self.store = store
         self.finalize = finalize
         self.on_committed = on_committed
+        self.on_failed = on_failed
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._hdf5_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._error: BaseException | None = None
@@ -629,10 +634,15 @@ class Committer:
             raise self._error
 
     def close(self) -> None:
-        self.flush()
-        self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
+        try:
+            self.flush()
+        except BaseException:
+            if self.on_failed is None:  # nobody was told: the caller must hear of it
+                raise
+        finally:
+            self._queue.put(None)
+            for thread in self._threads:
+                thread.join()
 
     @staticmethod
     def _drain(q: queue.SimpleQueue[Any], timeout: float | None = None) -> list[Any]:
@@ -663,8 +673,11 @@ class Committer:
                     events.append(item)
             try:
                 self.store.commit(events)
-            except BaseException as exc:  # noqa: BLE001 - surfaced to the loop by flush()
-                self._error = exc
+            except BaseException as exc:  # noqa: BLE001 - surfaced by on_failed, or by flush()
+                if self._error is None and self.on_failed is not None:
+                    self.on_failed(exc)
+                self._error = self._error or exc
+                results = []  # not durable: neither shown to the agents nor put in campaign.h5
             if self.on_committed:
                 for task, _ in results:
                     self.on_committed(task)
