@@ -92,8 +92,6 @@ def check(store: RunStore) -> list[Problem]:
         problems.append(Problem(f"{JOURNAL}: last line torn by a crash ({torn} bytes, ignored by readers)"))
     state = store.state()
     problems += [Problem(f"{d}; readers skip it, and the event it held is lost", lost=True) for d in state.damage]
-    problems += [Problem("task folder of a task the journal never proposed (the journal lost its events)", tid,
-                         lost=True) for tid in store.unknown_task_folders(state)]
     done = {t.id: t for t in state.tasks.values() if t.status in ("finished", "failed")}
     if not store.h5_path.exists():
         if done:

@@ -44,12 +44,11 @@ def test_a_second_orchestrator_is_refused_and_a_stale_lock_is_detected(tmp_path:
     status = json.loads(physflow("status", str(run), "--json").stdout)
     assert status["state"] == "failed" and status["reason"] == "orchestrator not running"
     kept = finished_ids(run)
-    # Parsl's interchange and worker pool outlive a kill -9 of the orchestrator; resume ends them.
+    # Parsl's interchange and worker pool outlive a kill -9 of the orchestrator: its watchdog ends
+    # them within seconds, and resume ends any still running ("left running by the previous ...").
     leftovers = processes_in(tmp_path)
-    assert leftovers, "expected Parsl processes left behind by kill -9"
     done = physflow("resume", str(run), "--yes", cwd=tmp_path, env={"SIM_SECONDS": "0.1"})
     assert done.returncode == 0, done.stderr
-    assert "left running by the previous orchestrator" in done.stderr
     assert not [p for p in leftovers if p.is_running() and p.status() != "zombie"]
     assert processes_in(tmp_path) == []
     rows = json.loads(physflow("results", str(run), "--json").stdout)
