@@ -17,6 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from physflow.errors import StoreError
 from physflow.vocabulary import ranking
 from physflow.vocabulary.figures import CurveFigure
 from physflow.vocabulary.records import TaskRecord
@@ -420,13 +421,20 @@ def draw_figures(run_dir: Path, state: CampaignState, spec: dict[str, Any], turn
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write report.md, plots/*.png and report.html; returns report.md's path."""
+    """Write report.md, plots/*.png and report.html; returns report.md's path. A report that
+    cannot be written (a full disk) is a StoreError: the run itself is whole, and ``physflow
+    report RUN`` writes it again once there is room."""
     store = RunStore(run_dir)
     state, spec = store.state(), store.resolved_spec()
     turns = model_turns(run_dir)
-    figures = draw_figures(run_dir, state, spec, turns)
-    text = render(state, spec, spec["objective"]["metric"], int(spec["budget"]["max_concurrent"]), figures, turns)
-    path = run_dir / "report.md"
-    path.write_text(text)
-    (run_dir / "report.html").write_text(render_html(text, run_dir, f"physflow: {state.name}"))
+    try:
+        figures = draw_figures(run_dir, state, spec, turns)
+        text = render(state, spec, spec["objective"]["metric"], int(spec["budget"]["max_concurrent"]), figures,
+                      turns)
+        path = run_dir / "report.md"
+        path.write_text(text)
+        (run_dir / "report.html").write_text(render_html(text, run_dir, f"physflow: {state.name}"))
+    except OSError as exc:
+        raise StoreError(f"{run_dir}: cannot write the report ({exc.strerror or exc}); the run is whole: "
+                         "physflow report RUN writes it once there is room") from None
     return path

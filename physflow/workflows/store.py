@@ -9,6 +9,7 @@ the HDF5 file, and a torn last line from a crash is simply ignored.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -91,7 +92,8 @@ class Journal:
             os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        self._fh.close()
+        with contextlib.suppress(OSError):  # what a full disk kept in the buffer was reported already
+            self._fh.close()
 
 
 def torn_journal_tail(path: Path) -> int:
@@ -635,6 +637,12 @@ class Committer:
             for thread in self._threads:
                 thread.join()
 
+    def _fail(self, exc: BaseException) -> None:
+        """A write of the run directory failed (the journal's or campaign.h5's): say it once."""
+        if self._error is None and self.on_failed is not None:
+            self.on_failed(exc)
+        self._error = self._error or exc
+
     @staticmethod
     def _drain(q: queue.SimpleQueue[Any], timeout: float | None = None) -> list[Any]:
         """What is waiting in ``q``: at least one item (waits ``timeout`` s for it, then raises
@@ -665,9 +673,7 @@ class Committer:
             try:
                 self.store.commit(events)
             except BaseException as exc:  # noqa: BLE001 - surfaced by on_failed, or by flush()
-                if self._error is None and self.on_failed is not None:
-                    self.on_failed(exc)
-                self._error = self._error or exc
+                self._fail(exc)
                 results = []  # not durable: neither shown to the agents nor put in campaign.h5
             if self.on_committed:
                 for task, _ in results:
@@ -707,8 +713,8 @@ class Committer:
                 started = time.monotonic()
                 try:
                     self.store.write_hdf5(pending)
-                except BaseException as exc:  # noqa: BLE001 - surfaced to the loop by flush()
-                    self._error = exc
+                except BaseException as exc:  # noqa: BLE001 - surfaced by on_failed, or by flush()
+                    self._fail(exc)  # the journal has these results: resume writes their groups
                 pending = []
                 ended = time.monotonic()
                 next_write = ended + HDF5_PAUSE_PER_WRITE * (ended - started)
