@@ -16,22 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_WORKFLOW
+
 pytestmark = [pytest.mark.reliability,
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                                  reason="mounting a small tmpfs in a private mount namespace needs root and unshare")]
 
-WORKFLOW = """\
-physflow: 1
-name: full-disk
-goal: find x
-agents: {planner: {enabled: false}}
-simulation:
-  adapter: executable
-  command: "{python} {workflow_dir}/sim.py {x}"
-  parameters: {x: {min: 0, max: 1}}
-objective: {metric: loss}
-budget: {max_simulations: 12, max_concurrent: 1, wall_time: 5m}
-"""
+WORKFLOW = TINY_WORKFLOW.replace("max_simulations: 2, max_concurrent: 2", "max_simulations: 12, max_concurrent: 1")
 
 # With FILL set, the third run writes until the disk is full (and then cannot write its result);
 # the runs are counted in a file beside the workflow, off the small disk.
