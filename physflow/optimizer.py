@@ -45,6 +45,7 @@ from scipy import linalg, optimize, special
 from scipy.stats import qmc
 
 from physflow.vocabulary import ranking
+from physflow.vocabulary.steering import Advice, Candidate
 from physflow.vocabulary.workflow import ParameterSpec
 
 #: From this many finished results on, suggestions come from TPE instead of the GP. The GP's
@@ -52,6 +53,9 @@ from physflow.vocabulary.workflow import ParameterSpec
 #: 300 on one core (``bench/optimizer_offline.py``), so above this the campaign loop would wait
 #: seconds on every call, while with hundreds of results TPE's weaker model matters little.
 GP_MAX_OBSERVATIONS = 300
+#: The surrogate the planner is shown (``Optimizer.advice``) is fitted on at most this many results
+#: (the best half and the latest half): its cost must not grow with the campaign.
+ADVICE_MAX_OBSERVATIONS = 200
 #: Bounds on the GP hyperparameters, in units of the unit cube (length scales) and of the
 #: standardised warped objective (signal and noise variance).
 LENGTH_BOUNDS = (0.01, 10.0)
@@ -75,14 +79,42 @@ def warp(values: np.ndarray, goal: Literal["minimize", "maximize"]) -> np.ndarra
     is not tiny, otherwise the log of the distance from the best with a floor, so zero, negative
     or constant values are fine. Monotone, so the minimiser is unchanged.
     """
-    v = np.asarray(values, dtype=float)
-    v = v if goal == "minimize" else -v
-    lo = float(v.min())
-    floor = 0.01 * float(np.median(v) - lo)
-    c = max(lo, floor) if max(lo, floor) > 0 else 1.0
-    z = np.log(v - lo + c)
-    std = float(z.std())
-    return (z - z.mean()) / (std if std > 0 else 1.0)
+    return Warp.of(values, goal).apply(values)
+
+
+@dataclass(frozen=True)
+class Warp:
+    """The transform ``warp`` applies: ``y = (log(sign v - lo + c) - centre) / scale``; kept so a
+    prediction on the warped scale can be said again in the metric's own units (``unwarp``)."""
+
+    sign: float
+    lo: float
+    c: float
+    centre: float
+    scale: float
+
+    @classmethod
+    def of(cls, values: np.ndarray, goal: Literal["minimize", "maximize"]) -> Warp:
+        sign = 1.0 if goal == "minimize" else -1.0
+        v = sign * np.asarray(values, dtype=float)
+        lo = float(v.min())
+        floor = 0.01 * float(np.median(v) - lo)
+        c = max(lo, floor) if max(lo, floor) > 0 else 1.0
+        z = np.log(v - lo + c)
+        std = float(z.std())
+        return cls(sign, lo, c, float(z.mean()), std if std > 0 else 1.0)
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        return (np.log(self.sign * np.asarray(values, dtype=float) - self.lo + self.c) - self.centre) / self.scale
+
+    def unwarp(self, mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A warped prediction (mean, sd) in the metric's units: the median of the log-normal it
+        implies, and the half width of its central 68% interval (asymmetric on the metric's scale;
+        one number is what a prompt can show)."""
+        z = self.centre + self.scale * np.asarray(mean)
+        s = self.scale * np.asarray(sd)
+        value = lambda zz: self.sign * (np.exp(zz) + self.lo - self.c)  # noqa: E731 - local shorthand
+        return value(z), 0.5 * np.abs(value(z + s) - value(z - s))
 
 
 # -- Gaussian process ---------------------------------------------------------------------------
@@ -390,6 +422,44 @@ class Optimizer:
                 return self._suggest_gp(observed, n, pending)
             except (linalg.LinAlgError, ValueError, FloatingPointError):
                 return self._suggest_tpe(observed, n, pending)
+
+    def advice(self, n: int, pending: list[dict[str, float]] | None = None) -> Advice:
+        """``n`` candidates (``suggest``'s points, in its order) with the surrogate's prediction of
+        each, what it learned of each parameter and the simulations' scatter: what the planner
+        reads (see ``vocabulary.steering.Advice``).
+
+        The surrogate is a GP fitted here on a copy of the results (the suggestion's own fit is
+        not reused: TPE has none, and sharing it would make suggestions depend on whether the
+        planner asked), on at most ``ADVICE_MAX_OBSERVATIONS`` of them, warm-started from the
+        last fit. It needs 3 results; before, the candidates carry NaN predictions.
+        """
+        points = self.suggest(n, pending)
+        with self._lock:
+            observed, theta = list(self.observed), self._theta
+        if len(observed) > ADVICE_MAX_OBSERVATIONS:
+            half = ADVICE_MAX_OBSERVATIONS // 2
+            order = sorted(range(len(observed)), key=lambda i: (1 if self.goal == "minimize" else -1) * observed[i][1])
+            keep = set(order[:half]) | set(range(len(observed) - half, len(observed)))
+            observed = [observed[i] for i in sorted(keep)]
+        if len(observed) < 3:
+            return Advice([Candidate(p, math.nan, math.nan, i) for i, p in enumerate(points)], fitted_on=len(observed))
+        x = np.array([self._to_unit(p) for p, _ in observed])
+        values = np.array([v for _, v in observed])
+        shape = Warp.of(values, self.goal)
+        y = shape.apply(values)
+        kernel = self._kernel
+        start = theta if theta is not None and len(theta) == len(kernel.default()) else kernel.default()
+        try:
+            gp = GaussianProcess(x, y, fit_hyper(x, y, kernel, [start]))
+            mean, sd = gp.predict(np.array([self._to_unit(p) for p in points])) if points else (np.array([]),) * 2
+        except (linalg.LinAlgError, ValueError, FloatingPointError):
+            return Advice([Candidate(p, math.nan, math.nan, i) for i, p in enumerate(points)], fitted_on=len(observed))
+        mean, sd = shape.unwarp(mean, sd)
+        _, spread = shape.unwarp(np.array([float(y.min())]), np.array([math.sqrt(gp.hyper.noise)]))
+        lengths = dict(zip(self.parameters, (float(v) for v in gp.hyper.lengths), strict=True))
+        return Advice([Candidate(p, float(m), float(s), i) for i, (p, m, s) in enumerate(zip(points, mean, sd,
+                                                                                              strict=True))],
+                      lengths, float(spread[0]), len(observed))
 
     # -- unit cube -----------------------------------------------------------------------------
     def _rng(self, stream: int) -> np.random.Generator:

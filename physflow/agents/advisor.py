@@ -11,6 +11,7 @@ so the score it measures is the one a campaign's picks earn slots with.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from typing import Literal
@@ -48,6 +49,7 @@ def pick_question(shown: Sequence[Candidate], metric: str, goal: Goal) -> str:
             f"Which candidate has the {lowest} predicted {metric}? Reply with JSON: {{\"choice\": \"<letter>\"}}.")
 
 
+@functools.cache
 def pick_model(n: int) -> type[BaseModel]:
     """The reply of one pick: one of the first ``n`` letters (a grammar keeps a small model to it)."""
     letters = tuple(LETTERS[:n])

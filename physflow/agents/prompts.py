@@ -9,10 +9,12 @@ the loop keeps its state.
 from __future__ import annotations
 
 import json
+import math
 
 from physflow.agents.tools import results_table
 from physflow.agents.view import CampaignView
 from physflow.vocabulary.records import status_counts
+from physflow.vocabulary.steering import Advice, Candidate, Judgement
 from physflow.vocabulary.workflow import ParameterSpec
 
 
@@ -23,39 +25,70 @@ def parameter_lines(parameters: dict[str, ParameterSpec]) -> str:
                      for n, p in parameters.items())
 
 
-def planner_prompt(view: CampaignView, round_no: int, hints: list[dict[str, float]], note: str = "",
-                   last_analysis: str = "") -> str:
-    """What the planner reads each round. ``hints`` are the optimizer's points (asked for in a
-    worker thread by the caller: a Gaussian process fit would stall the loop); ``note`` is said
-    once (what happened at a restart); ``last_analysis`` is the coder's latest output."""
-    spec = view.spec
-    obj = spec.objective
+def _result_line(params: dict[str, float], metric: str, value: object) -> str:
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in params.items())
+    return f"- {shown} -> {metric}={value:.4g}" if isinstance(value, float) else f"- {shown} -> {metric}={value}"
+
+
+def surrogate_lines(advice: Advice, parameters: dict[str, ParameterSpec], metric: str) -> list[str]:
+    """What the surrogate has learned, in words a small model can use: which parameters matter
+    (short length scale: the objective changes over a small part of the range), the scatter."""
+    if not advice.lengths:
+        return [f"The surrogate model has too few results to predict {metric} yet."]
+    ordered = sorted(advice.lengths.items(), key=lambda kv: kv[1])
+    lines = [f"What the surrogate model learned from {advice.fitted_on} results: {metric} changes fastest along "
+             + ", then ".join(f"{name} (over {length:.2g} of its range)" for name, length in ordered) + "."]
+    if advice.spread is not None:
+        lines.append(f"Repeated simulations scatter by about {advice.spread:.2g} in {metric}.")
+    return lines
+
+
+def hypothesis_prompt(view: CampaignView, round_no: int, advice: Advice, batch: list[Candidate], note: str = "",
+                      last_analysis: str = "") -> str:
+    """What the planner reads before it states the hypothesis of round ``round_no``: the goal,
+    the surrogate's state, the top 5 and last 20 results, the hypotheses so far with their
+    verdicts, and the batch about to run with its predictions (the planner's worth for a small
+    model is in reading these numbers, not in recalling physics)."""
+    spec, obj = view.spec, view.spec.objective
     tol = f" (stop when it reaches {obj.tolerance})" if obj.tolerance is not None else ""
     lines = [f"Goal: {spec.goal.strip()}", f"Parameters:\n{parameter_lines(view.parameters)}",
              f"Objective: {obj.goal} {obj.metric}{tol}.", f"Round {round_no} of {spec.budget.max_rounds}; "
              f"{view.simulations_left} simulations left in the budget."]
     if note:
         lines.append(note)
-    table = results_table(view, limit=6)
-    if table:
-        lines.append("Best results so far:\n" + "\n".join(
-            f"- {r['params']} -> {obj.metric}={r['metrics'].get(obj.metric)}" for r in table))
-    failed = [t for t in view.tasks.values() if t.status == "failed"][-3:]
-    if failed:
-        lines.append("Recent failures:\n" + "\n".join(f"- {t.params}: {(t.error or '')[:200]}" for t in failed))
-    judged = [(k, h) for k, h in view.hypotheses.items() if h.verdict][-3:]
-    if judged:
-        lines.append("Verdicts so far:\n" + "\n".join(
-            f"- {k} '{h.statement[:160]}': {h.verdict}. {h.advice[:160]}" for k, h in judged))
+    lines += surrogate_lines(advice, view.parameters, obj.metric)
+    top = results_table(view, limit=5)
+    if top:
+        lines.append("Top 5 results:\n" + "\n".join(_result_line(r["params"], obj.metric, r["metrics"].get(obj.metric))
+                                                      for r in top))
+    done = [t for t in view.tasks.values() if t.status in ("finished", "failed")][-20:]
+    if done:
+        lines.append("Last results:\n" + "\n".join(
+            _result_line(t.params, obj.metric, t.metrics.get(obj.metric)) if t.status == "finished"
+            else f"- {t.params}: failed ({(t.error or '')[:80]})" for t in done))
+    stated = [h for h in view.hypotheses.values() if h.statement][-4:]
+    if stated:
+        lines.append("Hypotheses so far:\n" + "\n".join(
+            f"- {h.id}: {h.statement[:160]} [{h.prediction}] -> {h.verdict or 'not judged yet'}"
+            + (f": {h.evidence[:160]}" if h.verdict else "") for h in stated))
     if last_analysis:
         lines.append(f"The coder's latest analysis: {last_analysis}")
-    lines.append(f"The optimizer suggests: {json.dumps(hints)}")
+    lines.append("This round's simulations, with the surrogate's prediction:\n" + "\n".join(
+        "- " + ", ".join(f"{k}={v:.4g}" for k, v in c.params.items())
+        + (f" -> predicted {obj.metric} {c.mean:.3g} ± {c.sd:.2g}" if math.isfinite(c.mean) else "")
+        for c in batch))
+    example = {"hypothesis": f"{obj.metric} is lowest where ...", "bound": "below", "value": 2.0,
+               "region": {name: [p.min, p.max] for name, p in list(view.parameters.items())[:1]}}
+    lines.append(f"State one falsifiable hypothesis these simulations test: a region (a [low, high] range for the "
+                 f"parameters it restricts) holding at least one of them, and a value {obj.metric} stays below "
+                 f"(or above) there. Reply with JSON like {json.dumps(example)}")
     return "\n".join(lines)
 
 
-def critic_prompt(view: CampaignView, hid: str) -> str:
-    """What the critic reads to judge hypothesis ``hid``: its prediction, each of its
-    simulations' objective (or why it failed), and the campaign's best so far."""
+def critic_prompt(view: CampaignView, hid: str, judgement: Judgement) -> str:
+    """What the critic reads to explain the verdict on ``hid``: the statement, its claim, each of
+    its simulations' objective (or why it failed), the campaign's best, and the verdict the
+    numbers gave (``vocabulary.steering.judge_claim``), which it must give too."""
     h = view.hypotheses[hid]
     metric, goal = view.spec.objective.metric, view.spec.objective.goal
     rows = "\n".join(f"- {view.tasks[t].params} -> " + (
@@ -65,7 +98,8 @@ def critic_prompt(view: CampaignView, hid: str) -> str:
     overall = f"Best of the campaign so far: {best.params} -> {metric}={best.metrics[metric]}" if best else ""
     return (f"Hypothesis {hid}: {h.statement}\nPrediction: {h.prediction}\n"
             f"Objective: {goal} {metric}.\nResults of its simulations:\n{rows}\n{overall}\n"
-            "Give your verdict as JSON.")
+            f"The numbers give the verdict '{judgement.verdict}': {judgement.evidence}.\n"
+            f"Give that verdict as JSON, explain it in evidence, and advise what to test next.")
 
 
 def default_analysis(view: CampaignView) -> str:

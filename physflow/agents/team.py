@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,15 +26,18 @@ from typing import Any, Literal
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
+from autogen_core import CancellationToken
 from autogen_core.model_context import BufferedChatCompletionContext
 from autogen_core.models import ChatCompletionClient
 from autogen_ext.models.replay import ReplayChatCompletionClient
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, create_model
 
+from physflow.agents.advisor import pick_model, pick_question, picked
 from physflow.agents.models import FirstToolClient
 from physflow.agents.tools import Toolbox
 from physflow.errors import ProposalError
 from physflow.secrets import redact
+from physflow.vocabulary.steering import Candidate, Claim, Goal, rank_by_prediction
 from physflow.vocabulary.workflow import AgentRole, ParameterSpec, ToolName, WorkflowSpec
 
 
@@ -68,10 +73,11 @@ class Role:
 #: the workflow YAML; the team gives them their instructions and tools).
 ROLES: dict[AgentRole, Role] = {
     "planner": Role(
-        "You are the planner of a simulation campaign. State one falsifiable hypothesis about how the "
-        "parameters affect the objective, what you predict the simulations will show, and propose "
-        "simulations that test it. Every parameter value must lie within its bounds. Reply only with JSON.",
-        ["suggest_parameters", "query_results", "propose_simulations"], 8),
+        "You are the planner of a simulation campaign, advising its optimizer. You read what the optimizer "
+        "and its surrogate model know, pick among the optimizer's candidates when asked, and state for each "
+        "batch of simulations one falsifiable hypothesis: where in parameter space the objective lies below "
+        "(or above) a value you give. The simulations will test it. Reply only with JSON.",
+        [], 6),
     "domain_expert": Role(
         "You are the domain expert of a simulation campaign. Check that a proposed hypothesis and its "
         "simulations make physical sense; cite the knowledge base where it helps. Reply only with JSON.",
@@ -82,10 +88,10 @@ ROLES: dict[AgentRole, Role] = {
         "id, status, params, metrics. Print the numbers. Reply only with JSON.",
         [], 6),
     "critic": Role(
-        "You are the critic of a simulation campaign. First call query_results to see the best simulations of "
-        "the whole campaign. Then judge whether the results support or refute the hypothesis, citing the "
-        "numbers. Say inconclusive when they do not decide it. Reply only with JSON.",
-        ["query_results", "make_plot"], 6, first_tool="query_results"),
+        "You are the critic of a simulation campaign. physflow computes each hypothesis's verdict from the "
+        "numbers (the prediction against what the simulations measured); you give that verdict, explain it "
+        "in the evidence, citing the numbers, and advise what the planner should test next. Reply only with JSON.",
+        ["query_results", "make_plot"], 6),
 }
 OUTPUTS: dict[str, type[BaseModel]] = {"domain_expert": Review, "coder": AnalysisCode, "critic": Verdict}
 
@@ -116,19 +122,72 @@ def proposal_model(parameters: dict[str, ParameterSpec], max_simulations: int) -
     )
 
 
+def claim_model(parameters: dict[str, ParameterSpec]) -> type[BaseModel]:
+    """The planner's hypothesis: a statement and its falsifiable claim (``vocabulary.steering.Claim``),
+    the region named per parameter as [low, high] (a parameter left out is free)."""
+    ranges = {name: (list[StrictFloat] | None, Field(None, min_length=2, max_length=2,
+                                               description=f"[low, high] within [{p.min}, {p.max}]"))
+              for name, p in parameters.items()}
+    region = create_model("Region", __config__=ConfigDict(extra="forbid"), **ranges)  # type: ignore[call-overload]
+    return create_model(
+        "Claim",
+        hypothesis=(str, Field(description="a falsifiable statement about the parameters and the objective",
+                               min_length=1, max_length=400)),
+        bound=(Literal["below", "above"], Field(description="the objective lies below or above value")),
+        value=(StrictFloat, Field(description="the predicted bound on the objective")),
+        region=(region, Field(description="where the claim holds: [low, high] per parameter")),
+    )
+
+
 @dataclass
-class PlanOutcome:
-    hypothesis: str = ""
-    prediction: str = ""
-    simulations: list[dict[str, float]] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
+class PickRecord:
+    """One pick: which candidate (its index in the optimizer's order), its place in the
+    surrogate's ranking of the ``shown`` candidates (0 = best), or the error when the reply was
+    unusable."""
+
+    candidate: int | None
+    place: int | None
+    shown: int
+    error: str = ""
+
+
+@dataclass
+class ClaimOutcome:
+    """The planner's hypothesis for a batch, checked; or the errors that were sent back."""
+
+    statement: str = ""
+    claim: Claim | None = None
     errors: list[str] = field(default_factory=list)
     review: Review | None = None
     unverified_citations: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return bool(self.simulations)
+        return self.claim is not None and bool(self.statement)
+
+
+def check_claim(reply: BaseModel, parameters: dict[str, ParameterSpec], metric: str,
+                batch: list[dict[str, float]]) -> Claim:
+    """The reply as a ``Claim``, or ProposalError saying what is wrong: a range outside the bounds
+    or upside down, a non-finite value, or a region that holds none of the batch (a claim its own
+    simulations cannot test). Nothing is clipped."""
+    region: dict[str, tuple[float, float]] = {}
+    for name, pair in reply.region.model_dump().items():  # type: ignore[attr-defined]
+        if pair is None:
+            continue
+        lo, hi = pair
+        p = parameters[name]
+        if not (p.min <= lo <= hi <= p.max):
+            raise ProposalError(f"region.{name} [{lo}, {hi}] must satisfy {p.min} <= low <= high <= {p.max}")
+        region[name] = (float(lo), float(hi))
+    value = reply.value  # type: ignore[attr-defined]
+    if not math.isfinite(value):
+        raise ProposalError("value must be a finite number")
+    claim = Claim(metric, reply.bound, float(value), region)  # type: ignore[attr-defined]
+    if batch and not any(claim.contains(params) for params in batch):
+        raise ProposalError("the region contains none of this round's simulations: widen it to include at "
+                            "least one of them")
+    return claim
 
 
 class Transcript:
@@ -237,19 +296,26 @@ class ScienceTeam:
         self.tokens: dict[str, int] = {}
         self.tokens_before = 0
         self.turns = 0
-        self.Proposal = proposal_model(parameters, max(1, min(8, spec.budget.max_simulations)))
+        self.invalid = 0  # model replies rejected (unparsable, or failing a check) and sent back
+        self.parameters = parameters
+        self.Claim = claim_model(parameters)
         self.agents: dict[str, AssistantAgent] = {}
+        self._made: dict[str, dict[str, Any]] = {}  # role -> how its agents are made
         for role, defaults in ROLES.items():
             if role not in clients or not spec.agent_enabled(role):
                 continue
             agent = spec.agents.get(role)  # type: ignore[call-overload]
             tools = toolbox.tools(role_tools(spec, role))
-            self.agents[role] = AssistantAgent(
-                role, model_client=self._client(role, clients[role], tools), tools=tools,
+            self._made[role] = dict(
+                model_client=self._client(role, clients[role], tools), tools=tools,
                 system_message=agent.system_message if agent and agent.system_message else defaults.system,
-                output_content_type=self.Proposal if role == "planner" else OUTPUTS[role],
-                model_context=BufferedChatCompletionContext(buffer_size=defaults.context),
                 max_tool_iterations=2)
+            self.agents[role] = self._agent(role, self.Claim if role == "planner" else OUTPUTS[role])
+        self._by_output: dict[tuple[str, type[BaseModel]], AssistantAgent] = {}
+
+    def _agent(self, role: str, output: type[BaseModel]) -> AssistantAgent:
+        return AssistantAgent(role, output_content_type=output, **self._made[role],
+                              model_context=BufferedChatCompletionContext(buffer_size=ROLES[role].context))
 
     def _client(self, role: str, client: ChatCompletionClient, tools: list[Any]) -> ChatCompletionClient:
         """The role's client, bound to call its ``first_tool`` first where that tool can answer
@@ -278,10 +344,19 @@ class ScienceTeam:
         agent = self.spec.agents.get(role)  # type: ignore[call-overload]
         return not (agent and agent.max_tokens is not None and self.tokens.get(role, 0) >= agent.max_tokens)
 
-    async def _run(self, role: str, task: str) -> tuple[Any, str | None]:
-        """One agent turn: (structured content, None) or (None, error text for the agent)."""
+    async def _run(self, role: str, task: str, output: type[BaseModel] | None = None) -> tuple[Any, str | None]:
+        """One agent turn: (structured content, None) or (None, error text for the agent).
+
+        With ``output`` the turn answers in that form, from a fresh context: the planner's small
+        decisions are each asked on their own, with everything they need in the task, so that no
+        earlier answer sways the next (a small model copies its last answer's position)."""
         self.turns += 1
-        turn = await take_turn(self.agents[role], task, self.transcript)
+        agent = self.agents[role]
+        if output is not None:
+            agent = self._by_output.get((role, output)) or self._by_output.setdefault(
+                (role, output), self._agent(role, output))
+            await agent.on_reset(CancellationToken())
+        turn = await take_turn(agent, task, self.transcript)
         self.tokens[role] = self.tokens.get(role, 0) + turn.tokens
         return turn.reply, turn.error
 
@@ -295,82 +370,91 @@ class ScienceTeam:
             task = f"Your last reply was rejected: {error}. Reply again with the JSON object only."
         return None
 
-    # -- the planner and the domain expert ------------------------------------------------------
-    async def propose(self, prompt: str, capacity: int) -> PlanOutcome:
-        """Ask the planner for a hypothesis and up to ``capacity`` valid simulations."""
-        outcome = PlanOutcome()
-        task = prompt + f"\nPropose at most {capacity} simulation(s)."
+    # -- the planner (the optimizer's advisor) and the domain expert -------------------------------
+    async def pick(self, candidates: list[Candidate], goal: Goal, metric: str, n: int, rng: random.Random,
+                   show: int = 4) -> list[PickRecord]:
+        """``n`` picks, one decision each: up to ``show`` of the remaining candidates in a random
+        order, one letter back, scored against the surrogate's ranking of those shown. A reply
+        that is not one of the letters is sent back once with the reason, then counted invalid."""
+        remaining, out = list(range(len(candidates))), []
+        for _ in range(n):
+            if len(remaining) < 2 or not self.can_speak("planner"):
+                break
+            chosen = rng.sample(remaining, min(show, len(remaining)))
+            shown = [candidates[i] for i in chosen]
+            places = rank_by_prediction(shown, goal)
+            question = task = pick_question(shown, metric, goal)
+            record = PickRecord(None, None, len(shown))
+            for _ in range(2):
+                reply, error = await self._run("planner", task, pick_model(len(shown)))
+                if reply is not None:
+                    k = picked(reply)
+                    record = PickRecord(chosen[k], places[k], len(shown), record.error)
+                    break
+                self.invalid += 1
+                record.error = error or "no reply"
+                task = f"Your last reply was rejected: {error}\n\n{question}"
+            out.append(record)
+            if record.candidate is not None:
+                remaining.remove(record.candidate)
+        return out
+
+    async def hypothesize(self, prompt: str, metric: str, batch: list[dict[str, float]]) -> ClaimOutcome:
+        """The planner's hypothesis for ``batch``, checked (``check_claim``), errors sent back, at
+        most ``max_attempts`` turns; then the domain expert's review, and one revision on an
+        objection that names a concern."""
+        outcome, task = ClaimOutcome(), prompt
         for _ in range(self.max_attempts):
             if not self.can_speak("planner"):
                 outcome.errors.append("token budget spent")
                 break
-            self.toolbox.staged.clear()
-            proposal, error = await self._run("planner", task)
-            if proposal is None:
-                outcome.errors.append(error or "no reply")
-                task = f"Your last reply was rejected: {error}. Reply again with the JSON object only."
-                continue
-            outcome.hypothesis = proposal.hypothesis.strip()
-            outcome.prediction = proposal.prediction.strip()
-            outcome.simulations = list(self.toolbox.staged)
-            outcome.rejected = []
-            for i, sim in enumerate(proposal.simulations):
+            reply, error = await self._run("planner", task, self.Claim)
+            if reply is not None:
                 try:
-                    params = self.toolbox.validate(sim.model_dump())
+                    outcome.claim = check_claim(reply, self.parameters, metric, batch)
+                    outcome.statement = reply.hypothesis.strip()  # type: ignore[attr-defined]
+                    break
                 except ProposalError as exc:
-                    outcome.rejected.append(f"simulation {i + 1}: {exc}")
-                    continue
-                if params not in outcome.simulations:
-                    outcome.simulations.append(params)
-            outcome.simulations = outcome.simulations[:capacity]
-            if outcome.ok and outcome.hypothesis:
-                if self.can_speak("domain_expert"):  # the first valid proposal: one review per call
-                    revised = await self._review(outcome, capacity)
-                    if revised is not None:
-                        return revised
-                return outcome
-            problems = "; ".join(outcome.rejected) or "the hypothesis is empty"
-            outcome.errors.append(problems)
-            outcome.simulations = []
-            self.transcript.note("physflow", "rejected", problems, to="planner")
-            task = (f"Your proposal was rejected: {problems}. Every value must lie within its bounds. "
-                    "Propose again (JSON only).")
+                    error = str(exc)
+            self.invalid += 1
+            outcome.errors.append(error or "no reply")
+            self.transcript.note("physflow", "rejected", error, to="planner")
+            task = f"Your hypothesis was rejected: {error}\n\n{prompt}"
+        if outcome.ok and self.can_speak("domain_expert"):
+            await self._review(outcome, prompt, metric, batch)
         return outcome
 
-    async def _review(self, outcome: PlanOutcome, capacity: int) -> PlanOutcome | None:
-        """The domain expert checks the proposal; on an objection the planner may revise it once."""
+    async def _review(self, outcome: ClaimOutcome, prompt: str, metric: str, batch: list[dict[str, float]]) -> None:
+        """The domain expert checks the hypothesis against the knowledge folder before it runs; on
+        an objection with a concern the planner may restate it once (checked like the first)."""
         review = await self._structured("domain_expert", (
-            f"Hypothesis: {outcome.hypothesis}\nPrediction: {outcome.prediction}\n"
-            f"Simulations: {json.dumps(outcome.simulations)}\nIs this physically sound? Give your review as JSON."))
+            f"Hypothesis: {outcome.statement}\nClaim: {outcome.claim.text()}\n"  # type: ignore[union-attr]
+            f"Simulations: {json.dumps(batch)}\nIs this physically sound? Give your review as JSON."))
         outcome.review = review  # type: ignore[assignment]
-        if review is not None:
-            # A citation must name a passage search_knowledge returned; others are not kept as
-            # evidence, and the record says which were dropped.
-            cited = review.citations  # type: ignore[attr-defined]
-            outcome.unverified_citations = [c for c in cited if not self.toolbox.was_retrieved(c)]
-            review.citations = [c for c in cited if self.toolbox.was_retrieved(c)]  # type: ignore[attr-defined]
-            if outcome.unverified_citations:
-                self.transcript.note("physflow", "unverified_citations", outcome.unverified_citations,
-                                     to="domain_expert")
-        if review is None or review.sound or not review.concerns.strip():  # type: ignore[attr-defined]
-            return None  # an objection that names no concern gives the planner nothing to revise
+        if review is None:
+            return
+        # A citation must name a passage search_knowledge returned; others are not kept as
+        # evidence, and the record says which were dropped.
+        cited = review.citations  # type: ignore[attr-defined]
+        outcome.unverified_citations = [c for c in cited if not self.toolbox.was_retrieved(c)]
+        review.citations = [c for c in cited if self.toolbox.was_retrieved(c)]  # type: ignore[attr-defined]
+        if outcome.unverified_citations:
+            self.transcript.note("physflow", "unverified_citations", outcome.unverified_citations, to="domain_expert")
+        if review.sound or not review.concerns.strip():  # type: ignore[attr-defined]
+            return  # an objection that names no concern gives the planner nothing to revise
         concerns = review.concerns  # type: ignore[attr-defined]
         self.transcript.note("physflow", "review", concerns, to="planner")
-        self.toolbox.staged.clear()
-        revised, _ = await self._run("planner", f"The domain expert objects: {concerns}\n"
-                                     "Revise your hypothesis and simulations, or keep them (JSON only).")
-        if revised is None:
-            return None
-        new = PlanOutcome(hypothesis=revised.hypothesis.strip(), prediction=revised.prediction.strip(),
-                          review=outcome.review, errors=outcome.errors,
-                          unverified_citations=outcome.unverified_citations)
-        for i, sim in enumerate(revised.simulations):
-            try:
-                new.simulations.append(self.toolbox.validate(sim.model_dump()))
-            except ProposalError as exc:
-                new.rejected.append(f"simulation {i + 1}: {exc}")
-        new.simulations = new.simulations[:capacity]
-        return new if new.ok and new.hypothesis else None
+        reply, _ = await self._run("planner", f"{prompt}\n\nYou said: {outcome.statement} ({outcome.claim.text()})."
+                                   f"\nThe domain expert objects: {concerns}\n"  # type: ignore[union-attr]
+                                   "Restate your hypothesis, or keep it (JSON only).", self.Claim)
+        if reply is None:
+            return
+        try:
+            outcome.claim = check_claim(reply, self.parameters, metric, batch)
+            outcome.statement = reply.hypothesis.strip()  # type: ignore[attr-defined]
+        except ProposalError as exc:
+            self.invalid += 1
+            self.transcript.note("physflow", "rejected", f"{exc}; the first statement stands", to="planner")
 
     # -- the critic and the coder --------------------------------------------------------------
     async def judge(self, prompt: str) -> Verdict | None:

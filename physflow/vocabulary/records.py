@@ -75,10 +75,13 @@ class Hypothesis:
     prediction: str = ""
     round: int = 0
     tasks: list[str] = field(default_factory=list)
-    verdict: str | None = None  # supported | refuted | inconclusive
+    verdict: str | None = None  # supported | refuted | inconclusive, computed from the numbers
     evidence: str = ""
     advice: str = ""
     analysis: str = ""  # the coder's output on this hypothesis's results
+    claim: dict[str, Any] | None = None  # vocabulary.steering.Claim.to_dict(): what the numbers judge
+    author: str = "planner"  # planner, or optimizer: the surrogate's own claim when the model gave none
+    reasoning: str = ""  # the critic's explanation of the verdict
 
 
 def all_failed(tasks: Iterable[TaskRecord]) -> str | None:

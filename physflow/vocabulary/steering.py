@@ -128,3 +128,22 @@ def judge_claim(claim: Claim, observations: Sequence[tuple[Mapping[str, float], 
                                     f"(beyond twice the spread {spread:.3g})", len(inside))
     return Judgement("inconclusive", f"{said}: {len(misses)} miss(es) it by at most {worst:.3g}, "
                                      f"within twice the spread {spread:.3g}", len(inside))
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What the optimizer tells the planner each round: its ``candidates`` (best first in its own
+    order, each with the surrogate's prediction; NaN before the surrogate has enough results), how
+    far along each parameter the objective changes (``lengths``: the surrogate's length scale as a
+    fraction of the parameter's range; small means the parameter matters), the simulations' own
+    scatter in the metric (``spread``, metric units; None without a surrogate) and how many
+    results the surrogate was fitted on."""
+
+    candidates: list[Candidate]
+    lengths: dict[str, float] = field(default_factory=dict)
+    spread: float | None = None
+    fitted_on: int = 0
+
+    @property
+    def predicted(self) -> bool:
+        return bool(self.candidates) and all(math.isfinite(c.mean) and math.isfinite(c.sd) for c in self.candidates)

@@ -204,6 +204,16 @@ class BudgetSpec(WorkflowPart):
     max_rounds: int = Field(8, ge=1, le=1_000_000)
     wall_time: float = 1800.0
     backfill: Literal["optimizer", "none"] = "optimizer"
+    planner_share: Literal["auto"] | float = Field(
+        "auto", description="share of each round's simulations the planner's picks run: auto (earned from "
+                            "its measured pick quality, at most 0.3) or a number from 0 to 1 (forced)")
+
+    @field_validator("planner_share")
+    @classmethod
+    def _share(cls, value: Any) -> Any:
+        if value != "auto" and not (isinstance(value, float) and 0.0 <= value <= 1.0):
+            raise ValueError("planner_share is auto or a number from 0 to 1")
+        return value
 
     @field_validator("wall_time", mode="before")
     @classmethod

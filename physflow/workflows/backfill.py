@@ -46,6 +46,7 @@ class Slots(Protocol):
     stop_reason: str
     team: object | None  # None: the optimizer steers alone
     approved_once: bool  # the user has approved a first batch (or approval is auto)
+    thinking_on: str | None  # the hypothesis the planner is stating: the optimizer's points run under it
 
     @property
     def simulations_left(self) -> int: ...
@@ -112,7 +113,7 @@ class Backfill:
             n, source = wanted
             if self.results_count - self.spares_seen <= self.budget.max_concurrent:
                 for params in self.spares[:n]:
-                    loop.new_task(params, source, None)
+                    loop.new_task(params, source, loop.thinking_on)
             self.spares = []
             loop.submit_ready()
             wanted = self.slots(loop)
@@ -163,7 +164,7 @@ class Backfill:
         if wanted is None:
             return
         for params in points[:wanted[0]]:
-            loop.new_task(params, source, None)
+            loop.new_task(params, source, loop.thinking_on)
 
     def cancel(self) -> None:
         if self.busy:

@@ -13,13 +13,14 @@ import contextlib
 import logging
 import math
 import os
+import random
 import signal
 import time
 from collections import deque
 from typing import Any
 
-from physflow.agents.prompts import critic_prompt, default_analysis, planner_prompt, resume_summary
-from physflow.agents.team import PlanOutcome, ScienceTeam, Transcript, Verdict
+from physflow.agents.prompts import critic_prompt, default_analysis, hypothesis_prompt, resume_summary
+from physflow.agents.team import ClaimOutcome, PickRecord, ScienceTeam, Transcript, Verdict
 from physflow.dispatch.base import Dispatcher
 from physflow.errors import PhysflowError, StoreError
 from physflow.optimizer import Optimizer
@@ -27,6 +28,7 @@ from physflow.sim_adapters.base import Adapter
 from physflow.site_configs.site import SiteSpec
 from physflow.vocabulary import ranking
 from physflow.vocabulary.records import Hypothesis, TaskRecord, all_failed
+from physflow.vocabulary.steering import Advice, Candidate, Claim, Judgement, judge_claim, pick_quality, pick_score
 from physflow.vocabulary.workflow import LoadedWorkflow, ParameterSpec, WorkflowSpec
 from physflow.workflows.approval import Approver, ask_user, batch_text
 from physflow.workflows.backfill import Backfill
@@ -35,6 +37,13 @@ from physflow.workflows.resume import resumption
 from physflow.workflows.store import CampaignState, Committer, RunStore
 
 log = logging.getLogger("physflow.campaign")
+
+#: The largest share of a round's simulations the planner's picks may earn (``budget.planner_share:
+#: auto``): a published comparison of optimizers and LLM agents (arXiv 2603.24647) found a hybrid
+#: best with the model on about 30% of the trials, and larger model shares worse.
+EARNED_SHARE_MAX = 0.3
+#: Candidates the optimizer offers beyond the round's batch, so that a pick is a choice.
+EXTRA_CANDIDATES = 3
 
 #: The loop's event handlers, registered by the methods below.
 handles = Handlers()
@@ -65,6 +74,11 @@ class Campaign:
         self._to_judge: deque[str] = deque()
         self.approved_once = self.spec.approval == "auto" or approver is None
         self.resume_note = self.last_analysis = ""  # said to the planner once; the coder's latest output
+        self.rng = random.Random(int(self.spec.simulation.fixed.get("seed", 0)))  # shuffles and shares
+        self.pick_scores: list[float] = []  # each pick's score against the surrogate (vocabulary.steering)
+        self.pick_prior = 0.0  # the model's steering score from its qualification, if any
+        self.spread = 0.0  # the simulations' scatter in the metric, from the latest surrogate
+        self.thinking_on: str | None = None  # the hypothesis id the planner is stating now
 
     # -- what the agents (agents.view.CampaignView) and the backfill policy read ---------------
     @property
@@ -146,9 +160,8 @@ class Campaign:
                  " ".join(f"{k}={v:.4g}" for k, v in task.params.items()),
                  f"{metric}={value:.4g}" if value is not None else (task.error or "")[:80],
                  f"{best.metrics[metric]:.4g} ({best.id})" if best else "-")
-        hid = task.hypothesis
-        if hid and all(self.tasks[t].status in ("finished", "failed") for t in self.hypotheses[hid].tasks):
-            self._to_judge.append(hid)
+        if task.hypothesis:
+            self._judge_if_done(task.hypothesis)
 
     # -- the optimizer's slots (workflows.backfill) --------------------------------------------
     async def _deliver_suggestion(self, source: str, points: list[dict[str, float]] | BaseException,
@@ -159,7 +172,16 @@ class Campaign:
     def on_suggested(self, source: str, points: list[dict[str, float]] | BaseException, seen: int) -> None:
         self.backfill.on_suggested(self, source, points, seen)
 
-    # -- the planner ---------------------------------------------------------------------------
+    # -- the planner: the optimizer's advisor --------------------------------------------------
+    def planner_share(self) -> float:
+        """The share of a round's simulations the planner's picks run: forced by
+        ``budget.planner_share``, or earned (``auto``): ``EARNED_SHARE_MAX`` times the measured
+        pick quality, so a model that picks no better than chance never costs a simulation."""
+        forced = self.spec.budget.planner_share
+        if forced != "auto":
+            return float(forced)
+        return EARNED_SHARE_MAX * pick_quality(self.pick_scores, self.pick_prior)
+
     def maybe_think(self) -> None:
         """The queue runs low: ask the planner for the next hypothesis while simulations run."""
         if self.stop_reason or self.team is None or self.planner_thinking:
@@ -169,47 +191,83 @@ class Campaign:
             return
         self.rounds += 1
         self.committer.event("round", round=self.rounds)
-        self._planner = asyncio.create_task(self._plan(self.rounds))
+        # The id is taken now: the optimizer's points that fill slots while the planner thinks run
+        # under it (the planner states it without having seen their results).
+        self.thinking_on = hid = f"H{self.rounds}"
+        self.hypotheses.setdefault(hid, Hypothesis(hid, "", round=self.rounds))
+        self._planner = asyncio.create_task(self._plan(self.rounds, self.pending()))
 
-    async def _plan(self, round_no: int) -> None:
+    async def _plan(self, round_no: int, pending: list[dict[str, float]]) -> None:
+        """The round's batch (the optimizer's candidates, the planner's picks in its share) and
+        the hypothesis it tests; whatever fails, the loop gets a batch."""
         capacity = max(1, min(self.simulations_left, self.spec.budget.max_concurrent * 2, 8))
+        obj, picks, batch = self.spec.objective, [], []
+        outcome = ClaimOutcome()
         try:
-            hints = await self.backfill.points_now(self, 2)
+            advice = await asyncio.to_thread(self.optimizer.advice, capacity + EXTRA_CANDIDATES, pending)
+            share = self.planner_share()
+            earned = math.floor(share * capacity + self.rng.random())  # unbiased rounding of share x capacity
+            if advice.predicted:  # at least one pick a round, run or not: how the share is earned
+                picks = await self.team.pick(advice.candidates, obj.goal, obj.metric, max(1, earned), self.rng)
+            batch = compose_batch(advice.candidates, picks, earned, capacity)
             note, self.resume_note = self.resume_note, ""
-            prompt = planner_prompt(self, round_no, hints, note, self.last_analysis)
-            outcome = await self.team.propose(prompt, capacity)
+            prompt = hypothesis_prompt(self, round_no, advice, [c for c, _ in batch], note, self.last_analysis)
+            outcome = await self.team.hypothesize(prompt, obj.metric, [c.params for c, _ in batch])
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
-            outcome = PlanOutcome(errors=[f"{type(exc).__name__}: {exc}"])
-        await self._events.put(Event("planned", (round_no, outcome)))
+            outcome.errors.append(f"{type(exc).__name__}: {exc}")
+            if not batch:
+                advice = Advice([Candidate(p, math.nan, math.nan, i) for i, p in
+                                 enumerate(await self.backfill.points_now(self, capacity))])
+                batch = [(c, "optimizer") for c in advice.candidates]
+        await self._events.put(Event("planned", (round_no, advice, picks, earned if picks else 0, batch, outcome)))
 
     @handles("planned")
-    async def on_planned(self, round_no: int, outcome: PlanOutcome) -> None:
+    async def on_planned(self, round_no: int, advice: Advice, picks: list[PickRecord], earned: int,
+                         batch: list[tuple[Candidate, str]], outcome: ClaimOutcome) -> None:
+        hid = f"H{round_no}"
+        self.thinking_on = None
+        for record in picks:
+            if record.place is not None:
+                self.pick_scores.append(pick_score(record.place, record.shown))
+        if advice.spread is not None:
+            self.spread = advice.spread
         if self.stop_reason:  # the campaign stopped while the planner thought: nothing more runs
             return
-        capacity = max(0, self.simulations_left)
-        log.info("round %d: %s", round_no, f"hypothesis: {outcome.hypothesis[:100]}" if outcome.ok
-                 else "no valid proposal from the model; the optimizer fills the round")
+        h = self.hypotheses.setdefault(hid, Hypothesis(hid, "", round=round_no))
+        h.author = "planner" if outcome.ok else "optimizer"
         if outcome.ok:
-            hid, source, batch = f"H{round_no}", "planner", outcome.simulations[:capacity]
-            self.hypotheses[hid] = Hypothesis(hid, outcome.hypothesis, outcome.prediction, round_no)
-            review = outcome.review
-            self.committer.event("hypothesis", id=hid, statement=outcome.hypothesis,
-                                 prediction=outcome.prediction, round=round_no,
-                                 review=review.model_dump() if review else None,
-                                 unverified_citations=outcome.unverified_citations)
-        else:  # the model gave nothing usable: the optimizer fills this round's slots, recorded as such
-            self.transcript.note("physflow", "fallback",
-                                 f"round {round_no}: no valid proposal ({'; '.join(outcome.errors)[-400:]}); "
-                                 "using the optimizer's suggestions")
-            n = min(capacity, self.spec.budget.max_concurrent)
-            hid, source, batch = None, "optimizer", await self.backfill.points_now(self, n) if n else []
-        approved = await self._approve(hid, batch) if hid or batch else []
+            h.statement, h.claim = outcome.statement, outcome.claim.to_dict()  # type: ignore[union-attr]
+        else:  # the model gave nothing usable: the surrogate's own claim, recorded as such
+            self.transcript.note("physflow", "fallback", f"round {round_no}: no valid hypothesis "
+                                 f"({'; '.join(outcome.errors)[-400:]}); the surrogate's prediction stands in")
+            h.statement, claim = surrogate_claim(advice, [c for c, _ in batch], self.spec.objective.metric,
+                                                 self.spec.objective.goal)
+            h.claim = claim.to_dict() if claim else None
+        h.prediction = Claim.from_dict(h.claim).text() if h.claim else "no prediction"
+        log.info("round %d: %s %s: %s [%s]", round_no, hid, h.author, h.statement[:100], h.prediction)
+        review = outcome.review
+        self.committer.event(
+            "hypothesis", id=hid, statement=h.statement, prediction=h.prediction, round=round_no, claim=h.claim,
+            author=h.author, review=review.model_dump() if review else None,
+            unverified_citations=outcome.unverified_citations, share=self.planner_share(), earned=earned,
+            picks=[{"place": p.place, "shown": p.shown, "ran": i < earned and p.candidate is not None,
+                    "error": p.error} for i, p in enumerate(picks)],
+            pick_quality=pick_quality(self.pick_scores, self.pick_prior))
+        params = [c.params for c, _ in batch][:max(0, self.simulations_left)]
+        approved = await self._approve(hid, params) if params else []
         if approved is None:
             return
-        for params in approved:
-            self.new_task(params, source if params in batch else "user", hid)
-        if outcome.rejected:
-            self.transcript.note("physflow", "rejected", outcome.rejected)
+        sources = {json_key(c.params): source for c, source in batch}
+        for p in approved:
+            self.new_task(p, sources.get(json_key(p), "user"), hid)
+        self._judge_if_done(hid)
+
+    def _judge_if_done(self, hid: str) -> None:
+        """Queue ``hid`` for its verdict once it is stated and every simulation under it ended."""
+        h = self.hypotheses.get(hid)
+        if h and h.statement and h.verdict is None and hid not in self._to_judge and h.tasks and all(
+                self.tasks[t].status in ("finished", "failed") for t in h.tasks):
+            self._to_judge.append(hid)
 
     async def _approve(self, hid: str | None, batch: list[dict[str, float]]) -> list[dict[str, float]] | None:
         """The batch to run after the user saw it (workflows.approval), or None: the campaign stops."""
@@ -228,17 +286,26 @@ class Campaign:
             self.approved_once = True
         return answer
 
-    # -- the critic and the coder --------------------------------------------------------------
+    # -- the verdict (computed), the critic's reasoning and the coder's analysis ------------------
+    def judgement(self, hid: str) -> Judgement:
+        """The verdict the numbers give ``hid``'s claim (``vocabulary.steering.judge_claim``)."""
+        h, metric = self.hypotheses[hid], self.spec.objective.metric
+        if not h.claim:
+            return Judgement("inconclusive", "no numeric prediction was made, so the numbers cannot judge it", 0)
+        observed = [(self.tasks[t].params, self.tasks[t].metrics[metric]) for t in h.tasks
+                    if self.tasks[t].status == "finished" and metric in self.tasks[t].metrics]
+        return judge_claim(Claim.from_dict(h.claim), observed, self.spread)
+
     def maybe_judge(self) -> None:
         if self.team is None or not self._to_judge or (self._critic and not self._critic.done()):
             return
         hid = self._to_judge.popleft()
-        self._critic = asyncio.create_task(self._judge(hid))
+        self._critic = asyncio.create_task(self._judge(hid, self.judgement(hid)))
 
-    async def _judge(self, hid: str) -> None:
+    async def _judge(self, hid: str, judgement: Judgement) -> None:
         verdict = analysis = None
         try:
-            verdict = await self.team.judge(critic_prompt(self, hid))
+            verdict = await self.team.judge(critic_prompt(self, hid, judgement))
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
             self.transcript.note("critic", "error", f"{type(exc).__name__}: {exc}")
         # The coder analyses every judged hypothesis: what the critic asked for, or else how the
@@ -248,21 +315,28 @@ class Campaign:
             analysis = await self.team.analyse(request or default_analysis(self), self.results())
         except Exception as exc:  # noqa: BLE001
             self.transcript.note("coder", "error", f"{type(exc).__name__}: {exc}")
-        await self._events.put(Event("judged", (hid, verdict, analysis)))
+        await self._events.put(Event("judged", (hid, judgement, verdict, analysis)))
 
     @handles("judged")
-    def on_judged(self, hid: str, verdict: Verdict | None, analysis: str | None = None) -> None:
+    def on_judged(self, hid: str, judgement: Judgement, verdict: Verdict | None, analysis: str | None = None) -> None:
         h = self.hypotheses[hid]
-        if verdict is None:
-            h.verdict, h.evidence = "inconclusive", "the critic gave no valid verdict"
-        else:
-            h.verdict, h.evidence, h.advice = verdict.verdict, verdict.evidence, verdict.advice
+        h.verdict, h.evidence = judgement.verdict, judgement.evidence
+        refused = None
+        if verdict is not None and verdict.verdict != judgement.verdict:
+            # The numbers decide; a critic that says otherwise is recorded, not followed.
+            refused = verdict.verdict
+            self.transcript.note("physflow", "verdict_refused", f"{hid}: the critic said {verdict.verdict}, the "
+                                 f"numbers say {judgement.verdict} ({judgement.evidence})", to="critic")
+        elif verdict is not None:
+            h.reasoning = verdict.evidence
+        if verdict is not None:
+            h.advice = verdict.advice
         if analysis:
             h.analysis = analysis
             self.last_analysis = f"{hid}: {analysis[:600]}"
         log.info("%s judged %s: %s", hid, h.verdict, h.evidence[:100])
         self.committer.event("verdict", id=hid, verdict=h.verdict, evidence=h.evidence, advice=h.advice,
-                             analysis=h.analysis)
+                             analysis=h.analysis, reasoning=h.reasoning, computed=True, critic_refused=refused)
 
     # -- start, restore, stop ------------------------------------------------------------------
     def request_cancel(self, reason: str = "cancelled") -> None:
@@ -397,3 +471,34 @@ class Campaign:
         finally:
             self._stop(state)
         return state
+
+
+def json_key(params: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    """A parameter set as a dict key (the same values in any order)."""
+    return tuple(sorted(params.items()))
+
+
+def compose_batch(candidates: list[Candidate], picks: list[PickRecord], earned: int,
+                  capacity: int) -> list[tuple[Candidate, str]]:
+    """The round's simulations: the planner's first ``earned`` picks, then the optimizer's
+    candidates in its own order, ``capacity`` in all; each with its source."""
+    chosen = [p.candidate for p in picks[:earned] if p.candidate is not None]
+    batch = [(candidates[i], "planner") for i in chosen]
+    batch += [(c, "optimizer") for i, c in enumerate(candidates) if i not in chosen]
+    return batch[:capacity]
+
+
+def surrogate_claim(advice: Advice, batch: list[Candidate], metric: str, goal: str) -> tuple[str, Claim | None]:
+    """The hypothesis physflow states when the model gave none: the surrogate's prediction for the
+    batch (the metric within two of its sd of its mean over the batch's box); none before the
+    surrogate predicts."""
+    points = [c for c in batch if math.isfinite(c.mean) and math.isfinite(c.sd)]
+    if not points:
+        return "No prediction yet: the optimizer's space-filling points map the parameter space.", None
+    region = {name: (min(c.params[name] for c in points), max(c.params[name] for c in points))
+              for name in points[0].params}
+    if goal == "minimize":
+        claim = Claim(metric, "below", max(c.mean + 2 * c.sd for c in points), region)
+    else:
+        claim = Claim(metric, "above", min(c.mean - 2 * c.sd for c in points), region)
+    return f"The surrogate predicts {claim.text()} (its own prediction; the model stated none).", claim

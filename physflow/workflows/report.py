@@ -317,6 +317,35 @@ def _observed(h_tasks: list[str], state: CampaignState, metric: str, goal: str) 
     return f"best {metric} = {_fmt(top.metrics[metric])} ({top.id}; {scored}/{len(done)} done)"
 
 
+def steering_summary(state: CampaignState) -> str:
+    """Who steered, in numbers: hypotheses by the planner, verdicts (computed from the numbers)
+    and refused critic verdicts, and the planner's share of the simulations with the pick quality
+    that earned it."""
+    hyps = list(state.hypotheses.values())
+    by_planner = sum(h.author == "planner" for h in hyps)
+    verdicts = [h.verdict for h in hyps if h.verdict]
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "refuted", "inconclusive"))
+    picks = [p for r in state.steering for p in r.get("picks") or []]
+    scored = [p for p in picks if p.get("place") is not None]
+    ran = sum(t.source == "planner" for t in state.tasks.values())
+    last = state.steering[-1] if state.steering else {}
+    refused = (f"; {state.critic_refused} critic verdict(s) the numbers contradicted were refused"
+               if state.critic_refused else "")
+    text = (f"**Steering.** The planner stated {by_planner} of {len(hyps)} hypotheses (the others: the "
+            f"surrogate's own prediction). Verdicts, computed from the numbers: {counts or 'none yet'}{refused}. ")
+    if scored:
+        mean_place = sum(p["place"] for p in scored) / len(scored)
+        chance = sum((p["shown"] - 1) / 2 for p in scored) / len(scored)
+        text += (f"The planner made {len(picks)} pick(s) among the optimizer's shuffled candidates "
+                 f"({len(picks) - len(scored)} unusable): mean place {mean_place:.2f} in the surrogate's "
+                 f"ranking (0 = its best; chance "
+                 f"{chance:.2f}); measured pick quality {last.get('pick_quality', 0):.2f}, so its share was "
+                 f"{last.get('share', 0):.2f} of a round; {ran} of {len(state.tasks)} simulations ran its picks.")
+    else:
+        text += f"No pick was measured yet; {ran} of {len(state.tasks)} simulations ran the planner's picks."
+    return text
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "/").replace("\n", " ")
 
@@ -345,14 +374,17 @@ def render(state: CampaignState, spec: dict, metric: str, slots: int,
     if state.started and state.ended:
         out += [f"**Wall time:** {state.ended - state.started:.1f} s; "
                 f"**worker busy fraction:** {_fmt(bf)} over {slots} slot(s).", ""]
-    out += ["## Hypotheses", "", "| id | hypothesis | predicted | observed | verdict | evidence | tasks |",
-            "|---|---|---|---|---|---|---|"]
+    out += ["## Hypotheses", "", "| id | hypothesis | predicted | observed | verdict | evidence | by | tasks |",
+            "|---|---|---|---|---|---|---|---|"]
     for h in state.hypotheses.values():
+        evidence = h.evidence + (f" — critic: {h.reasoning}" if h.reasoning else "")
         cells = [h.id, h.statement, h.prediction, _observed(h.tasks, state, metric, goal), h.verdict or "pending",
-                 h.evidence, ", ".join(h.tasks)]
+                 evidence, h.author, ", ".join(h.tasks)]
         out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     if not state.hypotheses:
-        out.append("| — | no hypothesis was stated (optimizer only) | | | | | |")
+        out.append("| — | no hypothesis was stated (optimizer only) | | | | | | |")
+    else:
+        out += ["", steering_summary(state)]
     out += ["", "## Objective", ""] + figure("objective", f"{metric} of each simulation, in the order proposed")
     out += figure("parameters", f"Simulated parameters coloured by {metric}; star: best, X: the target's truth")
     for curve in curve_figures(spec):

@@ -67,6 +67,10 @@ class CampaignState:
     submits: dict[str, int] = field(default_factory=dict)
     #: Lines of the journal that are not events (skipped): the journal lost what they held.
     damage: list[Damage] = field(default_factory=list)
+    #: Each round's steering: the planner's share then, the picks it made (place among the shown,
+    #: whether it ran) and its measured pick quality; the critic verdicts the numbers refused.
+    steering: list[dict[str, Any]] = field(default_factory=list)
+    critic_refused: int = 0
 
 
 def _json_default(value: Any) -> Any:
@@ -212,11 +216,17 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
             st.state, st.reason, st.ended = e["state"], e.get("reason", ""), t
         elif kind == "hypothesis":
             st.round_unanswered = False
-            st.hypotheses[e["id"]] = Hypothesis(e["id"], e["statement"], e.get("prediction", ""), e.get("round", 0))
+            h = st.hypotheses[e["id"]] = Hypothesis(e["id"], e["statement"], e.get("prediction", ""), e.get("round", 0),
+                                                    claim=e.get("claim"), author=e.get("author", "planner"))
+            if "picks" in e:
+                st.steering.append({k: e.get(k) for k in ("round", "share", "earned", "picks", "pick_quality")})
+            # the optimizer's simulations started while the planner stated it were proposed under its id
+            h.tasks = [tid for tid, t in st.tasks.items() if t.hypothesis == h.id]
         elif kind == "verdict" and e["id"] in st.hypotheses:
             h = st.hypotheses[e["id"]]
             h.verdict, h.evidence, h.advice = e["verdict"], e.get("evidence", ""), e.get("advice", "")
-            h.analysis = e.get("analysis", "")
+            h.analysis, h.reasoning = e.get("analysis", ""), e.get("reasoning", "")
+            st.critic_refused += bool(e.get("critic_refused"))
         elif kind == "round":
             st.rounds = max(st.rounds, e["round"])
             st.round_unanswered = True

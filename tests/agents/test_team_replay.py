@@ -12,6 +12,7 @@ name: team-replay
 goal: Which kappa and power reproduce the observed field?
 llm: {provider: replay, script: planner.jsonl}
 agents:
+  planner: {tools: [query_results, suggest_parameters]}
   domain_expert: {script: expert.jsonl}
   critic: {script: critic.jsonl}
   coder: {script: coder.jsonl}
@@ -27,7 +28,8 @@ objective: {metric: chi2, target: data/heat2d_target.h5}
 budget: {max_simulations: 6, max_concurrent: 2, max_rounds: 3, wall_time: 5m, backfill: none}
 """
 
-H1 = {"hypothesis": "Diffusivity near 0.4 m^2/s matches the field.", "prediction": "lowest chi2 near kappa 0.4"}
+H1 = {"hypothesis": "Diffusivity near 0.4 m^2/s matches the field.", "bound": "below", "value": 1e6,
+      "region": {"kappa": [0.05, 1.0]}}
 
 
 def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
@@ -38,15 +40,14 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
         "# Sources\n\nThe heating rate scales the amplitude of the field linearly.\n")
     write_script(tmp_path / "planner.jsonl", [
         {"tool": "no_such_tool", "arguments": {}},                                    # hallucinated tool
-        {"tool": "propose_simulations", "arguments": {"simulations": [{"kappa": 0.42, "power": 30},
-                                                                      {"kappa": 5, "power": 30}]}},
-        {"content": {**H1, "simulations": [{"kappa": 0.3, "power": 30}]}},
-        {"content": {**H1, "hypothesis": "Diffusivity 0.35-0.42 m^2/s at power near 30 K/s.",
-                     "simulations": [{"kappa": 0.42, "power": 30}, {"kappa": 0.35, "power": 28}]}},
-        {"tool": "suggest_parameters", "arguments": {"n": "many"}},                   # malformed arguments
         '{"hypothesis": "cut off at max_to',                                          # truncated JSON
-        {"content": {"hypothesis": "", "prediction": "", "simulations": [{"kappa": 0.5, "power": 20}]}},
-        {"content": {"hypothesis": "negative", "prediction": "x", "simulations": [{"kappa": -1, "power": 20}]}},
+        {"content": {**H1, "region": {"kappa": [0.5, 0.2]}}},                         # upside down
+        {"content": H1},
+        {"content": {**H1, "hypothesis": "Diffusivity 0.35-0.42 m^2/s at power near 30 K/s."}},  # restated
+        {"tool": "suggest_parameters", "arguments": {"n": "many"}},                   # malformed arguments
+        {"content": {**H1, "value": "low"}},
+        {"content": {**H1, "hypothesis": ""}},
+        {"content": {**H1, "region": {"kappa": [-1, 0.5]}}},
     ])
     write_script(tmp_path / "expert.jsonl", [
         {"tool": "search_knowledge", "arguments": {"query": "thermal diffusivity of metals", "k": 2}},
@@ -70,17 +71,16 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
 
     rows = json.loads(physflow("results", str(run), "--json").stdout)
     assert len(rows) == 6 and all(r["status"] == "finished" for r in rows)
-    h1 = [r["params"] for r in rows if r["hypothesis"] == "H1"]
-    assert h1 == [{"kappa": 0.42, "power": 30.0}, {"kappa": 0.35, "power": 28.0}]  # the revised batch
-    assert sum(r["source"] == "optimizer" for r in rows) == 4
+    assert [r["hypothesis"] for r in rows] == ["H1"] * 4 + ["H2"] * 2  # every simulation under a hypothesis
+    assert {r["source"] for r in rows} == {"optimizer"}  # too few results for a surrogate: no picks
 
     transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
     text = json.dumps(transcript)
     calls = {c for t in transcript if t["type"] == "ToolCallRequestEvent" for c in t["content"]}
-    for tool in ("no_such_tool", "propose_simulations", "suggest_parameters", "search_knowledge", "make_plot",
-                 "query_results"):
+    for tool in ("no_such_tool", "suggest_parameters", "search_knowledge", "make_plot", "query_results"):
         assert any(f"name='{tool}'" in c for c in calls), tool
-    assert "kappa=5.0 is outside [0.05, 1.0]" in text                    # staged proposal rejected
+    assert "region.kappa [0.5, 0.2] must satisfy 0.05 <= low <= high <= 1.0" in text   # sent back
+    assert "region.kappa [-1.0, 0.5] must satisfy" in text
     assert "heat.md:3" in text                                           # a cited knowledge passage
     coder_runs = [t for t in transcript if t["type"] == "tool_result" and t["tool"] == "run_analysis_code"]
     assert "SANDBOX VIOLATION" in coder_runs[0]["content"] and "mean chi2 =" in coder_runs[1]["content"]
@@ -91,6 +91,7 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
 
     events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
     hyp = next(e for e in events if e["event"] == "hypothesis")
+    assert hyp["statement"] == "Diffusivity 0.35-0.42 m^2/s at power near 30 K/s."  # restated after the review
     assert hyp["review"]["sound"] is False and hyp["review"]["citations"] == ["heat.md:3"]
     assert hyp["unverified_citations"] == ["Smith et al. 2031"]  # not returned by search_knowledge
 
@@ -99,6 +100,7 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
     assert "tokens: critic" in shown
     verdict = next(e for e in events if e["event"] == "verdict")
     assert verdict["verdict"] == "supported" and "mean chi2 =" in verdict["analysis"]
+    assert verdict["reasoning"] == "chi2 ~ 1 at kappa 0.42" and verdict["critic_refused"] is None
     tokens = {e["agent"] for e in events if e["event"] == "tokens"}
     assert tokens >= {"planner", "domain_expert", "critic", "coder"}
     assert (run / "plots" / "chi2_vs_kappa_by_power.png").stat().st_size > 1000
@@ -121,29 +123,31 @@ budget: {max_simulations: 24, max_concurrent: 2, max_rounds: 12, wall_time: 5m, 
 CORPUS_SIM = "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n"
 
 
-def _plan(simulations, **extra) -> str:
+def _claim(**fields) -> str:
     """One planner reply as raw text (json.dumps writes NaN and Infinity as the bare words a model might)."""
-    return json.dumps({"content": json.dumps({"hypothesis": "h", "prediction": "p", "simulations": simulations,
-                                              **extra})})
+    return json.dumps({"content": json.dumps({"hypothesis": "h", "bound": "below", "value": 0.01,
+                                              "region": {"x": [0.0, 1.0]}, **fields})})
 
 
 def test_a_corpus_of_malformed_model_outputs_never_runs_a_bad_simulation(tmp_path):
     """What test_every_role_and_tool_and_error_path does not cover: non-finite and non-numeric
-    parameters, shell text as a parameter, wrong shapes, huge batches and replies, JSON cut mid-number."""
+    values, shell text, wrong shapes, huge replies, JSON cut mid-number, letters that name no candidate.
+    The first six go to round 1 and 2 (no surrogate yet, so no pick asks for a letter); their reasons are
+    checked one by one; what follows meets picks and claims in whatever order the campaign asks."""
     sentinel = tmp_path / "pwned"
     corpus = [
-        _plan([{"x": float("nan")}]), _plan([{"x": float("inf")}]), _plan([{"x": -float("inf")}]),
-        json.dumps({"content": '{"hypothesis": "h", "prediction": "p", "simulations": [{"x": 1e999}]}'}),
-        _plan([{"x": "0.5"}]), _plan([{"x": f"$(touch {sentinel})"}]), _plan([{"x": None}]), _plan([{"x": True}]),
-        _plan([{"x": [0.5]}]), _plan([{"x": {"value": 0.5}}]), _plan([{"x": 1.0000001}]), _plan([{"x": 1e308}]),
-        _plan([{"x": 0.5, "y": 2}]), _plan([{}]), _plan({"x": 0.5}), _plan("all of them"), _plan([0.5]),
+        _claim(value=float("nan")), _claim(value=float("inf")), _claim(value="0.5"),
+        _claim(region={"x": [0.0, 1.0], "y": [0, 1]}), _claim(value=True), _claim(region={"x": [0.7, 0.2]}),
+        json.dumps({"content": '{"hypothesis": "h", "bound": "below", "value": 1e999, "region": {}}'}),
+        _claim(value=f"$(touch {sentinel})"), _claim(region={"x": [0.5]}), _claim(region={"x": {"low": 0}}),
+        _claim(bound="sideways"), _claim(region="everywhere"), _claim(region=[0.0, 1.0]),
         json.dumps({"content": 42}), json.dumps({"content": []}), json.dumps(""), json.dumps({"content": None}),
-        json.dumps({"tool": "propose_simulations", "arguments": "not an object"}),
+        json.dumps({"content": '{"choice": "Z"}'}), json.dumps({"content": '{"choice": 1}'}),
         json.dumps({"tool": "rm -rf /", "arguments": {"path": "/"}}),
-        json.dumps('{"hypothesis": "h", "prediction": "p", "simulations": [{"x": 0.'),   # cut at max_tokens
-        _plan([{"x": 0.5}], hypothesis="\u0000\u202e" + "very long " * 20_000),
-        _plan([{"x": 0.31}] * 5000),                                                    # a huge batch
-        _plan([{"x": 0.29}]),
+        json.dumps('{"hypothesis": "h", "bound": "below", "value": 0.'),                # cut at max_tokens
+        _claim(hypothesis="\u0000\u202e" + "very long " * 20_000),
+        _claim(region={"x": [0.31, 0.31]} | {f"p{i}": [0, 1] for i in range(5000)}),    # a huge reply
+        _claim(),
     ]
     (tmp_path / "planner.jsonl").write_text("\n".join(corpus) + "\n")
     run, proc = submit_folder(tmp_path, {"wf.yaml": CORPUS_WORKFLOW, "sim.py": CORPUS_SIM})
@@ -156,16 +160,16 @@ def test_a_corpus_of_malformed_model_outputs_never_runs_a_bad_simulation(tmp_pat
         x = r["params"]["x"]
         assert set(r["params"]) == {"x"} and isinstance(x, float) and 0 <= x <= 1, r
         assert r["status"] == "finished", r
-    planned = [r["params"]["x"] for r in rows if r["source"] == "planner"]
-    assert planned == [0.29]  # the one valid proposal; true, "0.5" and {"x": 0.5, "y": 2} are not coerced
+        assert r["hypothesis"], r
 
     transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
     text = json.dumps([t for t in transcript if t["type"] in ("rejected", "error")])
-    for reason in ("x=nan is not finite", "x=inf is not finite", "x=-inf is not finite",
-                   "simulations.0.x: Input should be a valid number", "x=1.0000001 is outside [0.0, 1.0]",
-                   "simulations.0.y: Extra inputs are not permitted", "simulations.0.x: Field required",
-                   "EOF while parsing", "hypothesis: String should have at most 400 characters",
-                   "simulations: List should have at most 8 items"):
+    for reason in ("value must be a finite number", "value: Input should be a valid number",
+                   "region.y: Extra inputs are not permitted", "region.x [0.7, 0.2] must satisfy"):
         assert reason in text, reason
     assert sum(t["type"] == "fallback" for t in transcript) >= 3
+    events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+    for e in events:  # a claim kept from the model is finite and inside the bounds, whatever came before
+        if e["event"] == "hypothesis" and e["author"] == "planner":
+            assert e["claim"] == {"metric": "loss", "bound": "below", "value": 0.01, "region": {"x": [0.0, 1.0]}}
     assert json.loads(physflow("status", str(run), "--json").stdout)["state"] == "finished"

@@ -41,11 +41,9 @@ json.dump({"loss": (x - 0.3) ** 2, "profile": [x, x * x]}, open("result.json", "
 
 
 def planner_rounds(n: int) -> list:
-    """A replay planner's script: ``n`` rounds, each a hypothesis with two simulations."""
-    return [{"content": {"hypothesis": f"the loss is smallest near x={0.1 * (r + 1):.1f}",
-                         "prediction": "loss below 0.01",
-                         "simulations": [{"x": 0.1 * (r + 1)}, {"x": 0.1 * (r + 1) + 0.05}]}}
-            for r in range(n)]
+    """A replay planner's script: ``n`` rounds, each a hypothesis about the whole range of x."""
+    return [{"content": {"hypothesis": f"the loss stays below {0.5 / (r + 1):.2f}", "bound": "below",
+                         "value": 0.5 / (r + 1), "region": {"x": [0.0, 1.0]}}} for r in range(n)]
 
 
 def journal(run: Path) -> list[dict]:

@@ -32,8 +32,8 @@ objective: {{metric: loss}}
 budget: {{max_simulations: 4, max_concurrent: 2, max_rounds: 2, wall_time: 5m, backfill: none}}
 """
 
-PLAN = {"hypothesis": "the loss is smallest near x=0.3", "prediction": "loss below 0.01",
-        "simulations": [{"x": 0.3}, {"x": 0.35}]}
+PLAN = {"hypothesis": "the loss stays below 1 everywhere", "bound": "below", "value": 1.0,
+        "region": {"x": [0.0, 1.0]}}
 
 
 class OpenAIChat(BaseHTTPRequestHandler):
@@ -90,8 +90,9 @@ def test_the_api_key_appears_in_no_file_of_the_run(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     assert OpenAIChat.seen and all(h == f"Bearer {key}" for h in OpenAIChat.seen)  # the key was used ...
     rows = json.loads(physflow("results", str(run), "--json").stdout)
-    assert [r["params"] for r in rows if r["source"] == "planner"][:2] == PLAN["simulations"]
-    assert "suggest_parameters" in OpenAIChat.tools  # the planner's turns offer its tools (not strict ones)
+    assert rows and all(r["hypothesis"] == "H1" for r in rows)  # the model's hypothesis, through the server
+    events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+    assert [e["author"] for e in events if e["event"] == "hypothesis"] == ["planner"]
 
     files = [p for p in tmp_path.rglob("*") if p.is_file()]  # run dir, parsl/ logs, task folders, ...
     assert any(p.parent.name == "parsl" or "parsl" in p.parts for p in files)

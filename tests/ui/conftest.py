@@ -30,10 +30,10 @@ agents:
   domain_expert: {enabled: false}
   coder: {enabled: false}"""
 PLANNER = [
-    {"content": {"hypothesis": "The field is matched near kappa 0.4 m^2/s.", "prediction": "chi2 below 5 at kappa 0.4",
-                 "simulations": [{"kappa": 0.4, "power": 30}, {"kappa": 0.6, "power": 30}]}},
-    {"content": {"hypothesis": "A larger power needs a larger kappa.", "prediction": "chi2 rises at power 50",
-                 "simulations": [{"kappa": 0.4, "power": 50}]}},
+    {"content": {"hypothesis": "The field is matched near kappa 0.4 m^2/s.", "bound": "below", "value": 1e6,
+                 "region": {"kappa": [0.05, 1.0]}}},
+    {"content": {"hypothesis": "A larger power needs a larger kappa.", "bound": "above", "value": 1e6,
+                 "region": {"power": [5.0, 60.0]}}},
 ]
 CRITIC = [
     {"content": {"verdict": "supported", "evidence": "chi2 near 1 at kappa 0.4", "advice": "vary power"}},

@@ -84,15 +84,15 @@ def test_every_batch_approval_on_a_terminal_edit_then_stop(tmp_path: Path):
     (tmp_path / "wf.yaml").write_text(WORKFLOW)
     (tmp_path / "sim.py").write_text(SIM)
     (tmp_path / "editor.py").write_text(EDITOR)
-    hypothesis = {"hypothesis": "The loss is smallest near x = 0.1.", "prediction": "loss < 0.05 at 0.1"}
+    hypothesis = {"hypothesis": "The loss is smallest near x = 0.1.", "bound": "below", "value": 1.0,
+                  "region": {"x": [0.0, 1.0]}}
     write_script(tmp_path / "planner.jsonl", [
-        {"content": {**hypothesis, "simulations": [{"x": 0.1}, {"x": 0.2}]}},
-        {"content": {**hypothesis, "hypothesis": "x near 0.5 is worse.", "simulations": [{"x": 0.5}]}},
+        {"content": hypothesis}, {"content": {**hypothesis, "hypothesis": "x near 0.5 is worse."}},
     ])
     run = tmp_path / "run"
     with submit_on_a_terminal(tmp_path, run) as (fd, code):
         first = read_until(fd, "Run this batch?")
-        assert "Hypothesis H1: The loss is smallest near x = 0.1." in first and '{"x": 0.1}' in first
+        assert "Hypothesis H1: The loss is smallest near x = 0.1." in first and '{"x": 0.' in first
         os.write(fd, b"e\n")
         second = read_until(fd, "Run this batch?")
         assert "Hypothesis H2" in second
@@ -117,7 +117,7 @@ def test_edited_batch_outside_the_bounds_is_asked_again(tmp_path: Path):
         open(sys.argv[1], "w").write('{"x": 7}\\n')
         """))
     write_script(tmp_path / "planner.jsonl", [
-        {"content": {"hypothesis": "x near 0.3", "prediction": "loss 0", "simulations": [{"x": 0.3}]}},
+        {"content": {"hypothesis": "x near 0.3", "bound": "below", "value": 1.0, "region": {"x": [0.0, 1.0]}}},
     ])
     run = tmp_path / "run"
     with submit_on_a_terminal(tmp_path, run) as (fd, code):
@@ -129,4 +129,4 @@ def test_edited_batch_outside_the_bounds_is_asked_again(tmp_path: Path):
         read_until(fd, None)
     assert code == [0]
     rows = json.loads(physflow("results", str(run), "--json").stdout)
-    assert rows[0]["params"] == {"x": 0.3} and rows[0]["source"] == "planner"
+    assert 0 <= rows[0]["params"]["x"] <= 1 and rows[0]["source"] == "optimizer"  # the batch as proposed

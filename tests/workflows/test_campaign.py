@@ -29,14 +29,17 @@ objective: {metric: chi2, target: data/heat2d_target.h5}
 budget: {max_simulations: 8, max_concurrent: 2, max_rounds: 4, wall_time: 5m, backfill: none}
 """
 
-H1 = {"hypothesis": "The field is matched near kappa 0.4 m^2/s.", "prediction": "chi2 below 5 at kappa 0.42"}
+H1 = {"hypothesis": "The field is matched nowhere this well: chi2 stays tiny everywhere.", "bound": "below",
+      "value": 1e-9}
 
 
-def test_replay_campaign_runs_validates_and_falls_back(heat_workflow, tmp_path):
+def test_replay_campaign_states_judges_and_falls_back(heat_workflow, tmp_path):
+    """Round 1: a claim outside the bounds is sent back with the reason, the second is judged by the
+    numbers (refuted), and the critic who calls it supported is refused and recorded. Round 2: garbage,
+    an incomplete and a cut-off reply, then the optimizer's batch runs under physflow's own hypothesis."""
     write_script(tmp_path / "planner.jsonl", [
-        {"tool": "suggest_parameters", "arguments": {"n": 2}},
-        {"content": {**H1, "simulations": [{"kappa": 1.7, "power": 30}]}},         # out of bounds
-        {"content": {**H1, "simulations": [{"kappa": 0.42, "power": 30}, {"kappa": 0.3, "power": 30}]}},
+        {"content": {**H1, "region": {"kappa": [1.2, 1.7]}}},                      # out of bounds
+        {"content": {**H1, "region": {"kappa": [0.05, 1.0]}}},
         "this is not JSON at all",                                                   # round 2: garbage,
         {"content": {"hypothesis": "missing the rest"}},                             # incomplete,
         '{"hypothesis": "cut off at max_tok',                                        # truncated
@@ -55,38 +58,42 @@ def test_replay_campaign_runs_validates_and_falls_back(heat_workflow, tmp_path):
         assert {"id", "status", "params", "metrics", "hypothesis", "submitted", "started", "finished"} <= set(row)
         assert row["status"] == "finished", row
         assert row["submitted"] <= row["started"] <= row["finished"]
-    planned = [r for r in rows if r["source"] == "planner"]
-    assert [r["params"] for r in planned] == [{"kappa": 0.42, "power": 30.0}, {"kappa": 0.3, "power": 30.0}]
-    assert all(r["hypothesis"] == "H1" for r in planned)
-    assert planned[0]["metrics"]["chi2"] < 2  # the truth
-    fallback = [r for r in rows if r["source"] == "optimizer"]
-    assert len(fallback) == 6 and all(r["hypothesis"] is None for r in fallback)
+    # no surrogate yet in either round (fewer than 3 results): no picks, every simulation the optimizer's,
+    # and every simulation under a hypothesis
+    assert {r["source"] for r in rows} == {"optimizer"}
+    assert [r["hypothesis"] for r in rows] == ["H1"] * 4 + ["H2"] * 4
 
     status = json.loads(physflow("status", str(run), "--json").stdout)
     assert status["state"] == "finished" and status["tasks"] == {"finished": 8}
 
     transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
-    kinds = [(t["agent"], t["type"]) for t in transcript]
-    assert ("planner", "ToolCallRequestEvent") in kinds and ("planner", "ToolCallExecutionEvent") in kinds
     rejected = [t for t in transcript if t["type"] == "rejected"]
-    assert any("kappa=1.7 is outside [0.05, 1.0]" in str(t["content"]) for t in rejected)
+    assert any("region.kappa [1.2, 1.7] must satisfy 0.05 <= low <= high <= 1.0" in str(t["content"]) for t in rejected)
     errors = [t["content"] for t in transcript if t["agent"] == "planner" and t["type"] == "error"]
     assert len(errors) >= 3 and any("invalid JSON reply" in e for e in errors)
     assert any(t["type"] == "fallback" for t in transcript)
+    refused = [t for t in transcript if t["type"] == "verdict_refused"]
+    assert refused and "the critic said supported, the numbers say refuted" in refused[0]["content"]
 
     events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
-    verdicts = [e for e in events if e["event"] == "verdict"]
-    assert verdicts[0]["id"] == "H1" and verdicts[0]["verdict"] == "supported"
+    hypotheses = {e["id"]: e for e in events if e["event"] == "hypothesis"}
+    assert hypotheses["H1"]["author"] == "planner" and hypotheses["H1"]["claim"] == {
+        "metric": "chi2", "bound": "below", "value": 1e-9, "region": {"kappa": [0.05, 1.0]}}
+    assert hypotheses["H2"]["author"] == "optimizer" and hypotheses["H2"]["claim"] is None
+    verdicts = {e["id"]: e for e in events if e["event"] == "verdict"}
+    assert verdicts["H1"]["verdict"] == "refuted" and verdicts["H1"]["critic_refused"] == "supported"
+    assert "4 simulation(s) in the region" in verdicts["H1"]["evidence"]
+    assert verdicts["H2"]["verdict"] == "inconclusive"
     assert events[-1]["event"] == "campaign_ended" and events[-1]["reason"] == "simulation budget spent"
 
     with h5py.File(run / "campaign.h5") as f:
         assert sorted(f["tasks"]) == sorted(r["id"] for r in rows)
-        g = f[f"tasks/{planned[0]['id']}"]
+        g = f[f"tasks/{rows[0]['id']}"]
         assert g["temperature"].shape == (96, 96) and g["temperature"].attrs["units"] == "K"
-        assert g["params"].attrs["kappa"] == 0.42 and g.attrs["hypothesis"] == "H1"
+        assert g["params"].attrs["kappa"] == rows[0]["params"]["kappa"] and g.attrs["hypothesis"] == "H1"
         assert {"created", "submitted", "started", "finished", "received", "stored"} <= set(g.attrs)
     report = (run / "report.md").read_text()
-    assert "| H1 | The field is matched near kappa 0.4 m^2/s." in report and "supported" in report
+    assert "| H1 | The field is matched nowhere this well" in report and "refuted" in report
 
 
 MPI_EXE = """\
