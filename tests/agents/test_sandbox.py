@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from physflow.agents.sandbox import Sandbox, SandboxLimits
+from physflow.agents.sandbox import UNSAFE, Sandbox, SandboxLimits
 
-ISOLATIONS = ["bwrap", "rlimits"]
+ISOLATIONS = ["bwrap", "landlock", "unsafe"]
 
 
 @pytest.fixture(params=ISOLATIONS)
@@ -81,8 +81,10 @@ def test_output_is_clipped_and_says_so(box):
 
 
 def test_isolation_is_reported(box):
-    assert box.isolation in ("bwrap", "rlimits + audit hooks")
+    assert box.isolation == {"bwrap": "bwrap", "landlock": "landlock + seccomp",
+                             "unsafe": "unsafe: rlimits + audit hooks"}[box.requested]
     assert (box.warning == "") == (box.isolation == "bwrap")
+    assert box.isolation != UNSAFE or box.warning.startswith("sandbox: unsafe")
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
@@ -106,6 +108,8 @@ def test_data_files_given_to_the_sandbox_are_readable_and_nothing_more(isolation
         assert not box.run(f"open({str(halos)!r}, 'a').write('forged')").ok
         if isolation == "bwrap":
             assert "No such file" in box.run(f"open({str(elsewhere / 'notes.txt')!r}).read()").error
+        if isolation == "landlock":
+            assert "Permission denied" in box.run(f"open({str(elsewhere / 'notes.txt')!r}).read()").error
     with h5py.File(halos, "r") as f:
         assert f["mass"][...].sum() == 6.0
 
