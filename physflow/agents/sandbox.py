@@ -347,6 +347,19 @@ class Sandbox:
                     total += os.lstat(os.path.join(root, name)).st_blocks * 512
         return total
 
+    def _roll_back(self, since: float) -> int:
+        """Removes the files under scratch/ changed since ``since`` (epoch s): what a call that
+        went past the scratch quota wrote. Returns how many."""
+        removed = 0
+        for root, _, files in os.walk(self.scratch):
+            for name in files:
+                path = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(path).st_mtime >= since:
+                        os.unlink(path)
+                        removed += 1
+        return removed
+
     def _copy_out(self) -> None:
         """Copies new or changed regular files of the sandbox's scratch tmpfs to the host's
         scratch/. Walks by directory fd without following links (the code may have planted
@@ -358,6 +371,9 @@ class Sandbox:
         except OSError:
             return
         copied = 0
+        # The host's scratch/ keeps files of earlier kernels too: all of it stays within the quota.
+        room = self.limits.scratch_bytes - sum(
+            os.lstat(os.path.join(r, n)).st_size for r, _, fs in os.walk(self.scratch) for n in fs)
         try:
             for folder, _, files, dir_fd in os.fwalk(".", dir_fd=top):
                 for name in files:
@@ -373,6 +389,10 @@ class Sandbox:
                         if not stat.S_ISREG(st.st_mode) or self._copied.get(rel) == (st.st_size, st.st_mtime_ns):
                             continue
                         dest = self.scratch / rel
+                        old = dest.lstat().st_size if dest.is_file() and not dest.is_symlink() else 0
+                        if st.st_size - old > room:
+                            continue  # over the quota: stays inside (the code was told ENOSPC at its size)
+                        room -= st.st_size - old
                         with contextlib.suppress(OSError):
                             dest.parent.mkdir(parents=True, exist_ok=True)
                             if dest.is_symlink():
@@ -398,9 +418,9 @@ class Sandbox:
         except (BrokenPipeError, OSError):
             self.restart()
             return SandboxResult(False, error="the sandbox kernel had died; it was restarted, state was lost")
-        reply, over_quota = None, False
-        # Where scratch is on the real disk, look at its size while the code runs (every 0.5 s).
-        slice_ = 0.5 if self.isolation != "bwrap" else wall
+        reply, over_quota = None, 0
+        # Where scratch is on the real disk, look at its size while the code runs (every 0.1 s).
+        slice_ = 0.1 if self.isolation != "bwrap" else wall
         while True:
             left = wall - (time.monotonic() - started)
             if left <= 0:
@@ -408,14 +428,19 @@ class Sandbox:
             reply = self._read(self.proc, min(slice_, left))
             if reply is not None or self.proc.poll() is not None:
                 break
-            if self.isolation != "bwrap" and self._scratch_bytes() > self.limits.scratch_bytes:
-                over_quota = True
-                break
+            if self.isolation != "bwrap":
+                over_quota = self._scratch_bytes()
+                if over_quota > self.limits.scratch_bytes:
+                    break
+                over_quota = 0
         if over_quota:
-            self.restart()
-            return SandboxResult(False, violation=True, error=f"the code wrote more than "
-                                 f"{self.limits.scratch_bytes >> 20} MiB into scratch/; the kernel was restarted, "
-                                 "state was lost")
+            self.close()
+            removed = self._roll_back(time.time() - (time.monotonic() - started) - 1.0)
+            self.start()
+            return SandboxResult(False, violation=True, error=(
+                f"the code filled scratch/ past its {self.limits.scratch_bytes >> 20} MiB "
+                f"({over_quota >> 20} MiB seen); the kernel was restarted, state was lost, and the "
+                f"{removed} file(s) this call wrote were removed"))
         if reply is None:
             died = self.proc.poll() is not None
             code_ = self.proc.returncode

@@ -152,3 +152,22 @@ def test_symlinks_do_not_lead_out_of_scratch(box):
     res = box.run("import os\nos.makedirs('d', exist_ok=True)\nopen('d/../../journal.jsonl', 'a').write('x')")
     assert not res.ok
     assert journal.read_text() == "the truth\n"
+
+
+def test_seccomp_syscall_numbers_match_libseccomp():
+    """The hand-written filter's numbers against libseccomp's tables, where libseccomp is installed."""
+    import ctypes
+    import ctypes.util
+
+    from physflow.agents import confine
+
+    name = ctypes.util.find_library("seccomp")
+    if name is None:
+        pytest.skip("libseccomp is not installed")
+    lib = ctypes.CDLL(name)
+    lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+    for arch, table in confine._SYSCALLS.items():
+        for call, number in table.items():
+            assert lib.seccomp_syscall_resolve_name_arch(confine._AUDIT_ARCH[arch], call.encode()) == number, call
+        assert len(confine.seccomp_filter(own_pid=1234, arch=arch)) % 8 == 0
+    assert set(confine._DENIED_NAMES) - set(confine._SYSCALLS["x86_64"]) == set()
