@@ -75,7 +75,11 @@ def attempts(box, work: Path, data: Path, run: Path, sleeper: subprocess.Popen, 
 
     def attempt(name: str, code: str, escaped, timeout: float | None = None) -> None:
         started = time.monotonic()
-        res = box.run(code, timeout=timeout)
+        try:
+            res = box.run(code, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - the code broke the sandbox itself: an escape too
+            out[name] = {"stopped": False, "seen": f"the sandbox failed: {exc!r}"[-600:], "seconds": 0}
+            return
         seen = (res.stdout + res.error)[-600:]
         out[name] = {"stopped": not escaped(res), "seen": seen, "seconds": round(time.monotonic() - started, 2)}
 
@@ -149,12 +153,15 @@ def attempts(box, work: Path, data: Path, run: Path, sleeper: subprocess.Popen, 
             UNHOOK + f"import shutil\nshutil.copy({str(data)!r}, {str(run / 'copied')!r})",
             lambda r: (run / "copied").exists())
     quota = box.limits.scratch_bytes
+    # at most 4 times the quota (8 MiB files), so that a sandbox without a quota fills no real disk
     attempt("fill the disk", UNHOOK + "import os\nchunk = b'x' * (1 << 20)\nn = 0\ntry:\n"
-            "    for i in range(100000):\n        with open(f'fill{i}', 'wb') as f:\n"
+            f"    for i in range({quota >> 21}):\n"
+            "        with open(f'fill{i}', 'wb') as f:\n"
             "            for _ in range(8):\n                f.write(chunk)\n                n += 1\n"
             "except OSError as e:\n    print('stopped by', e)\nprint('wrote MiB', n)",
             lambda r: _scratch_bytes(box.scratch) > quota or _wrote(r) > quota >> 20, timeout=30)
-    out["fill the disk"]["scratch MiB on the host"] = _scratch_bytes(box.scratch) >> 20
+    if box.scratch.is_dir():
+        out["fill the disk"]["scratch MiB on the host"] = _scratch_bytes(box.scratch) >> 20
     return out
 
 
@@ -166,7 +173,7 @@ def _wrote(res) -> int:
 
 
 def _scratch_bytes(scratch: Path) -> int:
-    return sum(p.lstat().st_size for p in scratch.rglob("*") if p.is_file())
+    return sum(p.lstat().st_size for p in scratch.rglob("*") if p.is_file()) if scratch.is_dir() else 0
 
 
 def _without_landlock() -> None:
@@ -226,6 +233,8 @@ def main() -> None:
                               "--inh-caps=-all", sys.executable, *argv])
     from physflow.agents.sandbox import Sandbox, SandboxLimits
 
+    # opened first: an escape that mounted over /tmp must not hide where the results go
+    results_file = open(work / "results.json", "w")  # noqa: SIM115
     os.environ["OPENAI_API_KEY"] = SECRET  # the orchestrator's secret: must never reach the code
     (work / "secret.txt").write_text("top-secret notes\n")
     data = work / "data.csv"
@@ -261,7 +270,8 @@ def main() -> None:
     report = {"isolation": isolation_used, "uid": uid, "attempts": results,
               "legit": {"ok": legit.ok, "stdout": legit.stdout, "error": legit.error[-500:],
                         "png": (run / "scratch" / "plot.png").is_file()}}
-    (work / "results.json").write_text(json.dumps(report, indent=1))
+    with results_file:
+        results_file.write(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
