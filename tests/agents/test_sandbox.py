@@ -171,3 +171,17 @@ def test_seccomp_syscall_numbers_match_libseccomp():
             assert lib.seccomp_syscall_resolve_name_arch(confine._AUDIT_ARCH[arch], call.encode()) == number, call
         assert len(confine.seccomp_filter(own_pid=1234, arch=arch)) % 8 == 0
     assert set(confine._DENIED_NAMES) - set(confine._SYSCALLS["x86_64"]) == set()
+
+
+def test_the_workflow_sandbox_key_is_strict_by_default_and_names_its_values(tmp_path: Path):
+    from physflow.errors import SpecError
+    from physflow.vocabulary.workflow import load_workflow
+    from tests.conftest import TINY_WORKFLOW
+
+    (tmp_path / "wf.yaml").write_text(TINY_WORKFLOW)
+    assert load_workflow(tmp_path / "wf.yaml").spec.sandbox == "strict"
+    (tmp_path / "wf.yaml").write_text(TINY_WORKFLOW + "sandbox: unsafe\n")
+    assert load_workflow(tmp_path / "wf.yaml").spec.sandbox == "unsafe"
+    (tmp_path / "wf.yaml").write_text(TINY_WORKFLOW + "sandbox: off\n")
+    with pytest.raises(SpecError, match="sandbox"):
+        load_workflow(tmp_path / "wf.yaml")

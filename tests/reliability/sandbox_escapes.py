@@ -215,6 +215,22 @@ def refusal(work: Path) -> None:
     with Sandbox(run, unsafe=True) as box:
         res = box.run("print(6 * 7)")
         report.update(isolation=box.isolation, warning=box.warning, stdout=res.stdout)
+    # physflow ask, as a user runs it (its own process): refused, then run with --sandbox unsafe
+    table = work / "t.csv"
+    table.write_text("x\n1\n2\n")
+    script = work / "model.jsonl"
+    script.write_text(json.dumps({"content": {"answer": "The sum is 3.", "code": "print('sum:', 1 + 2)",
+                                              "caveats": []}}) + "\n" + json.dumps({"content": {"missing": []}}) + "\n")
+    physflow = str(Path(sys.executable).parent / "physflow")
+    for mode in ("strict", "unsafe"):
+        proc = subprocess.run([physflow, "ask", "What is the sum of x?", "--data", str(table), "--provider", "replay",
+                               "--script", str(script), "--run-dir", str(work / f"ask-{mode}"), "--sandbox", mode],
+                              capture_output=True, text=True, timeout=120)
+        answer = work / f"ask-{mode}" / "answer.md"
+        transcript = work / f"ask-{mode}" / "transcript.jsonl"
+        report[f"ask {mode}"] = {"rc": proc.returncode, "stderr": proc.stderr[-1500:],
+                                 "answer first line": answer.read_text().splitlines()[0] if answer.exists() else "",
+                                 "transcript": transcript.read_text() if transcript.exists() else ""}
     (work / "results.json").write_text(json.dumps(report, indent=1))
 
 

@@ -90,3 +90,11 @@ def test_without_isolation_model_code_is_refused_unless_unsafe(tmp_path: Path) -
     assert "\n" not in report["refused"] and "sandbox: unsafe" in report["refused"]
     assert report["isolation"] == "unsafe: rlimits + audit hooks" and report["stdout"] == "42\n"
     assert report["warning"].startswith("sandbox: unsafe")
+    strict, unsafe = report["ask strict"], report["ask unsafe"]
+    assert strict["rc"] == 1, strict
+    assert strict["stderr"].strip().splitlines()[-1].endswith("to run it with rlimits and audit hooks only")
+    assert "Traceback" not in strict["stderr"]
+    assert unsafe["rc"] == 0, unsafe
+    assert unsafe["answer first line"].startswith("**sandbox: unsafe**")
+    assert '"sandbox": "unsafe"' in unsafe["transcript"] and "unsafe: rlimits + audit hooks" in unsafe["transcript"]
+
