@@ -553,8 +553,11 @@ def init(folder: Path, adapter: str) -> None:
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="where to write transcript.jsonl and answer.md (default: runs/ask-<UTC time>)")
 @click.option("--json", "as_json", is_flag=True, help="print the answer as one JSON object")
+@click.option("--sandbox", "sandbox", type=click.Choice(["strict", "unsafe"]), default="strict", show_default=True,
+              help="unsafe: where this machine has no kernel isolation (bwrap, Landlock), run the model's code "
+                   "with rlimits and audit hooks only instead of refusing; answer.md's first line says so")
 def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None, base_url: str | None,
-        api_key_env: str | None, script: Path | None, run_dir: Path | None, as_json: bool) -> None:
+        api_key_env: str | None, script: Path | None, run_dir: Path | None, as_json: bool, sandbox: str) -> None:
     """Answer a science question from local data, with the code and numbers that answer it.
 
     The coder agent looks at the tables (query_catalog), writes Python that computes the answer
@@ -603,7 +606,7 @@ def ask(question: str, data: tuple[Path, ...], provider: str, model: str | None,
     click.echo(f"physflow {__version__}: {len(catalog.tables)} table(s) in {len(catalog.files)} file(s); "
                f"model {llm.provider}:{llm.model}", err=True)
     with question_model(llm, run_dir, client, _say) as client:
-        result = asyncio.run(answer_question(question, catalog, client, run_dir))
+        result = asyncio.run(answer_question(question, catalog, client, run_dir, unsafe=sandbox == "unsafe"))
     _print_answer(result, run_dir / "answer.md", as_json)
     sys.exit(0 if result.verified else 1)
 

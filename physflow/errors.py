@@ -60,7 +60,10 @@ class StoreError(PhysflowError):
 
 
 class SandboxViolation(PhysflowError):
-    """LLM-written code that tried to leave the sandbox."""
+    """LLM-written code that tried to leave the sandbox, or a machine where the sandbox cannot
+    be built (exit 1: the input was fine, the machine cannot run it safely)."""
+
+    exit_code = 1
 
 
 class CatalogError(PhysflowError):

@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# bubblewrap gives LLM-written code a namespace sandbox (physflow falls back to rlimits without it).
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v bwrap >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null 2>&1 \
-    || echo "setup: could not install bubblewrap; the sandbox will use rlimits and audit hooks" >&2
+# bubblewrap gives LLM-written code a namespace sandbox (without it: Landlock + seccomp, or a refusal);
+# util-linux (setpriv, unshare) lets root run that code as uid 65534 and the escape tests use a private mount namespace.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && { ! command -v bwrap || ! command -v setpriv; } >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux) >/dev/null 2>&1 \
+    || echo "setup: could not install bubblewrap; the sandbox will use Landlock + seccomp, or refuse model-written code" >&2
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from physflow.agents.catalog import Catalog
 from physflow.agents.claims import marked, unproduced_numbers
-from physflow.agents.sandbox import Sandbox
+from physflow.agents.sandbox import UNSAFE, Sandbox
 from physflow.agents.team import Transcript, take_turn
 from physflow.agents.tools import Toolbox
 
@@ -226,17 +226,22 @@ def _clip(text: str) -> str:
     return text[:MAX_OUTPUT_SHOWN] + f"\n[output cut at {MAX_OUTPUT_SHOWN} characters of {len(text)}]"
 
 
-async def answer_question(question: str, catalog: Catalog, client: ChatCompletionClient, run_dir: Path) -> AskResult:
-    """Answer ``question`` from ``catalog`` in ``run_dir`` (transcript.jsonl, answer.md, scratch/)."""
+async def answer_question(question: str, catalog: Catalog, client: ChatCompletionClient, run_dir: Path,
+                          unsafe: bool = False) -> AskResult:
+    """Answer ``question`` from ``catalog`` in ``run_dir`` (transcript.jsonl, answer.md, scratch/).
+    ``unsafe``: where no kernel isolation exists, run the code with audit hooks only (else refuse)."""
     transcript = Transcript(run_dir / "transcript.jsonl")
-    sandbox = Sandbox(run_dir, data=[f.path for f in catalog.files.values()])
+    sandbox = Sandbox(run_dir, data=[f.path for f in catalog.files.values()], unsafe=unsafe)
     # The kernel starts when code first runs: a tool call of the coder's, or physflow's own run.
     sandbox.prelude = "DATA = " + repr(catalog.paths)
     try:
-        transcript.note("physflow", "question", question, data=catalog.paths)
+        transcript.note("physflow", "question", question, data=catalog.paths, sandbox="unsafe" if unsafe else "strict")
         result = await QuestionFlow(question, catalog, client, sandbox, transcript).run()
     finally:
         sandbox.close()
         transcript.close()
-    (run_dir / "answer.md").write_text(result.markdown(), encoding="utf-8")
+    text = result.markdown()
+    if sandbox.isolation == UNSAFE:
+        text = f"**sandbox: unsafe** - {sandbox.warning.removeprefix('sandbox: unsafe - ')}\n\n" + text
+    (run_dir / "answer.md").write_text(text, encoding="utf-8")
     return result

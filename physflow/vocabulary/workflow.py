@@ -233,6 +233,10 @@ class WorkflowSpec(WorkflowPart):
     budget: BudgetSpec = BudgetSpec()
     approval: Literal["auto", "plan", "every-batch"] = "auto"
     knowledge: list[str] = Field([], description="folders or files of local texts for search_knowledge")
+    sandbox: Literal["strict", "unsafe"] = Field(
+        "strict", description="strict: model-written code runs only behind kernel walls (bwrap, or Landlock + "
+                              "seccomp) and is refused where there are none; unsafe: there, run it with rlimits "
+                              "and audit hooks only (the report's first line says so)")
 
     def agent_enabled(self, role: str) -> bool:
         spec = self.agents.get(role)  # type: ignore[call-overload]

@@ -88,7 +88,7 @@ def form_team(campaign: Campaign, clients: dict[str, Any], stack: contextlib.Exi
     knowledge = KnowledgeBase([campaign.workflow.resolve(p) for p in spec.knowledge]) if spec.knowledge else None
     if any(role == "coder" or "run_analysis_code" in role_tools(spec, role) for role in clients):
         try:
-            sandbox = stack.enter_context(Sandbox(campaign.store.run_dir))
+            sandbox = stack.enter_context(Sandbox(campaign.store.run_dir, unsafe=spec.sandbox == "unsafe"))
             transcript.note("physflow", "sandbox", f"isolation: {sandbox.isolation}", warning=sandbox.warning)
         except PhysflowError as exc:
             transcript.note("physflow", "sandbox", f"no sandbox: {exc}; analysis code is disabled")

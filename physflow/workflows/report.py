@@ -28,6 +28,11 @@ PLOTS = "plots"
 N_BEST_CURVES = 3
 
 
+#: The report's first line when the workflow let model-written code run without kernel walls.
+UNSAFE_LINE = ("**sandbox: unsafe** - this workflow let model-written code run with rlimits and audit hooks "
+               "only where no kernel isolation was available (the transcript's sandbox note says which was used).")
+
+
 def busy_fraction(state: CampaignState, slots: int) -> float | None:
     """Simulation-seconds over slot-seconds between the first submission and the last finish."""
     ran = [t for t in state.tasks.values() if t.started and t.finished]
@@ -363,7 +368,8 @@ def render(state: CampaignState, spec: dict, metric: str, slots: int,
     def figure(name: str, caption: str) -> list[str]:
         return [f"![{caption}]({PLOTS}/{figures[name].name})", "", f"*{caption}*", ""] if name in figures else []
 
-    out = [f"# Campaign report: {state.name}", "", f"**Goal.** {spec.get('goal', '').strip()}", "",
+    out = [UNSAFE_LINE, ""] if spec.get("sandbox") == "unsafe" else []
+    out += [f"# Campaign report: {state.name}", "", f"**Goal.** {spec.get('goal', '').strip()}", "",
            f"**State:** {state.state} ({state.reason or 'running'}). "
            f"**Simulations:** {len(scored_tasks(state, metric))} finished, {len(failures)} failed, "
            f"{len(tasks)} proposed. **Rounds:** {state.rounds}.", ""]

@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from physflow.agents.sandbox import Sandbox, SandboxLimits
+from physflow.agents.sandbox import UNSAFE, Sandbox, SandboxLimits
 
-ISOLATIONS = ["bwrap", "rlimits"]
+ISOLATIONS = ["bwrap", "landlock", "unsafe"]
 
 
 @pytest.fixture(params=ISOLATIONS)
@@ -81,8 +81,10 @@ def test_output_is_clipped_and_says_so(box):
 
 
 def test_isolation_is_reported(box):
-    assert box.isolation in ("bwrap", "rlimits + audit hooks")
+    assert box.isolation == {"bwrap": "bwrap", "landlock": "landlock + seccomp",
+                             "unsafe": "unsafe: rlimits + audit hooks"}[box.requested]
     assert (box.warning == "") == (box.isolation == "bwrap")
+    assert box.isolation != UNSAFE or box.warning.startswith("sandbox: unsafe")
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
@@ -106,6 +108,8 @@ def test_data_files_given_to_the_sandbox_are_readable_and_nothing_more(isolation
         assert not box.run(f"open({str(halos)!r}, 'a').write('forged')").ok
         if isolation == "bwrap":
             assert "No such file" in box.run(f"open({str(elsewhere / 'notes.txt')!r}).read()").error
+        if isolation == "landlock":
+            assert "Permission denied" in box.run(f"open({str(elsewhere / 'notes.txt')!r}).read()").error
     with h5py.File(halos, "r") as f:
         assert f["mass"][...].sum() == 6.0
 
@@ -148,3 +152,36 @@ def test_symlinks_do_not_lead_out_of_scratch(box):
     res = box.run("import os\nos.makedirs('d', exist_ok=True)\nopen('d/../../journal.jsonl', 'a').write('x')")
     assert not res.ok
     assert journal.read_text() == "the truth\n"
+
+
+def test_seccomp_syscall_numbers_match_libseccomp():
+    """The hand-written filter's numbers against libseccomp's tables, where libseccomp is installed."""
+    import ctypes
+    import ctypes.util
+
+    from physflow.agents import confine
+
+    name = ctypes.util.find_library("seccomp")
+    if name is None:
+        pytest.skip("libseccomp is not installed")
+    lib = ctypes.CDLL(name)
+    lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+    for arch, table in confine._SYSCALLS.items():
+        for call, number in table.items():
+            assert lib.seccomp_syscall_resolve_name_arch(confine._AUDIT_ARCH[arch], call.encode()) == number, call
+        assert len(confine.seccomp_filter(own_pid=1234, arch=arch)) % 8 == 0
+    assert set(confine._DENIED_NAMES) - set(confine._SYSCALLS["x86_64"]) == set()
+
+
+def test_the_workflow_sandbox_key_is_strict_by_default_and_names_its_values(tmp_path: Path):
+    from physflow.errors import SpecError
+    from physflow.vocabulary.workflow import load_workflow
+    from tests.conftest import TINY_WORKFLOW
+
+    (tmp_path / "wf.yaml").write_text(TINY_WORKFLOW)
+    assert load_workflow(tmp_path / "wf.yaml").spec.sandbox == "strict"
+    (tmp_path / "wf.yaml").write_text(TINY_WORKFLOW + "sandbox: unsafe\n")
+    assert load_workflow(tmp_path / "wf.yaml").spec.sandbox == "unsafe"
+    (tmp_path / "wf.yaml").write_text(TINY_WORKFLOW + "sandbox: off\n")
+    with pytest.raises(SpecError, match="sandbox"):
+        load_workflow(tmp_path / "wf.yaml")

@@ -74,3 +74,13 @@ def test_ranking_keeps_finite_values_best_first_and_ties_in_order():
     assert best(names, value, "minimize") == "c" and best(names, value, "maximize") == "g"
     assert best(["b", "d"], value, "minimize") is None
     assert reaches(1.0, 1.0, "minimize") and not reaches(1.1, 1.0, "minimize") and reaches(1.1, 1.0, "maximize")
+
+
+def test_a_workflow_with_sandbox_unsafe_says_so_on_the_reports_first_line(tmp_path):
+    arrays = {"temperature": Array(np.ones(8), "K")}
+    run = _run(tmp_path, "heat2d", arrays)
+    assert write_report(run).read_text().startswith("# Campaign report")
+    spec = yaml.safe_load((run / "workflow.yaml").read_text())
+    (run / "workflow.yaml").write_text(yaml.safe_dump({**spec, "sandbox": "unsafe"}))
+    assert write_report(run).read_text().splitlines()[0].startswith("**sandbox: unsafe** - this workflow let "
+                                                                    "model-written code run")
