@@ -95,8 +95,12 @@ def test_detached_campaign_is_followed_by_watch_and_read_as_csv_and_report(tmp_p
     names = {Path(p).stem for p in paths["plots"]}
     assert {"objective", "parameters", "timeline", "tokens"} <= names
     md = Path(paths["markdown"]).read_text()
-    assert "| H1 | The field is matched near kappa 0.4 m^2/s. | chi2 < 1e+06 for kappa in [0.05, 1] | best chi2 = " in md
-    assert re.search(r"\| supported \| chi2 near 1 at kappa 0.4 \| t\d{4}, t\d{4} \|", md)
+    assert ("| H1 | The field is matched near kappa 0.4 m^2/s. | chi2 < 1e+06 for kappa in [0.05, 1] | best chi2 = "
+            in md)
+    # the verdict computed from the numbers, the critic's explanation beside it, the author, the tasks
+    assert re.search(r"\| supported \| \d simulation\(s\) in the region: chi2 = [^|]* — critic: chi2 near 1 at "
+                     r"kappa 0.4 \| planner \| t\d{4}(, t\d{4})* \|", md)
+    assert "**Steering.** The planner stated 2 of 2 hypotheses" in md
     assert "![" in md and "Utilization" in md and "| planner |" in md
     html = Path(paths["html"]).read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
