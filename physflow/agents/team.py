@@ -461,25 +461,34 @@ class ScienceTeam:
         """The critic's verdict on one hypothesis, or None when it cannot give one."""
         return await self._structured("critic", prompt)  # type: ignore[return-value]
 
-    async def analyse(self, request: str, results: list[dict[str, Any]]) -> str | None:
-        """The coder writes code for ``request``; it runs in the sandbox; the output comes back.
-
-        One retry with the error if the code fails.
-        """
+    async def analyse(self, request: str, results: list[dict[str, Any]]) -> Analysis | None:
+        """The coder writes code for ``request``; it runs in the sandbox; the code and what it
+        printed come back (``ok``: it ran without error). One retry with the error if it fails."""
         if not self.can_speak("coder") or self.toolbox.sandbox is None:
             return None
         self.toolbox.sandbox.set_prelude(
             "import json\nresults = json.loads(" + repr(json.dumps(results, default=str)) + ")")
         task = f"Analysis requested: {request}\nThere are {len(results)} results. Reply with your code as JSON."
-        output = None
+        run = None
         for _ in range(2):
             code = await self._structured("coder", task)
             if code is None:
-                return output
+                return run
             output = self.toolbox.run_analysis_code(code.code)  # type: ignore[attr-defined]
             self.transcript.note("coder", "tool_result", output, tool="run_analysis_code",
                                  code=code.code)  # type: ignore[attr-defined]
-            if not output.startswith(("error:", "SANDBOX")) and "\nerror: " not in output:
-                return output
-            task = f"The code failed:\n{output[-1500:]}\nFix it (JSON only)."
-        return output
+            failed = output.startswith(("error:", "SANDBOX")) or "\nerror: " in output
+            run = Analysis(code.code, output, not failed)  # type: ignore[attr-defined]
+            if not failed:
+                return run
+            task = f"Analysis requested: {request}\nYour code failed:\n{output[-1500:]}\nFix it (JSON only)."
+        return run
+
+
+@dataclass
+class Analysis:
+    """The coder's code as it ran in the sandbox, what it printed, and whether it ran cleanly."""
+
+    code: str
+    output: str
+    ok: bool

@@ -233,6 +233,9 @@ class WorkflowSpec(WorkflowPart):
     budget: BudgetSpec = BudgetSpec()
     approval: Literal["auto", "plan", "every-batch"] = "auto"
     knowledge: list[str] = Field([], description="folders or files of local texts for search_knowledge")
+    conclusion: str | None = Field(
+        None, max_length=2000, description="what the coder computes from the results when the campaign ends, "
+                                           "to answer the goal (default: the objective's dependence on each parameter)")
     sandbox: Literal["strict", "unsafe"] = Field(
         "strict", description="strict: model-written code runs only behind kernel walls (bwrap, or Landlock + "
                               "seccomp) and is refused where there are none; unsafe: there, run it with rlimits "

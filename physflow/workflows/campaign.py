@@ -44,6 +44,8 @@ log = logging.getLogger("physflow.campaign")
 EARNED_SHARE_MAX = 0.3
 #: Candidates the optimizer offers beyond the round's batch, so that a pick is a choice.
 EXTRA_CANDIDATES = 3
+#: At most this long (s) for the coder's answer to the goal at the end of a campaign.
+CONCLUSION_SECONDS = 300.0
 
 #: The loop's event handlers, registered by the methods below.
 handles = Handlers()
@@ -231,9 +233,9 @@ class Campaign:
                 self.pick_scores.append(pick_score(record.place, record.shown))
         if advice.spread is not None:
             self.spread = advice.spread
-        if self.stop_reason:  # the campaign stopped while the planner thought: nothing more runs
-            return
         h = self.hypotheses.setdefault(hid, Hypothesis(hid, "", round=round_no))
+        if self.stop_reason and not h.tasks:  # the campaign stopped while the planner thought: nothing runs
+            return
         h.author = "planner" if outcome.ok else "optimizer"
         if outcome.ok:
             h.statement, h.claim = outcome.statement, outcome.claim.to_dict()  # type: ignore[union-attr]
@@ -253,7 +255,7 @@ class Campaign:
             picks=[{"place": p.place, "shown": p.shown, "ran": i < earned and p.candidate is not None,
                     "error": p.error} for i, p in enumerate(picks)],
             pick_quality=pick_quality(self.pick_scores, self.pick_prior))
-        params = [c.params for c, _ in batch][:max(0, self.simulations_left)]
+        params = [] if self.stop_reason else [c.params for c, _ in batch][:max(0, self.simulations_left)]
         approved = await self._approve(hid, params) if params else []
         if approved is None:
             return
@@ -312,10 +314,27 @@ class Campaign:
         # objective depends on each parameter, which is what the planner needs next.
         request = verdict.analysis.strip() if verdict is not None else ""
         try:
-            analysis = await self.team.analyse(request or default_analysis(self), self.results())
+            run = await self.team.analyse(request or default_analysis(self), self.results())
+            analysis = run.output if run else None
         except Exception as exc:  # noqa: BLE001
             self.transcript.note("coder", "error", f"{type(exc).__name__}: {exc}")
         await self._events.put(Event("judged", (hid, judgement, verdict, analysis)))
+
+    async def conclude(self, limit: float = CONCLUSION_SECONDS) -> None:
+        """The campaign's answer to its goal: the coder's code over every result, run in the
+        sandbox, journaled with what it printed (the report states it with the code). At most
+        ``limit`` seconds; never raises."""
+        if self.team is None or not any(t.status == "finished" for t in self.tasks.values()):
+            return
+        request = (self.spec.conclusion or default_analysis(self)).strip()
+        try:
+            run = await asyncio.wait_for(self.team.analyse(f"{request} (goal: {self.spec.goal.strip()})",
+                                                           self.results()), limit)
+        except Exception as exc:  # noqa: BLE001 - the campaign's results stand without a conclusion
+            self.transcript.note("coder", "error", f"conclusion: {type(exc).__name__}: {exc}")
+            run = None
+        if run is not None:
+            self.committer.event("conclusion", request=request, code=run.code, output=run.output, ok=run.ok)
 
     @handles("judged")
     def on_judged(self, hid: str, judgement: Judgement, verdict: Verdict | None, analysis: str | None = None) -> None:
@@ -400,11 +419,27 @@ class Campaign:
         self.submit_ready()
         self.backfill.request(self)
         self.maybe_judge()
-        if self.planner_thinking and (self.stop_reason or self.simulations_left <= 0):
+        waiting = self.thinking_on is not None and bool(self.hypotheses[self.thinking_on].tasks)
+        if self.planner_thinking and (self.stop_reason or (self.simulations_left <= 0 and not waiting)):
+            # (with the budget spent, a turn whose hypothesis already has simulations may finish:
+            # its statement is what they test)
             self._planner.cancel()
             self._planner = None
-            self.transcript.note("physflow", "cancelled", "planner turn stopped: "
-                                 + (self.stop_reason or "simulation budget spent"))
+            reason = self.stop_reason or "simulation budget spent"
+            self.transcript.note("physflow", "cancelled", f"planner turn stopped: {reason}")
+            self._unstated(reason)
+
+    def _unstated(self, reason: str) -> None:
+        """The planner's turn stopped before it stated its hypothesis: the simulations that ran
+        under the id it was stating get a record that says so (no claim, so no verdict)."""
+        hid, self.thinking_on = self.thinking_on, None
+        h = self.hypotheses.get(hid) if hid else None
+        if h is None or h.statement or not h.tasks:
+            return
+        h.statement, h.author, h.prediction = f"Not stated: the planner's turn was stopped ({reason}).", \
+            "optimizer", "no prediction"
+        self.committer.event("hypothesis", id=hid, statement=h.statement, prediction=h.prediction, round=h.round,
+                             claim=None, author=h.author)
 
     def _done(self) -> bool:
         """Nothing runs, thinks or waits to be judged, and nothing more will be started."""
@@ -433,6 +468,8 @@ class Campaign:
         for t in (self._planner, self._critic):
             if t and not t.done():
                 t.cancel()
+        with contextlib.suppress(Exception):
+            self._unstated(self.stop_reason or state)
         self.backfill.cancel()
         for task in list(self.in_flight.values()) + list(self.queue):
             task.status = "cancelled"
@@ -460,6 +497,8 @@ class Campaign:
                                     else "rounds done" if self.rounds >= self.spec.budget.max_rounds
                                     else "nothing left to do")
             state = "cancelled" if self.cancel_requested else "finished"
+            if state == "finished":
+                await self.conclude()
             if state == "finished" and (why := all_failed(self.tasks.values())):
                 state, self.stop_reason = "failed", why
         except PhysflowError:

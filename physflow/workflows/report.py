@@ -351,6 +351,20 @@ def steering_summary(state: CampaignState) -> str:
     return text
 
 
+def conclusion_section(state: CampaignState) -> list[str]:
+    """The campaign's answer to its goal: what the coder's code printed, and the code (it ran in
+    the sandbox over the campaign's own results; the numbers are its output, not the model's)."""
+    c = state.conclusion
+    if not c:
+        return []
+    said = "" if c.get("ok") else " The code failed; its error is shown instead of an answer."
+    fence = "~~~~"  # a fence the code cannot close by accident (it may hold ```)
+    return ["", "## Conclusion", "", f"**Asked of the coder:** {_cell(c.get('request') or '')}.{said}", "",
+            "What the code printed:", "", fence, str(c.get("output") or "").rstrip(), fence, "",
+            "The code (run in the sandbox over this campaign's results):", "", fence + "python",
+            str(c.get("code") or "").rstrip(), fence]
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "/").replace("\n", " ")
 
@@ -391,6 +405,7 @@ def render(state: CampaignState, spec: dict, metric: str, slots: int,
         out.append("| — | no hypothesis was stated (optimizer only) | | | | | | |")
     else:
         out += ["", steering_summary(state)]
+    out += conclusion_section(state)
     out += ["", "## Objective", ""] + figure("objective", f"{metric} of each simulation, in the order proposed")
     out += figure("parameters", f"Simulated parameters coloured by {metric}; star: best, X: the target's truth")
     for curve in curve_figures(spec):

@@ -71,6 +71,8 @@ class CampaignState:
     #: whether it ran) and its measured pick quality; the critic verdicts the numbers refused.
     steering: list[dict[str, Any]] = field(default_factory=list)
     critic_refused: int = 0
+    #: The coder's answer to the goal at the end: request, code, output, ok (journal "conclusion").
+    conclusion: dict[str, Any] | None = None
 
 
 def _json_default(value: Any) -> Any:
@@ -227,6 +229,8 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
             h.verdict, h.evidence, h.advice = e["verdict"], e.get("evidence", ""), e.get("advice", "")
             h.analysis, h.reasoning = e.get("analysis", ""), e.get("reasoning", "")
             st.critic_refused += bool(e.get("critic_refused"))
+        elif kind == "conclusion":
+            st.conclusion = {k: e.get(k) for k in ("request", "code", "output", "ok")}
         elif kind == "round":
             st.rounds = max(st.rounds, e["round"])
             st.round_unanswered = True

@@ -17,6 +17,7 @@ agents:
   critic: {script: critic.jsonl}
   coder: {script: coder.jsonl}
 knowledge: [notes]
+conclusion: Print the kappa of the best finished simulation.
 simulation:
   adapter: heat2d
   resources: {ranks: 2, nodes: 1}
@@ -64,6 +65,10 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
         {"content": {"purpose": "mean chi2", "code": "import os\nos.system('echo escaped')"}},   # violation
         {"content": {"purpose": "mean chi2", "code": "import numpy as np\nprint('mean chi2 =', round(float("
                      "np.mean([r['metrics']['chi2'] for r in results if r['status'] == 'finished'])), 3))"}},
+        {"content": {"purpose": "count",
+                     "code": "print('finished:', sum(r['status'] == 'finished' for r in results))"}},
+        {"content": {"purpose": "the answer", "code": "best = min((r for r in results if r['status'] == 'finished'), "
+                     "key=lambda r: r['metrics']['chi2'])\nprint('best kappa =', round(best['params']['kappa'], 4))"}},
     ])
     run = tmp_path / "run"
     proc = physflow("submit", str(heat_workflow(WORKFLOW)), "--run-dir", str(run), cwd=tmp_path)
@@ -104,6 +109,12 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
     tokens = {e["agent"] for e in events if e["event"] == "tokens"}
     assert tokens >= {"planner", "domain_expert", "critic", "coder"}
     assert (run / "plots" / "chi2_vs_kappa_by_power.png").stat().st_size > 1000
+    # the campaign's answer: the coder's code over every result, run in the sandbox, stated with the code
+    conclusion = next(e for e in events if e["event"] == "conclusion")
+    best = min((r for r in rows), key=lambda r: r["metrics"]["chi2"])
+    assert conclusion["ok"] and conclusion["output"].strip() == f"best kappa = {round(best['params']['kappa'], 4)}"
+    report = (run / "report.md").read_text()
+    assert "## Conclusion" in report and conclusion["output"].strip() in report and "key=lambda r" in report
 
 
 CORPUS_WORKFLOW = """\

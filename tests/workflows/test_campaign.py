@@ -138,3 +138,35 @@ def test_optimizer_only_mpi_executable_campaign_records_failures(tmp_path: Path)
             assert row["status"] == "finished" and row["metrics"]["ranks"] == 2.0
     assert any(r["status"] == "failed" for r in rows) and any(r["status"] == "finished" for r in rows)
     assert "## Failures" in (run / "report.md").read_text()
+
+
+STOPPED = """\
+physflow: 1
+name: stopped-turn
+goal: find x
+llm: {provider: replay, script: planner.jsonl, delay: 60}
+agents: {domain_expert: {enabled: false}, coder: {enabled: false}, critic: {enabled: false}}
+simulation:
+  adapter: executable
+  command: "{python} {workflow_dir}/sim.py {x}"
+  parameters: {x: {min: 0, max: 1}}
+objective: {metric: loss, tolerance: 10.0}
+budget: {max_simulations: 6, max_concurrent: 2, wall_time: 5m, backfill: optimizer}
+"""
+
+
+def test_a_turn_stopped_at_the_tolerance_leaves_its_simulations_under_a_record_that_says_so(tmp_path: Path):
+    """The optimizer's points ran while the planner (60 s a turn) was stating H1; the first result
+    reaches the tolerance, the turn is stopped: H1 is recorded as not stated, with no claim."""
+    write_script(tmp_path / "planner.jsonl", [{"content": {"hypothesis": "h", "bound": "below", "value": 1.0,
+                                                           "region": {}}}])
+    sim = "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n"
+    run, proc = submit_folder(tmp_path, {"sim.py": sim, "wf.yaml": STOPPED})
+    assert proc.returncode == 0, proc.stderr
+    rows = results_of(run)
+    assert rows and all(r["hypothesis"] == "H1" and r["source"] == "backfill" for r in rows)
+    events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+    (h1,) = [e for e in events if e["event"] == "hypothesis"]
+    assert h1["statement"] == "Not stated: the planner's turn was stopped (tolerance reached)."
+    assert h1["author"] == "optimizer" and h1["claim"] is None
+    assert "| H1 | Not stated" in (run / "report.md").read_text()
