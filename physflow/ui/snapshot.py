@@ -55,7 +55,8 @@ def snapshot(run_dir: Path, now: float | None = None) -> dict[str, Any]:
               "params": t.params, "value": finite_or_none(t.metrics.get(metric)), "submitted": t.submitted,
               "started": t.started, "finished": t.finished, "error": t.error} for t in st.tasks.values()]
     hypotheses = [{"id": h.id, "statement": h.statement, "prediction": h.prediction, "round": h.round,
-                   "verdict": h.verdict, "evidence": h.evidence, "tasks": h.tasks} for h in st.hypotheses.values()]
+                   "verdict": h.verdict, "evidence": h.evidence, "tasks": h.tasks, "author": h.author,
+                   "claim": h.claim, "reasoning": h.reasoning} for h in st.hypotheses.values()]
     return {
         "name": st.name or spec.get("name", ""), "goal": spec.get("goal", "").strip(),
         "state": effective_state(store, st), "reason": st.reason, "started": st.started, "ended": st.ended,

@@ -62,9 +62,10 @@ def rich_view(snap: dict[str, Any]) -> Any:
     head.add_row("best", (f"{snap['metric']} = {_g(best['value'])} ({best['id']}: "
                           + ", ".join(f"{k}={v:.4g}" for k, v in best["params"].items()) + ")") if best else "-",
                  "utilization", _g(snap["utilization"]), "", "")
-    hyp = Table("id", "hypothesis", "verdict", "evidence", title="hypotheses", expand=True)
+    hyp = Table("id", "hypothesis", "prediction", "verdict", "evidence", title="hypotheses", expand=True)
     for h in snap["hypotheses"][-6:]:
-        hyp.add_row(h["id"], h["statement"][:90], h["verdict"] or "pending", (h["evidence"] or "")[:60])
+        hyp.add_row(h["id"], f"{h['statement'][:80]} ({h.get('author', 'planner')})", (h["prediction"] or "")[:50],
+                    h["verdict"] or "pending", (h["evidence"] or "")[:60])
     recent = Table("task", "status", "source", "parameters", snap["metric"], title="latest simulations",
                    expand=True)
     for t in snap["tasks"][-8:]:
