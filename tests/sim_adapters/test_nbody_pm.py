@@ -211,16 +211,16 @@ def test_migration_keeps_every_particle_whole_and_on_its_owner(ranks):
     assert run_module_under_mpiexec("tests.sim_adapters.nbody_migration", ranks) == ["ok"]
 
 
-def test_same_seed_and_ranks_give_identical_output(rank_runs):
+def test_same_seed_and_ranks_give_identical_output(adapter, rank_runs):
     """The same settings on one rank, here in-process, reproduce the 1-rank mpiexec run bit for bit."""
-    again = solver.run(PLANCK, Settings(), MPI.COMM_SELF)
+    again = solver.run(PLANCK, adapter.settings, MPI.COMM_SELF)
     one = read(rank_runs[1])
     assert np.array_equal(again.power.pk, one["pk"]) and np.array_equal(again.power_init.pk, one["pk_init"])
     assert np.array_equal(again.group_size, one["group_size"])
 
 
-def test_another_seed_gives_another_universe(rank_runs):
-    other = solver.run(PLANCK, dataclasses.replace(Settings(), seed=8), MPI.COMM_SELF)
+def test_another_seed_gives_another_universe(adapter, rank_runs):
+    other = solver.run(PLANCK, dataclasses.replace(adapter.settings, seed=8), MPI.COMM_SELF)
     one = read(rank_runs[1])
     assert np.max(np.abs(other.power.pk / one["pk"] - 1.0)) > 0.1  # different phases: cosmic variance
     assert not np.array_equal(other.group_size, one["group_size"])
