@@ -367,6 +367,7 @@ class ScienceTeam:
             reply, error = await self._run(role, task)
             if reply is not None:
                 return reply
+            self.invalid += 1
             task = f"Your last reply was rejected: {error}. Reply again with the JSON object only."
         return None
 

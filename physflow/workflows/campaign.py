@@ -196,7 +196,9 @@ class Campaign:
         # The id is taken now: the optimizer's points that fill slots while the planner thinks run
         # under it (the planner states it without having seen their results).
         self.thinking_on = hid = f"H{self.rounds}"
-        self.hypotheses.setdefault(hid, Hypothesis(hid, "", round=self.rounds))
+        # (a resumed run redoing a round its crash cut short finds simulations under the id already)
+        self.hypotheses.setdefault(hid, Hypothesis(hid, "", round=self.rounds, tasks=[
+            t.id for t in self.tasks.values() if t.hypothesis == hid]))
         self._planner = asyncio.create_task(self._plan(self.rounds, self.pending()))
 
     async def _plan(self, round_no: int, pending: list[dict[str, float]]) -> None:
@@ -476,6 +478,8 @@ class Campaign:
             self.committer.event("cancelled", task=task.id)
         with contextlib.suppress(Exception):  # every result in HDF5 before the journal says "ended"
             self.committer.flush()
+        if self.team is not None:  # how often a model's reply had to be sent back (validity)
+            self.committer.event("model_replies", turns=self.team.turns, invalid=self.team.invalid)
         best = self.best()
         self.committer.event("campaign_ended", state=state, reason=self.stop_reason, best=best.id if best else None)
         self.committer.close()

@@ -336,6 +336,9 @@ def steering_summary(state: CampaignState) -> str:
     last = state.steering[-1] if state.steering else {}
     refused = (f"; {state.critic_refused} critic verdict(s) the numbers contradicted were refused"
                if state.critic_refused else "")
+    if state.model_turns:
+        refused += (f". Model replies sent back as invalid: {state.model_invalid} of {state.model_turns} turns "
+                    f"({100 * state.model_invalid / state.model_turns:.1f}%)")
     text = (f"**Steering.** The planner stated {by_planner} of {len(hyps)} hypotheses (the others: the "
             f"surrogate's own prediction). Verdicts, computed from the numbers: {counts or 'none yet'}{refused}. ")
     if scored:

@@ -34,6 +34,7 @@ from physflow.errors import RunDirError, SpecError
 from physflow.site_configs.site import SiteSpec
 from physflow.vocabulary.ranking import finite_or_none
 from physflow.vocabulary.records import Hypothesis, TaskRecord
+from physflow.vocabulary.steering import Claim
 from physflow.vocabulary.tables import Column, H5Group, Table
 from physflow.vocabulary.task import Array
 from physflow.vocabulary.workflow import LoadedWorkflow, load_workflow, load_yaml_with_lines
@@ -71,6 +72,9 @@ class CampaignState:
     #: whether it ran) and its measured pick quality; the critic verdicts the numbers refused.
     steering: list[dict[str, Any]] = field(default_factory=list)
     critic_refused: int = 0
+    #: Model turns and the replies among them sent back as invalid (unparsable or failing a check).
+    model_turns: int = 0
+    model_invalid: int = 0
     #: The coder's answer to the goal at the end: request, code, output, ok (journal "conclusion").
     conclusion: dict[str, Any] | None = None
 
@@ -148,6 +152,7 @@ EVENT_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "verdict": {"id": str, "verdict": str},
     "round": {"round": int},
     "tokens": {"agent": str, "tokens": int},
+    "model_replies": {"turns": int, "invalid": int},
     "proposed": {"task": str, "params": dict},
     **{kind: {"task": str} for kind in ("submitted", "finished", "failed", "cancelled", "requeued")},
 }
@@ -205,6 +210,24 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
     return scan_journal(path)[0]
 
 
+def _claim(raw: Any) -> dict[str, Any] | None:
+    """A hypothesis event's claim as journaled, or None when it is absent or not a claim (a damaged
+    journal must not stop a resume: the hypothesis then has no verdict from the numbers)."""
+    try:
+        return Claim.from_dict(raw).to_dict() if isinstance(raw, dict) else None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _steering(e: dict[str, Any]) -> dict[str, Any]:
+    """A round's steering record from its hypothesis event, keeping only well-formed picks."""
+    picks = [p for p in e["picks"] if isinstance(p, dict) and isinstance(p.get("shown"), int)
+             and (p.get("place") is None or isinstance(p.get("place"), int))]
+    numbers = {k: e.get(k) if isinstance(e.get(k), (int, float)) else 0 for k in ("round", "share", "earned",
+                                                                              "pick_quality")}
+    return {**numbers, "picks": picks}
+
+
 def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
     """Fold journal events into the campaign's state."""
     st = CampaignState()
@@ -218,10 +241,11 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
             st.state, st.reason, st.ended = e["state"], e.get("reason", ""), t
         elif kind == "hypothesis":
             st.round_unanswered = False
-            h = st.hypotheses[e["id"]] = Hypothesis(e["id"], e["statement"], e.get("prediction", ""), e.get("round", 0),
-                                                    claim=e.get("claim"), author=e.get("author", "planner"))
-            if "picks" in e:
-                st.steering.append({k: e.get(k) for k in ("round", "share", "earned", "picks", "pick_quality")})
+            h = st.hypotheses[e["id"]] = Hypothesis(
+                e["id"], e["statement"], e.get("prediction", ""), e.get("round", 0), claim=_claim(e.get("claim")),
+                author=str(e.get("author", "planner")))
+            if isinstance(e.get("picks"), list):
+                st.steering.append(_steering(e))
             # the optimizer's simulations started while the planner stated it were proposed under its id
             h.tasks = [tid for tid, t in st.tasks.items() if t.hypothesis == h.id]
         elif kind == "verdict" and e["id"] in st.hypotheses:
@@ -229,6 +253,9 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
             h.verdict, h.evidence, h.advice = e["verdict"], e.get("evidence", ""), e.get("advice", "")
             h.analysis, h.reasoning = e.get("analysis", ""), e.get("reasoning", "")
             st.critic_refused += bool(e.get("critic_refused"))
+        elif kind == "model_replies":  # a resumed run adds its own
+            st.model_turns += e.get("turns", 0)
+            st.model_invalid += e.get("invalid", 0)
         elif kind == "conclusion":
             st.conclusion = {k: e.get(k) for k in ("request", "code", "output", "ok")}
         elif kind == "round":

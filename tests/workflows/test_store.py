@@ -114,3 +114,25 @@ def test_campaign_h5_is_one_row_per_simulation_for_physflow_ask(tmp_path):
     assert list(table.columns["x"].values) == [1.0, 2.0] and table.columns["loss"].values[0] == 0.5
     assert np.isnan(table.columns["loss"].values[1])
     assert "campaign/tasks" not in Catalog.load([store.h5_path]).tables  # the store's reader, not the catalog's
+
+
+def test_replay_attaches_the_optimizer_s_simulations_to_the_hypothesis_stated_after_them():
+    """Simulations proposed under H1 while the planner was stating it belong to H1 once it is stated;
+    a claim or picks damaged in the journal are dropped, never taken as numbers."""
+    events = [
+        {"event": "round", "round": 1},
+        {"event": "proposed", "task": "t0000", "params": {"x": 0.2}, "hypothesis": "H1", "source": "backfill"},
+        {"event": "hypothesis", "id": "H1", "statement": "s", "claim": {"metric": "loss", "bound": "below",
+                                                                     "value": 1.0, "region": {"x": [0, 1]}},
+         "author": "planner", "picks": [{"place": 0, "shown": 4, "ran": True}, "junk"], "share": 0.1},
+        {"event": "proposed", "task": "t0001", "params": {"x": 0.4}, "hypothesis": "H1", "source": "optimizer"},
+        {"event": "hypothesis", "id": "H2", "statement": "s2", "claim": "below everything", "picks": "many"},
+        {"event": "model_replies", "turns": 9, "invalid": 2},
+    ]
+    st = replay(events)
+    assert st.hypotheses["H1"].tasks == ["t0000", "t0001"]
+    assert st.hypotheses["H1"].claim == {"metric": "loss", "bound": "below", "value": 1.0, "region": {"x": [0.0, 1.0]}}
+    assert st.hypotheses["H2"].claim is None and st.hypotheses["H2"].author == "planner"
+    assert st.steering == [{"round": 0, "share": 0.1, "earned": 0, "pick_quality": 0,
+                            "picks": [{"place": 0, "shown": 4, "ran": True}]}]
+    assert (st.model_turns, st.model_invalid) == (9, 2)
