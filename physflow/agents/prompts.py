@@ -8,7 +8,6 @@ the loop keeps its state.
 
 from __future__ import annotations
 
-import json
 import math
 
 from physflow.agents.tools import results_table
@@ -77,11 +76,13 @@ def hypothesis_prompt(view: CampaignView, round_no: int, advice: Advice, batch: 
         "- " + ", ".join(f"{k}={v:.4g}" for k, v in c.params.items())
         + (f" -> predicted {obj.metric} {c.mean:.3g} ± {c.sd:.2g}" if math.isfinite(c.mean) else "")
         for c in batch))
-    example = {"hypothesis": f"{obj.metric} is lowest where ...", "bound": "below", "value": 2.0,
-               "region": {name: [p.min, p.max] for name, p in list(view.parameters.items())[:1]}}
+    # A template, not an example: a small model copies an example's numbers (the grammar keeps the form).
+    name = next(iter(view.parameters))
+    template = (f'{{"hypothesis": "<your statement>", "bound": "below" or "above", "value": <a number>, '
+                f'"region": {{"{name}": [<low>, <high>], ...}}}}')
     lines.append(f"State one falsifiable hypothesis these simulations test: a region (a [low, high] range for the "
                  f"parameters it restricts) holding at least one of them, and a value {obj.metric} stays below "
-                 f"(or above) there. Reply with JSON like {json.dumps(example)}")
+                 f"(or above) there. Reply with JSON: {template}")
     return "\n".join(lines)
 
 
