@@ -282,3 +282,18 @@ def test_qualify_runs_the_embedded_model(tmp_path):
     assert sum(q["error"] is None for q in data["questions"]) >= 4
     assert (run / "llm" / "server.log").is_file()
     assert (tmp_path / "c" / "qualify").is_dir()
+
+
+def test_one_record_per_model_its_aliases_share_it_and_other_endpoints_do_not(tmp_path, monkeypatch):
+    from physflow.workflows.qualify import load_record, record_path
+
+    monkeypatch.setenv("PHYSFLOW_MODEL_CACHE", str(tmp_path / "models"))
+    short, full = LLMSpec(model="smollm2-135m"), LLMSpec(model="smollm2-135m-instruct")
+    assert record_path(short) == record_path(full) and record_path(full).parent == tmp_path / "qualify"
+    one = LLMSpec(provider="openai", base_url="http://a/v1", model="m")
+    other = LLMSpec(provider="openai", base_url="http://b/v1", model="m")
+    assert record_path(one) != record_path(other) and record_path(one).name.startswith("openai_m-")
+    assert load_record(one) is None
+    record_path(one).parent.mkdir(parents=True)
+    record_path(one).write_text("{not json")
+    assert load_record(one) is None  # a damaged record is no record
