@@ -383,8 +383,15 @@ def score_categories(questions: Sequence[Question], answers: Sequence[Answer]) -
 #: Physics accuracy above which the model's physics is trusted, and below which it is not.
 KNOWS_PHYSICS = 0.8
 KNOWS_LITTLE = 0.6
-#: Steering score at or below which picks are taken as no better than chance.
+#: Steering score at or below which picks are taken as no better than chance, however many asked.
 PICKS_NO_BETTER = 0.1
+
+
+def chance_band(asked: int, shown: int = STEERING_CANDIDATES) -> float:
+    """Twice the standard error of the mean pick score of ``asked`` random picks among ``shown``:
+    a steering score inside it cannot be told from chance (12 questions of 4: 0.43)."""
+    spread = math.sqrt(sum(pick_score(place, shown) ** 2 for place in range(shown)) / shown)
+    return 2 * spread / math.sqrt(max(asked, 1))
 
 
 @dataclass
@@ -446,9 +453,11 @@ class QualifyRecord:
             said.append(f"{proposal.total - proposal.correct} of {proposal.total} proposals were invalid: physflow "
                         "rejects them and asks again, which costs turns")
         if self.steering is not None:
-            if self.steering <= PICKS_NO_BETTER:
-                said.append(f"its picks among the optimizer's candidates are no better than chance (steering "
-                            f"{self.steering:.2f}): the optimizer keeps the slots")
+            band = chance_band(self.categories["steering"].total)
+            if self.steering <= max(PICKS_NO_BETTER, band):
+                said.append(f"its picks among the optimizer's candidates cannot be told from chance (steering "
+                            f"{self.steering:.2f}, chance 0 ± {band:.2f} at {self.categories['steering'].total} "
+                            "questions): the optimizer keeps the slots")
             else:
                 said.append(f"its steering score ({self.steering:.2f}) decides how many slots the planner gets")
         return ("; ".join(said) + ".") if said else "no category was asked."
