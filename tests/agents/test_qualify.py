@@ -303,3 +303,16 @@ def test_a_steering_score_within_the_noise_of_random_picks_earns_no_slots():
     # random picks among 4 score 1, 1/3, -1/3, -1 (sd 0.745): at 12 questions the mean's 2-sigma band is 0.43
     assert abs(chance_band(12) - 2 * 0.7454 / 12 ** 0.5) < 1e-3
     assert chance_band(48) < chance_band(12) / 1.9
+
+
+def test_qualify_exits_1_below_the_workflows_min_score_and_asks_only_its_categories(tmp_path):
+    (tmp_path / "wf.yaml").write_text(WORKFLOW.format(
+        llm="{provider: replay, script: model.jsonl, qualify: {min_score: 0.9, categories: [tool]}}"))
+    write_script(tmp_path / "model.jsonl", ["not JSON"] * 12)
+    proc = physflow("qualify", str(tmp_path / "wf.yaml"), "--run-dir", str(tmp_path / "q"), cwd=tmp_path,
+                    env={"PHYSFLOW_MODEL_CACHE": str(tmp_path / "c" / "m")}, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert re.search(r"^tool\s+0/12\s+0\.00\s+0\.17\s+12$", proc.stdout, re.M), proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "q")
+    assert "below llm.qualify.min_score 0.9: physflow submit would refuse this model" in proc.stderr
+    assert set(json.loads((tmp_path / "q" / "qualify.json").read_text())["categories"]) == {"tool"}
