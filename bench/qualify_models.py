@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -80,7 +81,10 @@ def main() -> None:
             wf = workflow_for(model, folder, args.seed, args.limit)
             cmd = [sys.executable, "-m", "physflow", "qualify", str(wf), "--run-dir", str(folder / "run"),
                    "--seed", str(args.seed)] + (["--limit", str(args.limit)] if args.limit else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
+            # a replay script in a temporary folder is no model to remember: its record stays there too
+            env = {**os.environ, "PHYSFLOW_MODEL_CACHE": str(folder / "cache" / "models")} \
+                if model.startswith("replay:") else None
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder, env=env)
             if proc.returncode != 0:
                 print(f"{model}: exit {proc.returncode}: {proc.stderr.strip()[-400:]}", file=sys.stderr)
                 continue

@@ -29,6 +29,11 @@ budget: {max_simulations: 2, max_concurrent: 2, max_rounds: 1, wall_time: 5m, ba
 """
 
 
+def cache(tmp_path: Path) -> dict[str, str]:
+    """The environment that keeps the model's record out of the user's cache."""
+    return {"SIM_SECONDS": "0.05", "PHYSFLOW_MODEL_CACHE": str(tmp_path / "cache" / "models")}
+
+
 def gated_folder(tmp_path: Path, right: bool) -> Path:
     """The workflow, its simulation and planner, and a qualify script that answers every question
     of the gate right, or picks a letter one past the right one (always wrong)."""
@@ -51,7 +56,7 @@ def gated_folder(tmp_path: Path, right: bool) -> Path:
 def test_a_model_below_min_score_is_refused_before_any_simulation(tmp_path):
     wf = gated_folder(tmp_path, right=False)
     run = tmp_path / "run"
-    proc = physflow("submit", str(wf), "--run-dir", str(run), cwd=tmp_path, env={"SIM_SECONDS": "0.05"}, timeout=300)
+    proc = physflow("submit", str(wf), "--run-dir", str(run), cwd=tmp_path, env=cache(tmp_path), timeout=300)
     assert proc.returncode == 1, proc.stderr
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "Traceback" not in proc.stderr
@@ -63,7 +68,7 @@ def test_a_model_below_min_score_is_refused_before_any_simulation(tmp_path):
     status = json.loads(physflow("status", str(run), "--json").stdout)
     assert status["state"] == "failed" and "refused" in status["reason"]
     # resume asks again (the model may have been fixed) and refuses again: no campaign starts unqualified
-    again = physflow("resume", str(run), cwd=tmp_path, timeout=300)
+    again = physflow("resume", str(run), cwd=tmp_path, env=cache(tmp_path), timeout=300)
     assert again.returncode == 1 and "below llm.qualify.min_score" in again.stderr
     assert not (tmp_path / "executions.log").exists()
 
@@ -71,9 +76,10 @@ def test_a_model_below_min_score_is_refused_before_any_simulation(tmp_path):
 def test_a_qualified_model_runs_its_campaign_and_the_run_keeps_its_scores(tmp_path):
     wf = gated_folder(tmp_path, right=True)
     run = tmp_path / "run"
-    proc = physflow("submit", str(wf), "--run-dir", str(run), cwd=tmp_path, env={"SIM_SECONDS": "0.05"}, timeout=300)
+    proc = physflow("submit", str(wf), "--run-dir", str(run), cwd=tmp_path, env=cache(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "qualify: overall 1.00 (tool 1.00, steering 1.00)" in proc.stderr
     assert json.loads((run / "qualify.json").read_text())["overall"] == 1.0
+    assert len(list((tmp_path / "cache" / "qualify").glob("replay_qualify.jsonl-*.json"))) == 1
     rows = results_of(run)
     assert [r["params"] for r in rows if r["source"] == "planner"] == planner_rounds(1)[0]["content"]["simulations"]
