@@ -205,8 +205,17 @@ def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None)
     logging.getLogger("physflow").setLevel(logging.INFO)
     click.echo(f"physflow {__version__}: campaign {spec.name} on site {checked.site.name}, "
                f"model {spec.llm.provider}:{spec.llm.model}", err=True)
+    from physflow.errors import QualificationError
     from physflow.ui.watch import live_progress
+    from physflow.workflows.qualify import qualify_gate
 
+    try:
+        qualify_gate(checked.workflow, store, _say)
+    except BaseException as exc:
+        store.close()
+        if isinstance(exc, QualificationError):
+            click.echo(str(store.run_dir))  # the run folder keeps qualify.json
+        raise
     # The rich panel only on a terminal, and not while approval prompts need it.
     progress = (lambda: live_progress(store.run_dir)) if approver is None else contextlib.nullcontext
     outcome = run_campaign(checked, store, approver, previous, progress, _say)
@@ -625,6 +634,64 @@ def _print_answer(result: Any, answer_md: Path, as_json: bool) -> None:
         click.echo("\ncaveats:\n" + "\n".join(f"- {c}" for c in result.caveats))
     click.echo(f"\ntokens: {result.total_tokens}")
     click.echo(str(answer_md))
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="where to write qualify.json (default: runs/<name>-qualify-<UTC time>)")
+@click.option("--json", "as_json", is_flag=True, help="print the record (scores and every answer) as one JSON object")
+@click.option("--limit", type=click.IntRange(min=1), help="ask at most this many questions per category")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="which shuffle of the options, candidates and questions")
+def qualify(workflow: Path, run_dir: Path | None, as_json: bool, limit: int | None, seed: int) -> None:
+    """Test the workflow's model before it steers a campaign: physics (cosmology, diffusion,
+    molecular dynamics), a valid proposal for this workflow's parameters, the right tool for a
+    task, and picking the best of shuffled candidates by their predicted values (steering).
+
+    Uses the workflow's llm: exactly as a campaign would (an embedded model is served for the
+    test; the categories of llm.qualify.categories where the workflow names them). Prints a score
+    per category against chance and what the scores mean; writes qualify.json into the run folder
+    (the last line printed) and keeps the model's latest record beside the embedded model cache.
+    Exit 0, or 1 when the workflow's llm.qualify.min_score is not reached; 2 on bad input.
+
+    \b
+    Example:
+      physflow qualify workflows/examples/heat2d.yaml --limit 3
+    """
+    from physflow.errors import RunDirError
+    from physflow.vocabulary.workflow import load_workflow, real_path
+    from physflow.workflows.qualify import run_qualify
+
+    loaded = load_workflow(workflow)
+    spec = loaded.spec
+    run_dir = real_path(run_dir or _default_run_dir(f"{spec.name}-qualify"))
+    if (run_dir / "qualify.json").exists():
+        raise RunDirError(f"{run_dir} already holds a qualify.json")
+
+    def progress(n: int, total: int, answer: Any) -> None:
+        if n == total or n % 10 == 0:
+            click.echo(f"  {n}/{total} questions", err=True)
+
+    gate = spec.llm.qualify
+    record = run_qualify(loaded, run_dir, categories=gate.categories if gate else None, seed=seed, limit=limit,
+                         say=_say, progress=progress)
+    if as_json:
+        click.echo(json.dumps({**record.to_json(), "run_dir": str(run_dir)}))
+    else:
+        click.echo(f"{'category':<20} {'right':>9} {'score':>6} {'chance':>7}  invalid")
+        for name, c in record.categories.items():
+            click.echo(f"{name:<20} {f'{c.correct}/{c.total}':>9} {c.score:>6.2f} {c.chance:>7.2f}  {c.invalid}")
+        click.echo(f"{'overall':<20} {'':>9} {record.overall:>6.2f}")
+        if record.top1 is not None:
+            click.echo(f"steering: the best candidate picked {record.top1:.0%} of the time (chance 25%); "
+                       f"mean pick score {record.steering:.2f} (1 = always the best, 0 = chance)")
+        click.echo(record.interpretation())
+        click.echo(str(run_dir))
+    if gate is not None and record.overall < gate.min_score:
+        click.echo(f"below llm.qualify.min_score {gate.min_score:g}: physflow submit would refuse this model",
+                   err=True)
+        sys.exit(1)
 
 
 def _transcript_line(record: dict[str, Any], t0: float) -> str:

@@ -59,6 +59,13 @@ class StoreError(PhysflowError):
     exit_code = 1
 
 
+class QualificationError(PhysflowError):
+    """The model scored below the workflow's ``llm.qualify.min_score``: the campaign does not
+    start. A refusal, not bad input: exit code 1."""
+
+    exit_code = 1
+
+
 class SandboxViolation(PhysflowError):
     """LLM-written code that tried to leave the sandbox, or a machine where the sandbox cannot
     be built (exit 1: the input was fine, the machine cannot run it safely)."""

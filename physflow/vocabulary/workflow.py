@@ -91,6 +91,24 @@ class ParameterSpec(WorkflowPart):
         return self
 
 
+#: What ``physflow qualify`` asks a model about: three physics domains, and the campaign's own
+#: mechanics (a valid proposal, the right tool, the best of shuffled candidates).
+QualifyCategory = Literal["cosmology", "diffusion", "molecular_dynamics", "proposal", "tool", "steering"]
+QUALIFY_CATEGORIES: tuple[QualifyCategory, ...] = get_args(QualifyCategory)
+
+
+class QualifySpec(WorkflowPart):
+    """``llm.qualify``: ``physflow submit`` runs ``physflow qualify`` first and refuses to start a
+    campaign whose model scores below ``min_score`` (the mean of the categories' scores, 0 to 1)."""
+
+    min_score: float = Field(ge=0, le=1, description="the lowest overall qualify score (0 to 1) a campaign "
+                                                     "starts with")
+    categories: list[QualifyCategory] | None = Field(None, min_length=1, description="the categories asked "
+                                                     "(default: all)")
+    script: str | None = Field(None, description="replay provider: the script qualification reads "
+                                                 "(default: llm.script)")
+
+
 class LLMSpec(WorkflowPart):
     provider: Literal["embedded", "openai", "vllm", "replay"] = "embedded"
     model: str = EMBEDDED_MODEL
@@ -107,6 +125,8 @@ class LLMSpec(WorkflowPart):
                                                              "(--tensor-parallel-size)")
     serve_args: list[str] = Field([], description="vllm: extra arguments to vllm serve, "
                                                   "e.g. [--max-model-len, '32768']")
+    qualify: QualifySpec | None = Field(None, description="qualify the model before a campaign starts "
+                                                          "(physflow qualify)")
 
     @model_validator(mode="after")
     def _provider_needs(self) -> LLMSpec:
@@ -282,6 +302,8 @@ class LoadedWorkflow(BaseModel):
             data["objective"]["target"] = str(self.resolve(data["objective"]["target"]))
         if data["llm"].get("script"):
             data["llm"]["script"] = str(self.resolve(data["llm"]["script"]))
+        if (data["llm"].get("qualify") or {}).get("script"):
+            data["llm"]["qualify"]["script"] = str(self.resolve(data["llm"]["qualify"]["script"]))
         for agent in data["agents"].values():
             if agent.get("script"):
                 agent["script"] = str(self.resolve(agent["script"]))

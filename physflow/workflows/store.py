@@ -45,6 +45,8 @@ LOCK = "orchestrator.lock"
 #: The spec that ran (defaults filled, paths absolute), and where it came from and ran (JSON).
 WORKFLOW = "workflow.yaml"
 RUN_INFO = "run.json"
+#: The model's qualification (``physflow qualify``; ``submit`` with ``llm.qualify``).
+QUALIFY = "qualify.json"
 
 
 @dataclass
@@ -203,6 +205,24 @@ def scan_journal(path: Path) -> tuple[list[dict[str, Any]], list[Damage]]:
         else:
             events.append(event)
     return events, damage
+
+
+def write_qualify(run_dir: Path, record: dict[str, Any]) -> Path:
+    """Write ``qualify.json`` into ``run_dir`` whole or not at all (a reader never sees half)."""
+    path = run_dir / QUALIFY
+    tmp = path.with_name(QUALIFY + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=_json_default))
+    os.replace(tmp, path)
+    return path
+
+
+def read_qualify(run_dir: Path) -> dict[str, Any] | None:
+    """``qualify.json`` of ``run_dir``, or None when there is none (or it is damaged)."""
+    try:
+        data = json.loads((run_dir / QUALIFY).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
