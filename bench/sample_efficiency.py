@@ -2,7 +2,8 @@
 
 The problem is ``workflows/examples/cosmology.yaml`` as shipped: the built-in particle-mesh code
 (``nbody_pm`` at the shipped sizes, 2 ranks; 48^3 particles, 96^3 mesh and 10 steps until
-2026-12-06, 96^3 / 192^3 / 20 since), find (omega_m, sigma8) with chi2_hmf at the tolerance against a target simulated at hidden true parameters (the target file's
+2026-12-06, 96^3 / 192^3 / 20 since), find (omega_m, sigma8) with chi2_hmf at the tolerance
+against a target simulated at hidden true parameters (the target file's
 ``true_omega_m``/``true_sigma8`` attributes, read only to score the result), at most 24
 simulations, 2 at a time. Three strategies, each a real campaign in this process (``Campaign``
 on the local site, real MPI simulations, journal and HDF5), differing only in who chooses:

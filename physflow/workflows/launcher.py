@@ -28,6 +28,7 @@ from physflow.serving.service import ModelService
 from physflow.vocabulary.records import TaskRecord
 from physflow.vocabulary.workflow import LLMSpec, LoadedWorkflow
 from physflow.workflows.campaign import Approver, Campaign
+from physflow.workflows.qualify_records import load_record, qualify_llm
 from physflow.workflows.store import CampaignState, RunStore
 from physflow.workflows.validate import Checked
 
@@ -94,6 +95,15 @@ def form_team(campaign: Campaign, clients: dict[str, Any], stack: contextlib.Exi
             transcript.note("physflow", "sandbox", f"no sandbox: {exc}; analysis code is disabled")
     toolbox = Toolbox(campaign, validate=campaign.adapter.validate_params, sandbox=sandbox, knowledge=knowledge,
                       plots_dir=campaign.store.run_dir / "plots")
+    # The planner's share starts from what its qualification measured of its picks (none: 0).
+    try:
+        record = load_record(qualify_llm(campaign.workflow))
+    except PhysflowError:  # a vLLM model served only during campaigns was never qualified alone
+        record = None
+    if record is not None and record.steering is not None:
+        campaign.pick_prior = record.steering
+        transcript.note("physflow", "qualification", f"the model's steering score {record.steering:.2f} "
+                        f"({record.when}) is the prior of its pick quality", to="planner")
     return ScienceTeam(spec, clients, toolbox, campaign.adapter.parameters, transcript)
 
 

@@ -8,10 +8,6 @@ last steering score without asking again. ``submit`` runs it first when the work
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -19,79 +15,15 @@ from pathlib import Path
 
 from physflow import __version__
 from physflow.agents.qualify import Answer, QualifyRecord, build_questions, take_test
-from physflow.errors import QualificationError, ServingError, SpecError
-from physflow.serving.embedded import lookup, model_cache
-from physflow.vocabulary.workflow import LLMSpec, LoadedWorkflow
+from physflow.errors import QualificationError, SpecError
+from physflow.vocabulary.workflow import LoadedWorkflow
 from physflow.workflows.launcher import Say, question_client, question_model
+from physflow.workflows.qualify_records import keep_record, model_name, qualify_llm
 from physflow.workflows.store import RunStore, read_qualify, write_qualify
 
 
 def _quiet(text: str) -> None:
     """The default ``Say``: nobody watches."""
-
-
-def model_name(llm: LLMSpec) -> str:
-    """``provider:model`` as the record names it: an embedded model by its full name (aliases
-    such as smollm2-135m are the same model), a replay model by its script's file name."""
-    name = llm.model
-    if llm.provider == "replay":  # a script is the model: its name, not llm.model's default
-        name = Path(llm.script or "").name
-    elif llm.provider == "embedded":
-        try:
-            name = lookup(name).name
-        except ServingError:
-            pass  # not servable: the test fails to start with the serving error
-    return f"{llm.provider}:{name}"
-
-
-def record_folder() -> Path:
-    """Where the latest record of each model is kept: ``qualify/`` beside the embedded model
-    cache (``$PHYSFLOW_MODEL_CACHE``, else ``~/.cache/physflow/models``)."""
-    return model_cache().parent / "qualify"
-
-
-def record_path(llm: LLMSpec) -> Path:
-    """The cache file of ``llm``'s latest record. Readable name, plus a hash of what makes a model
-    another (its endpoint, its replay script): two servers of one model name are two records."""
-    name = model_name(llm)
-    where = "\n".join([name, llm.base_url or "", llm.script or ""])
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
-    return record_folder() / f"{slug}-{hashlib.sha256(where.encode()).hexdigest()[:12]}.json"
-
-
-def load_record(llm: LLMSpec) -> QualifyRecord | None:
-    """The model's latest qualification (its ``steering`` score is the campaign's prior for its
-    picks), or None when it was never qualified here or the record cannot be read."""
-    try:
-        return QualifyRecord.from_json(json.loads(record_path(llm).read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def _keep_record(llm: LLMSpec, record: QualifyRecord) -> None:
-    """Replace the cached record whole; a cache that cannot be written costs only the reuse."""
-    path = record_path(llm)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record.to_json(), indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
-def qualify_llm(workflow: LoadedWorkflow) -> LLMSpec:
-    """The workflow's ``llm`` as qualification uses it: the replay script ``llm.qualify.script``
-    (else ``llm.script``) resolved against the workflow's folder. A vLLM model that physflow
-    serves on a site's GPU pool exists only during a campaign: that is a SpecError."""
-    llm = workflow.spec.llm
-    if llm.provider == "vllm" and not llm.base_url:
-        raise workflow.error("llm.provider", "physflow qualify needs a running vLLM server: physflow serves one "
-                                             "only during a campaign; give the base_url of a running one")
-    if llm.provider == "replay":
-        script = (llm.qualify.script if llm.qualify and llm.qualify.script else None) or llm.script or ""
-        llm = llm.model_copy(update={"script": str(workflow.resolve(script))})
-    return llm
 
 
 def run_qualify(workflow: LoadedWorkflow, run_dir: Path, *, categories: Iterable[str] | None = None,
@@ -118,7 +50,7 @@ def run_qualify(workflow: LoadedWorkflow, run_dir: Path, *, categories: Iterable
     with question_model(llm, serve_dir or run_dir, client, say) as model:
         record = asyncio.run(take_test(model, questions, model_name(llm), seed, __version__, when, progress))
     write_qualify(run_dir, record.to_json())
-    _keep_record(llm, record)
+    keep_record(llm, record)
     return record
 
 

@@ -8,6 +8,8 @@ import json
 import math
 import random
 
+import pytest
+
 from physflow.agents.models import PacedReplayClient
 from physflow.agents.team import ScienceTeam, Transcript
 from physflow.agents.tools import Toolbox
@@ -113,3 +115,48 @@ def test_the_surrogate_predicts_near_the_truth_and_states_its_own_claim():
     statement, claim = surrogate_claim(advice, advice.candidates, "chi2", "minimize")
     assert claim is not None and all(claim.contains(c.params) for c in advice.candidates)
     assert "the model stated none" in statement
+
+
+QUALIFIED = """\
+physflow: 1
+name: qualified
+goal: find x
+llm: {provider: replay, script: planner.jsonl}
+agents: {domain_expert: {enabled: false}, coder: {enabled: false}, critic: {enabled: false}}
+simulation:
+  adapter: executable
+  command: "{python} {workflow_dir}/sim.py {x}"
+  parameters: {x: {min: 0, max: 1}}
+objective: {metric: loss}
+budget: {max_simulations: 2, max_concurrent: 2, max_rounds: 1, wall_time: 5m, backfill: none}
+"""
+
+
+def test_a_model_s_qualification_is_the_prior_of_its_share(tmp_path):
+    """The steering score ``physflow qualify`` kept for this model starts its share before any pick
+    is measured (0.3 x 1.0 here); without a record the share starts at 0."""
+    from physflow.agents.qualify import CategoryScore, QualifyRecord
+    from physflow.vocabulary.workflow import load_workflow
+    from physflow.workflows.qualify_records import keep_record, qualify_llm
+    from tests.conftest import physflow, write_script
+
+    (tmp_path / "wf.yaml").write_text(QUALIFIED)
+    (tmp_path / "sim.py").write_text(
+        "import json, sys\njson.dump({'loss': float(sys.argv[1])}, open('result.json', 'w'))\n")
+    claim = {"hypothesis": "h", "bound": "below", "value": 2.0, "region": {"x": [0.0, 1.0]}}
+    write_script(tmp_path / "planner.jsonl", [{"content": claim}])
+    env = {"PHYSFLOW_MODEL_CACHE": str(tmp_path / "cache" / "models")}
+    shares = []
+    for qualified in (False, True):
+        if qualified:
+            record = QualifyRecord("replay:planner.jsonl", 0, "2026-12-06T00:00:00Z", "test",
+                                   {"steering": CategoryScore(12, 12, 1.0, 0.0)})
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("PHYSFLOW_MODEL_CACHE", env["PHYSFLOW_MODEL_CACHE"])
+                keep_record(qualify_llm(load_workflow(tmp_path / "wf.yaml")), record)
+        run = tmp_path / f"run{int(qualified)}"
+        proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr
+        events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+        shares.append(next(e for e in events if e["event"] == "hypothesis")["share"])
+    assert shares == [0.0, pytest.approx(0.3)]

@@ -180,7 +180,7 @@ def test_qualify_with_replay_prints_the_table_writes_qualify_json_and_keeps_the_
     assert len(kept) == 1 and json.loads(kept[0].read_text())["steering"] == 1.0
 
     # the record is read back for this model (a campaign's prior for its picks) and for no other
-    from physflow.workflows.qualify import load_record
+    from physflow.workflows.qualify_records import load_record
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PHYSFLOW_MODEL_CACHE", env["PHYSFLOW_MODEL_CACHE"])
@@ -285,7 +285,7 @@ def test_qualify_runs_the_embedded_model(tmp_path):
 
 
 def test_one_record_per_model_its_aliases_share_it_and_other_endpoints_do_not(tmp_path, monkeypatch):
-    from physflow.workflows.qualify import load_record, record_path
+    from physflow.workflows.qualify_records import load_record, record_path
 
     monkeypatch.setenv("PHYSFLOW_MODEL_CACHE", str(tmp_path / "models"))
     short, full = LLMSpec(model="smollm2-135m"), LLMSpec(model="smollm2-135m-instruct")

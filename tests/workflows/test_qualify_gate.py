@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from physflow.agents.advisor import LETTERS
 from physflow.agents.qualify import build_questions
 from physflow.vocabulary.workflow import load_workflow
@@ -82,4 +84,7 @@ def test_a_qualified_model_runs_its_campaign_and_the_run_keeps_its_scores(tmp_pa
     assert json.loads((run / "qualify.json").read_text())["overall"] == 1.0
     assert len(list((tmp_path / "cache" / "qualify").glob("replay_qualify.jsonl-*.json"))) == 1
     rows = results_of(run)
-    assert [r["params"] for r in rows if r["source"] == "planner"] == planner_rounds(1)[0]["content"]["simulations"]
+    assert len(rows) == 2 and all(r["hypothesis"] == "H1" for r in rows)
+    events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+    (h1,) = [e for e in events if e["event"] == "hypothesis"]
+    assert h1["author"] == "planner" and h1["share"] == pytest.approx(0.3)  # its steering score, 1.0, is the prior
