@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from physflow.agents.models import make_client
+from physflow.agents.qualify import chance_band
 from physflow.agents.team import ROLES, ScienceTeam, Transcript, role_tools
 from physflow.agents.tools import Toolbox
 from physflow.dispatch.backends import open_dispatcher
@@ -101,9 +102,12 @@ def form_team(campaign: Campaign, clients: dict[str, Any], stack: contextlib.Exi
     except PhysflowError:  # a vLLM model served only during campaigns was never qualified alone
         record = None
     if record is not None and record.steering is not None:
-        campaign.pick_prior = record.steering
-        transcript.note("physflow", "qualification", f"the model's steering score {record.steering:.2f} "
-                        f"({record.when}) is the prior of its pick quality", to="planner")
+        # a score within the noise of random picks is no evidence: it earns nothing
+        asked = record.categories["steering"].total
+        campaign.pick_prior = record.steering if record.steering > chance_band(asked) else 0.0
+        transcript.note("physflow", "qualification", f"the model's steering score {record.steering:.2f} over "
+                        f"{asked} picks ({record.when}) gives its pick quality the prior {campaign.pick_prior:.2f}",
+                        to="planner")
     return ScienceTeam(spec, clients, toolbox, campaign.adapter.parameters, transcript)
 
 
