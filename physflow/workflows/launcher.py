@@ -25,6 +25,7 @@ from physflow.dispatch.backends import open_dispatcher
 from physflow.errors import PhysflowError
 from physflow.serving.plans import embedded_plan, serving_plan
 from physflow.serving.service import ModelService
+from physflow.site_configs.site import model_cores
 from physflow.vocabulary.records import TaskRecord
 from physflow.vocabulary.workflow import LLMSpec, LoadedWorkflow
 from physflow.workflows.campaign import Approver, Campaign
@@ -104,7 +105,7 @@ def launched(checked: Checked, store: RunStore, approver: Approver | None = None
     formed; everything it runs on is stopped when the block ends (the store stays open).
     ``campaign_class``: the loop, or a subclass that observes it (the benchmarks')."""
     wf, spec, run_dir = checked.workflow, checked.workflow.spec, store.run_dir
-    serving = serving_plan(spec.llm, checked.site) if spec.has_team else None
+    serving = serving_plan(spec.llm, checked.site, model_cores(checked.site)) if spec.has_team else None
     with contextlib.ExitStack() as stack:
         dispatcher = open_dispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
                                      spec.simulation.resources.nodes, checked.adapter.uses_mpi,
