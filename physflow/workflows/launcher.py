@@ -87,6 +87,9 @@ def form_team(campaign: Campaign, clients: dict[str, Any], stack: contextlib.Exi
 
     spec, transcript, sandbox = campaign.spec, campaign.transcript, None
     knowledge = KnowledgeBase([campaign.workflow.resolve(p) for p in spec.knowledge]) if spec.knowledge else None
+    if knowledge is not None and knowledge.skipped:  # a damaged or encrypted PDF: said, never fatal
+        transcript.note("physflow", "knowledge", f"{len(knowledge.skipped)} file(s) not indexed",
+                        warning="; ".join(knowledge.skipped))
     if any(role == "coder" or "run_analysis_code" in role_tools(spec, role) for role in clients):
         try:
             sandbox = stack.enter_context(Sandbox(campaign.store.run_dir))
