@@ -137,8 +137,14 @@ class SiteLLM(Strict):
     rest; ``simulation_priority`` leaves the cores shared but runs the simulations at a low
     priority, so the model takes the cores only while it thinks and the simulations have them all
     the rest of the time. Both apply where physflow serves the model beside its simulations: a
-    local site's campaign with an embedded (or local vLLM) model. BENCHMARKS.md ("Cores for
-    thinking") has the measurements behind the defaults.
+    local site's campaign with an embedded (or local vLLM) model.
+
+    Default ``cores: none`` with ``simulation_priority: nice``: with two simulation ranks running
+    on 2 cores, a planner turn (~1,000 prompt + 150 generated tokens) took 2.67x its time alone
+    when everything shared the cores, 1.35x pinned to its own core, 1.48x with the simulations
+    niced (``bench/thinking_cores.py``, BENCHMARKS.md "Cores for thinking", a loaded machine);
+    pinning protects the turn no better and takes a core from the simulations for the whole
+    campaign, also while the model is idle, which is most of the time.
     """
 
     serve_on: str = "local"

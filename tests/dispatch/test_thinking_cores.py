@@ -142,3 +142,9 @@ def test_validate_says_one_line_with_the_place_and_exits_2(tmp_path):
     assert refused.returncode == 2, refused
     assert refused.stderr.strip().splitlines() == [
         f"error: {path}:8: llm.cores: core {max(CORES) + 7} is not one of this machine's cores ({core_list(CORES)})"]
+
+
+def test_the_local_sites_default_shares_the_cores_and_nices_the_simulations():
+    """The default BENCHMARKS.md ("Cores for thinking") chose, written out in local.yaml."""
+    assert load_site("local").llm == SiteLLM(serve_on="llm", cores="none", simulation_priority="nice")
+    assert SiteLLM().simulation_priority == "nice" and SiteLLM().cores == "none"
