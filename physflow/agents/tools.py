@@ -18,6 +18,7 @@ from typing import Any
 from autogen_core.tools import FunctionTool
 from pydantic import StrictFloat
 
+from physflow.agents.knowledge import parse_citation
 from physflow.agents.view import CampaignView
 from physflow.errors import ProposalError, QueryError
 from physflow.vocabulary.ranking import finite_or_none, ranked
@@ -55,9 +56,9 @@ class Toolbox:
         self.catalog = catalog
         self.staged: list[dict[str, float]] = []
         self.calls: dict[str, int] = {}
-        #: Passages search_knowledge has returned, as (file, first line, last line): a citation
-        #: must point into one of them.
-        self.retrieved: set[tuple[str, int, int]] = set()
+        #: Passages search_knowledge has returned, as (file, page or None, first line, last
+        #: line): a citation must point into one of them.
+        self.retrieved: set[tuple[str, int | None, int, int]] = set()
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -127,16 +128,21 @@ class Toolbox:
         if not hits:
             return "no passage matches"
         for _, c in hits:
-            name, _, first = c.source.rpartition(":")
-            self.retrieved.add((name, int(first), int(first) + c.text.count("\n")))
+            self.retrieved.add((c.file, c.page, c.line, c.last_line))
         return "\n\n".join(f"[{c.source}] {c.text[:700]}" for _, c in hits)
 
     def was_retrieved(self, citation: str) -> bool:
-        """Whether ``citation`` (file:line, or file) points into a passage this campaign retrieved."""
-        name, _, line = citation.strip().rpartition(":")
-        if not line.isdigit():
-            return any(citation.strip() == f for f, _, _ in self.retrieved)
-        return any(name == f and a <= int(line) <= b for f, a, b in self.retrieved)
+        """Whether ``citation`` points into a passage this campaign retrieved: ``file:line``, a
+        PDF's ``file:pPAGE:line`` or ``file:pPAGE``, or a file alone."""
+        name, page, line = parse_citation(citation)
+        for file, passage_page, first, last in self.retrieved:
+            if file != name:
+                continue
+            if page is None and line is None:
+                return True
+            if page == passage_page and (line is None or first <= line <= last):
+                return True
+        return False
 
     def make_plot(self, x: str, y: str, color: str = "", title: str = "") -> str:
         """Plot finished simulations: y against x, optionally coloured by a third quantity. x, y and

@@ -50,7 +50,7 @@ class ParslDispatcher:
         started |= {service_pool} if service_pool else set()
         self.config = build_parsl_config(site, parsl_dir, max_concurrent, nodes_needed,
                                          frozenset(site.pools[name].kind for name in started),
-                                         pools=frozenset(started))
+                                         pools=frozenset(started), service_pool=service_pool)
         bin_dir_on_path()
         self.dfk = DataFlowKernel(self.config)
         self._watchdog = start_watchdog(parsl_dir)  # the pools end with this process, even a SIGKILLed one

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from physflow.dispatch.retry import TRANSIENT_RETRIES, retry_cost
 from physflow.errors import SiteError
-from physflow.site_configs.site import SiteSpec, check_mpi_request
+from physflow.site_configs.site import SiteSpec, check_mpi_request, split_cores
 
 if TYPE_CHECKING:
     from parsl.config import Config
@@ -31,23 +32,50 @@ def bin_dir() -> str:
     return str(Path(sys.executable).parent)
 
 
-def block_worker_init(site: SiteSpec, pool_name: str) -> str:
+def make_room_for_model(site: SiteSpec, pool_name: str, service_pool: str | None) -> str:
+    """The shell line that gives a local pool's block the cores and priority that ``llm.cores``
+    and ``llm.simulation_priority`` leave the simulations, or "" where they do not apply.
+
+    It applies to every pool of a local site but the one serving the model (``service_pool``,
+    None when physflow serves no model in this campaign), and sets the block's shell, whose
+    children inherit it: Parsl's worker pool, its workers, mpiexec and every rank (Hydra binds
+    no rank by default, so the ranks keep the set), and a Parsl ``cpu_affinity`` divides the same
+    set among the workers. The model server pins itself (``ServerPlan.cores``): a process may not
+    raise its own priority back, so the server's pool is never lowered.
+    """
+    if site.scheduler != "local" or service_pool is None or pool_name == service_pool:
+        return ""
+    split = split_cores(site)
+    calls = [f"os.sched_setaffinity(p, {split[1]})"] if split else []
+    priority = site.llm.simulation_priority
+    if priority == "nice":
+        calls.append("os.setpriority(os.PRIO_PROCESS, p, 19)")
+    elif priority == "idle":
+        calls.append("os.sched_setscheduler(p, os.SCHED_IDLE, os.sched_param(0))")
+    if not calls:
+        return ""
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote('import os; p = os.getppid(); ' + '; '.join(calls))}"
+
+
+def block_worker_init(site: SiteSpec, pool_name: str, service_pool: str | None = None) -> str:
     """The shell lines each block of ``pool_name`` runs before its workers start.
 
     The site's lines first (module loads), then physflow's own environment first on PATH (so the
     workers run the same Python and Parsl as the submitting process; this is what needs the
     environment on a filesystem the compute nodes see), then the pool's lines. A local MPI pool
-    also gets a node file listing this machine, which Parsl's MPI mode requires.
+    also gets a node file listing this machine, which Parsl's MPI mode requires, and a local pool
+    beside a model server the cores and priority the server leaves it (``make_room_for_model``).
     """
     pool = site.pool(pool_name)
-    lines = [site.worker_init.strip(), f"export PATH={bin_dir()}:$PATH", pool.worker_init.strip()]
+    lines = [site.worker_init.strip(), f"export PATH={bin_dir()}:$PATH", pool.worker_init.strip(),
+             make_room_for_model(site, pool_name, service_pool)]
     if site.scheduler == "local" and pool.kind == "mpi":
         lines.insert(0, 'export PBS_NODEFILE="$(mktemp)"; '
                         f"printf 'localhost\\n%.0s' $(seq {pool.nodes_per_block}) > \"$PBS_NODEFILE\"")
     return "\n".join(line for line in lines if line)
 
 
-def build_provider(site: SiteSpec, pool_name: str) -> Any:
+def build_provider(site: SiteSpec, pool_name: str, service_pool: str | None = None) -> Any:
     """The Parsl provider (with its launcher) that gets blocks for ``pool_name`` of ``site``.
 
     MPI pools use a ``SimpleLauncher``: one worker pool per block, on its first node, that
@@ -55,11 +83,11 @@ def build_provider(site: SiteSpec, pool_name: str) -> Any:
     worker pool per node: ``mpiexec`` on PBS (``--cpu-bind``, as ALCF documents), ``srun`` on
     Slurm, plain processes locally.
     """
-    provider, arguments = provider_arguments(site, pool_name)
+    provider, arguments = provider_arguments(site, pool_name, service_pool)
     return provider(**arguments)
 
 
-def provider_arguments(site: SiteSpec, pool_name: str) -> tuple[type, dict[str, Any]]:
+def provider_arguments(site: SiteSpec, pool_name: str, service_pool: str | None = None) -> tuple[type, dict[str, Any]]:
     """``build_provider``'s class and constructor arguments. Kept apart because Parsl providers
     rewrite some arguments as they store them (SlurmProvider appends ``#SBATCH`` lines to
     ``scheduler_options``), so a Globus Compute endpoint config needs the arguments themselves."""
@@ -68,7 +96,7 @@ def provider_arguments(site: SiteSpec, pool_name: str) -> tuple[type, dict[str, 
 
     pool = site.pool(pool_name)
     blocks = dict(init_blocks=pool.init_blocks, min_blocks=0, max_blocks=pool.max_blocks,
-                  worker_init=block_worker_init(site, pool_name))
+                  worker_init=block_worker_init(site, pool_name, service_pool))
     queue, walltime = pool.queue or site.queue, pool.walltime or site.walltime
     options = "\n".join(o.strip() for o in (site.scheduler_options, pool.scheduler_options) if o.strip())
     if site.scheduler == "local":
@@ -107,12 +135,13 @@ def _address(site: SiteSpec) -> str | None:
 
 def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes_needed: int = 1,
                        kinds: frozenset[str] = frozenset({"mpi", "htex"}), *,
-                       pools: frozenset[str] | None = None) -> Config:
+                       pools: frozenset[str] | None = None, service_pool: str | None = None) -> Config:
     """A Parsl Config for ``site``, writing its files under ``run_dir`` (the run's parsl/ folder).
 
     Only pools of the given ``kinds`` (and, if given, with these names) are started: a campaign
     of MPI simulations holds no idle serial workers, one of Python functions starts no MPI pool,
-    and on a site each started pool is a batch job that costs allocation hours.
+    and on a site each started pool is a batch job that costs allocation hours. ``service_pool``:
+    the pool that serves the model, if physflow serves one (the others make room for it).
 
     Building has no side effect on this process: whoever starts a DataFlowKernel from the config
     calls ``parsl_backend.bin_dir_on_path()`` first (HTEX needs it).
@@ -130,7 +159,8 @@ def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes
         if pool.kind not in kinds or (pools is not None and name not in pools):
             continue
         # Traffic stays on this machine locally; on a cluster it crosses a shared network.
-        common = dict(label=name, address=address, encrypted=not local, provider=build_provider(site, name))
+        common = dict(label=name, address=address, encrypted=not local,
+                      provider=build_provider(site, name, service_pool))
         if pool.kind == "mpi":
             check_mpi_request(site, name, nodes_needed, max(nodes_needed, 1))
             tasks = max_concurrent if pool.max_tasks == "auto" else pool.max_tasks

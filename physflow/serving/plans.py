@@ -25,7 +25,8 @@ class ServerPlan:
 
     ``key_env`` names the variable the server reads its API key from; ``bind`` is the address it
     listens on (127.0.0.1 when the clients are on the same machine, else every interface, which
-    the API key then guards).
+    the API key then guards); ``cores``, if any, the cores the server (every thread of it) is
+    pinned to (a local site's ``llm.cores``).
     """
 
     model: str
@@ -34,15 +35,21 @@ class ServerPlan:
     bind: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 180.0
+    cores: list[int] = field(default_factory=list)
 
     def command(self, port: int) -> list[str]:
         return [a.format(host=self.bind, port=port) for a in self.argv]
 
 
-def llama_cpp_plan(model: str, gguf: Path, threads: int | None = None, n_ctx: int = 8192) -> ServerPlan:
-    """The embedded model: llama-cpp-python's OpenAI-compatible server on this machine."""
-    threads = threads or max(1, min(4, os.cpu_count() or 1))
-    return ServerPlan(model=model, key_env="API_KEY", startup_timeout=120.0, argv=[
+def llama_cpp_plan(model: str, gguf: Path, threads: int | None = None, n_ctx: int = 8192,
+                   cores: Sequence[int] = ()) -> ServerPlan:
+    """The embedded model: llama-cpp-python's OpenAI-compatible server on this machine.
+
+    Pinned to ``cores``, it runs one thread per core (more would share a core and stall each
+    other at every layer's barrier); else ``threads``, by default one per core up to 4.
+    """
+    threads = threads or len(cores) or max(1, min(4, os.cpu_count() or 1))
+    return ServerPlan(model=model, key_env="API_KEY", startup_timeout=120.0, cores=list(cores), argv=[
         sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model,
         "--host", "{host}", "--port", "{port}", "--n_ctx", str(n_ctx), "--n_threads", str(threads),
         "--verbose", "False"])
@@ -62,20 +69,23 @@ def vllm_plan(model: str, tensor_parallel: int = 1, extra_args: Sequence[str] = 
                       argv=argv + list(extra_args))
 
 
-def embedded_plan(model: str) -> ServerPlan:
-    """The plan that serves embedded model ``model`` (see serving.service)."""
+def embedded_plan(model: str, cores: Sequence[int] = ()) -> ServerPlan:
+    """The plan that serves embedded model ``model`` (see serving.service), pinned to ``cores``
+    if any."""
     if importlib.util.find_spec("llama_cpp") is None:
         raise ServingError("the embedded model needs llama-cpp-python[server]: pip install 'physflow[embedded]'")
-    return llama_cpp_plan(model, model_path(model))
+    return llama_cpp_plan(model, model_path(model), cores=cores)
 
 
-def serving_plan(llm: Any, site: Any) -> tuple[ServerPlan, str] | None:
+def serving_plan(llm: Any, site: Any, cores: Sequence[int] = ()) -> tuple[ServerPlan, str] | None:
     """What physflow must serve for workflow ``llm`` on ``site``, and on which pool; None when
     the model is someone else's endpoint (openai, or vllm with a base_url) or scripted.
 
     The pool is ``llm.pool``, else the site's ``llm.serve_on``; ``local`` means the site's serial
     (htex) pool on this machine. It must be an htex pool: a model server is a Python task that
-    lives as long as the campaign, not an MPI job.
+    lives as long as the campaign, not an MPI job. ``cores``: the cores the server is pinned to
+    (a local site's ``llm.cores``, resolved by ``site_configs.site.model_cores``; the simulation
+    pools get the others: dispatch's ``make_room_for_model``).
     """
     if llm.provider not in ("embedded", "vllm") or llm.base_url:
         return None
@@ -87,5 +97,7 @@ def serving_plan(llm: Any, site: Any) -> tuple[ServerPlan, str] | None:
         raise ServingError(f"site {site.name} has no htex pool {name!r} to serve the model on "
                            f"(pools: {', '.join(site.pools)}; set llm.pool or the site's llm.serve_on)")
     if llm.provider == "embedded":
-        return embedded_plan(llm.model), name
-    return vllm_plan(llm.model, llm.tensor_parallel, llm.serve_args), name
+        return embedded_plan(llm.model, cores), name
+    plan = vllm_plan(llm.model, llm.tensor_parallel, llm.serve_args)
+    plan.cores = list(cores)
+    return plan, name

@@ -51,6 +51,18 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _starter(cores: list[int]) -> Callable[[], None]:
+    """What the server's process runs before it execs: die with its task, and keep to ``cores``
+    if any (set before exec, so every thread the server starts has them)."""
+    if not cores:
+        return die_with_parent
+
+    def start() -> None:
+        die_with_parent()
+        os.sched_setaffinity(0, cores)
+    return start
+
+
 def serve(plan: dict[str, Any], service_dir: str, api_key: str) -> dict[str, Any]:
     """The task body: run the server until told to stop; returns how it ended.
 
@@ -67,7 +79,7 @@ def serve(plan: dict[str, Any], service_dir: str, api_key: str) -> dict[str, Any
         log.write(f"physflow: {shlex.join(p.command(port))} on {socket.gethostname()}\n".encode())
         log.flush()
         proc = subprocess.Popen(p.command(port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, preexec_fn=die_with_parent)
+                                env=env, start_new_session=True, preexec_fn=_starter(p.cores))
     _write_atomic(folder / "endpoint.json", json.dumps(
         {"url": f"http://{host}:{port}/v1", "host": socket.gethostname(), "pid": proc.pid}))
     reason = "exited"

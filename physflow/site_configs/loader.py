@@ -15,8 +15,9 @@ import yaml
 
 from physflow.errors import SiteError, SpecError
 from physflow.site_configs.placeholders import placeholder_filler
-from physflow.site_configs.site import SiteSpec
+from physflow.site_configs.site import SiteSpec, check_simulation_priority, split_cores
 from physflow.vocabulary.workflow import (
+    line_of,
     load_yaml_with_lines,
     parse_model,
     path_kind,
@@ -62,7 +63,7 @@ def load_site(name_or_path: str, relative_to: Path | None = None,
     environment; errors name the file, line and field."""
     path = site_path(name_or_path, relative_to)
     try:
-        site, _ = parse_model(SiteSpec, path, fill=placeholder_filler(path, values or {}))
+        site, lines = parse_model(SiteSpec, path, fill=placeholder_filler(path, values or {}))
     except SiteError:
         raise
     except SpecError as exc:  # the same located message, typed as a site problem
@@ -71,6 +72,12 @@ def load_site(name_or_path: str, relative_to: Path | None = None,
         if pool.kind == "mpi" and pool.launcher != "mpiexec" and site.scheduler == "local":
             raise SiteError(f"pool {name}: a local site launches MPI with mpiexec", str(path), None,
                             f"pools.{name}.launcher")
+    try:  # the cores of this machine, checked now rather than when the pools start
+        split_cores(site)
+        check_simulation_priority(site)
+    except SiteError as exc:
+        loc = tuple(exc.field.split(".")) if exc.field else ()
+        raise SiteError(exc.message, str(path), line_of(lines, loc), exc.field) from None
     return site
 
 

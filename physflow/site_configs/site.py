@@ -79,8 +79,42 @@ class PoolSpec(Strict):
         return min((len(a.split(",")) for a in self.accelerators), default=0)
 
 
-#: Parsl's cpu_affinity: a strategy, or list: then per worker a comma list of cores and core ranges.
-CPU_AFFINITY = re.compile(r"none|block|block-reverse|alternating|list(:\d+(-\d+)?(,\d+(-\d+)?)*)+")
+#: A set of cores as Linux writes it (``taskset -c``, Cpus_allowed_list): cores and ranges, comma-separated.
+CORE_LIST = r"\d+(-\d+)?(,\d+(-\d+)?)*"
+#: Parsl's cpu_affinity: a strategy, or list: then per worker a core list.
+CPU_AFFINITY = re.compile(rf"none|block|block-reverse|alternating|list(:{CORE_LIST})+")
+
+
+#: Linux numbers at most this many cores (NR_CPUS); a larger number is a typo, and a range to it
+#: would be a list of billions.
+MAX_CORES = 8192
+
+
+def parse_cores(text: str) -> list[int]:
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]`` (sorted, once each); ValueError for anything else."""
+    if not re.fullmatch(CORE_LIST, text):
+        raise ValueError(f"{text!r} is not a list of cores (e.g. 1, 2-3 or 0,2)")
+    cores: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        if max(len(first), len(last)) > 5 or int(last or first) >= MAX_CORES:
+            raise ValueError(f"core {last or first} is beyond any machine's (cores are numbered from 0 to "
+                             f"{MAX_CORES - 1} at most)")
+        if last and int(last) < int(first):
+            raise ValueError(f"core range {part!r} runs backwards")
+        cores.update(range(int(first), int(last or first) + 1))
+    return sorted(cores)
+
+
+def core_list(cores: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``: how Linux writes a core set, for messages."""
+    parts: list[str] = []
+    for core in sorted(cores):
+        if parts and core == int(parts[-1].rpartition("-")[2]) + 1:
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{core}"
+        else:
+            parts.append(str(core))
+    return ",".join(parts)
 
 
 def _check_walltime(value: str) -> str:
@@ -89,8 +123,49 @@ def _check_walltime(value: str) -> str:
     return value.strip()
 
 
+#: How simulations make room for the model server on a local site (``llm.simulation_priority``).
+SIMULATION_PRIORITIES = {"normal": "as every process", "nice": "nice 19", "idle": "SCHED_IDLE"}
+
+
 class SiteLLM(Strict):
+    """Where the model is served, and how it shares a local site's cores with the simulations.
+
+    On a laptop the model server and the simulations compete for the same few cores; llama.cpp's
+    threads wait for each other at every layer, so one thread preempted by a simulation stalls
+    them all (a planner turn measured 10x slower with two simulations running). ``cores`` pins
+    the server's threads to a core set (its thread count follows) and the simulation pools to the
+    rest; ``simulation_priority`` leaves the cores shared but runs the simulations at a low
+    priority, so the model takes the cores only while it thinks and the simulations have them all
+    the rest of the time. Both apply where physflow serves the model beside its simulations: a
+    local site's campaign with an embedded (or local vLLM) model.
+
+    Default ``cores: none`` with ``simulation_priority: nice``: with two simulation ranks running
+    on 2 cores, a planner turn (~1,000 prompt + 150 generated tokens) took 2.67x its time alone
+    when everything shared the cores, 1.35x pinned to its own core, 1.48x with the simulations
+    niced (``bench/thinking_cores.py``, BENCHMARKS.md "Cores for thinking", a loaded machine);
+    pinning protects the turn no better and takes a core from the simulations for the whole
+    campaign, also while the model is idle, which is most of the time.
+    """
+
     serve_on: str = "local"
+    cores: str = Field(
+        "none", description="local sites: cores the model server's threads are pinned to ('1', '2-3', '0,2'), "
+                            "the simulation pools getting the others; auto: the last quarter of this machine's "
+                            "cores (1 to 4); none: the server and the simulations share every core")
+    simulation_priority: Literal["normal", "nice", "idle"] = Field(
+        "nice", description="local sites, while physflow serves the model: the simulation pools' priority; "
+                            "nice: nice 19, so the model takes the cores while it thinks and the simulations "
+                            "have them otherwise; idle: SCHED_IDLE (Linux), simulations run only on cores "
+                            "nothing else wants; normal: the same priority as the model")
+
+    @field_validator("cores", mode="before")
+    @classmethod
+    def _cores(cls, value: Any) -> Any:
+        """A core list, none or auto (a single core may come as a YAML number: ``cores: 1``)."""
+        value = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else value
+        if isinstance(value, str) and value not in ("none", "auto"):
+            parse_cores(value)
+        return value
 
 
 class SiteSpec(Strict):
@@ -186,3 +261,67 @@ def check_gpus(site: SiteSpec, pool_name: str, gpus: int) -> None:
             "it has no accelerators"
         raise SiteError(f"{gpus} GPUs asked of pool {pool_name} of site {site.name}, but {hint}",
                         field="llm.tensor_parallel")
+
+
+def machine_cores() -> list[int]:
+    """The cores this process may run on (its affinity, which a cgroup or ``taskset`` may narrow
+    below ``os.cpu_count()``): what a local site's pools and model server can be given."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return sorted(getaffinity(0)) if getaffinity else list(range(os.cpu_count() or 1))
+
+
+def split_cores(site: SiteSpec, available: list[int] | None = None) -> tuple[list[int], list[int]] | None:
+    """``(model server's cores, simulation pools' cores)`` for ``site``'s ``llm.cores`` on this
+    machine (``available``: its cores, default ``machine_cores()``), or None when they share
+    every core. Refuses, as a SiteError on field ``llm.cores``, a core set that cannot be pinned:
+    on a cluster site (the cores of its nodes are not this machine's), without
+    ``os.sched_setaffinity`` (macOS), naming a core this machine lacks, or taking every core.
+
+    ``auto`` is the last quarter of the cores, at least 1 and at most 4: llama.cpp gains little
+    beyond 4 threads on a CPU (memory bandwidth bounds it), and simulations keep the majority.
+    """
+    text = site.llm.cores
+    if text == "none":
+        return None
+    if site.scheduler != "local":
+        raise SiteError(f"cores pins cores of this machine; site {site.name}'s model server runs on its "
+                        f"{site.scheduler} nodes: leave llm.cores none there", field="llm.cores")
+    if not hasattr(os, "sched_setaffinity"):
+        raise SiteError("pinning cores needs Linux (os.sched_setaffinity); use cores: none and "
+                        "simulation_priority: nice on this machine", field="llm.cores")
+    have = machine_cores() if available is None else sorted(available)
+    if text == "auto":
+        if len(have) < 2:
+            raise SiteError(f"cores auto needs 2 cores or more; this machine has {core_list(have)} only: use "
+                            "cores: none", field="llm.cores")
+        model = have[-min(4, max(1, len(have) // 4)):]
+    else:
+        model = parse_cores(text)
+        missing = [c for c in model if c not in have]
+        if missing:
+            raise SiteError(f"core {core_list(missing)} is not one of this machine's cores ({core_list(have)})",
+                            field="llm.cores")
+    rest = [c for c in have if c not in model]
+    if not rest:
+        raise SiteError(f"cores {text} takes every core of this machine ({core_list(have)}); leave at least one "
+                        "for the simulations, or use cores: none", field="llm.cores")
+    for name, pool in site.pools.items():
+        listed = {c for part in pool.cpu_affinity.split(":")[1:] for c in parse_cores(part)}
+        if listed & set(model):
+            raise SiteError(f"pool {name}'s cpu_affinity lists core {core_list(sorted(listed & set(model)))}, which "
+                            f"llm.cores {text} gives the model server", field=f"pools.{name}.cpu_affinity")
+    return model, rest
+
+
+def model_cores(site: SiteSpec) -> list[int]:
+    """The cores ``site`` pins the model server to on this machine; [] where it shares them all."""
+    split = split_cores(site)
+    return split[0] if split else []
+
+
+def check_simulation_priority(site: SiteSpec) -> None:
+    """Refuse ``simulation_priority: idle`` where there is no SCHED_IDLE (macOS): a SiteError on
+    field ``llm.simulation_priority``."""
+    if site.llm.simulation_priority == "idle" and not hasattr(os, "SCHED_IDLE"):
+        raise SiteError("simulation_priority idle needs Linux (SCHED_IDLE); use nice",
+                        field="llm.simulation_priority")

@@ -26,6 +26,7 @@ from physflow.dispatch.backends import open_dispatcher
 from physflow.errors import PhysflowError
 from physflow.serving.plans import embedded_plan, serving_plan
 from physflow.serving.service import ModelService
+from physflow.site_configs.site import model_cores
 from physflow.vocabulary.records import TaskRecord
 from physflow.vocabulary.workflow import LLMSpec, LoadedWorkflow
 from physflow.workflows.campaign import Approver, Campaign
@@ -88,6 +89,9 @@ def form_team(campaign: Campaign, clients: dict[str, Any], stack: contextlib.Exi
 
     spec, transcript, sandbox = campaign.spec, campaign.transcript, None
     knowledge = KnowledgeBase([campaign.workflow.resolve(p) for p in spec.knowledge]) if spec.knowledge else None
+    if knowledge is not None and knowledge.skipped:  # a damaged or encrypted PDF: said, never fatal
+        transcript.note("physflow", "knowledge", f"{len(knowledge.skipped)} file(s) not indexed",
+                        warning="; ".join(knowledge.skipped))
     if any(role == "coder" or "run_analysis_code" in role_tools(spec, role) for role in clients):
         try:
             sandbox = stack.enter_context(Sandbox(campaign.store.run_dir, unsafe=spec.sandbox == "unsafe"))
@@ -118,7 +122,7 @@ def launched(checked: Checked, store: RunStore, approver: Approver | None = None
     formed; everything it runs on is stopped when the block ends (the store stays open).
     ``campaign_class``: the loop, or a subclass that observes it (the benchmarks')."""
     wf, spec, run_dir = checked.workflow, checked.workflow.spec, store.run_dir
-    serving = serving_plan(spec.llm, checked.site) if spec.has_team else None
+    serving = serving_plan(spec.llm, checked.site, model_cores(checked.site)) if spec.has_team else None
     with contextlib.ExitStack() as stack:
         dispatcher = open_dispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
                                      spec.simulation.resources.nodes, checked.adapter.uses_mpi,
