@@ -297,6 +297,7 @@ class ScienceTeam:
         self.tokens_before = 0
         self.turns = 0
         self.invalid = 0  # model replies rejected (unparsable, or failing a check) and sent back
+        self.stated: ClaimOutcome | None = None  # the hypothesis of the planner's latest turn, once checked
         self.parameters = parameters
         self.Claim = claim_model(parameters)
         self.agents: dict[str, AssistantAgent] = {}
@@ -405,6 +406,7 @@ class ScienceTeam:
         most ``max_attempts`` turns; then the domain expert's review, and one revision on an
         objection that names a concern."""
         outcome, task = ClaimOutcome(), prompt
+        self.stated = outcome  # read if the turn is stopped during the review: the claim stands
         for _ in range(self.max_attempts):
             if not self.can_speak("planner"):
                 outcome.errors.append("token budget spent")

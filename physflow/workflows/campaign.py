@@ -207,6 +207,7 @@ class Campaign:
         capacity = max(1, min(self.simulations_left, self.spec.budget.max_concurrent * 2, 8))
         obj, picks, batch = self.spec.objective, [], []
         outcome = ClaimOutcome()
+        self.team.stated = None  # this turn's hypothesis, once the planner states it
         try:
             advice = await asyncio.to_thread(self.optimizer.advice, capacity + EXTRA_CANDIDATES, pending)
             share = self.planner_share()
@@ -328,6 +329,10 @@ class Campaign:
         ``limit`` seconds; never raises."""
         if self.team is None or not any(t.status == "finished" for t in self.tasks.values()):
             return
+        for turn in (self._planner, self._critic):  # (the wall time can end the loop mid-turn)
+            if turn and not turn.done():
+                turn.cancel()  # nothing they say could run now; the coder gets the model to itself
+        self._unstated(self.stop_reason)
         request = (self.spec.conclusion or default_analysis(self)).strip()
         try:
             run = await asyncio.wait_for(self.team.analyse(f"{request} (goal: {self.spec.goal.strip()})",
@@ -438,10 +443,15 @@ class Campaign:
         h = self.hypotheses.get(hid) if hid else None
         if h is None or h.statement or not h.tasks:
             return
-        h.statement, h.author, h.prediction = f"Not stated: the planner's turn was stopped ({reason}).", \
-            "optimizer", "no prediction"
+        stated = self.team.stated if self.team else None
+        if stated is not None and stated.ok:  # stopped during the expert's review: the claim was made
+            h.statement, h.author, h.claim = stated.statement, "planner", stated.claim.to_dict()  # type: ignore[union-attr]
+            h.prediction = stated.claim.text()  # type: ignore[union-attr]
+        else:
+            h.statement, h.author, h.prediction = f"Not stated: the planner's turn was stopped ({reason}).", \
+                "optimizer", "no prediction"
         self.committer.event("hypothesis", id=hid, statement=h.statement, prediction=h.prediction, round=h.round,
-                             claim=None, author=h.author)
+                             claim=h.claim, author=h.author)
 
     def _done(self) -> bool:
         """Nothing runs, thinks or waits to be judged, and nothing more will be started."""
