@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,26 @@ def write_script(path: Path, lines: list) -> Path:
     """A replay model script: one JSON value per line."""
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
+
+
+class ChatCompletions(BaseHTTPRequestHandler):
+    """The base of the tests' OpenAI-compatible servers: ``reply`` answers a chat completion with
+    ``content``, ``send`` any JSON payload; subclasses decide what to answer in ``do_POST``."""
+
+    def reply(self, model: str, content: str, prompt_tokens: int = 40, completion_tokens: int = 8) -> None:
+        self.send(200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": content}}],
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                  "total_tokens": prompt_tokens + completion_tokens}})
+
+    def send(self, code: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass

@@ -426,13 +426,14 @@ class Sandbox:
             if left <= 0:
                 break
             reply = self._read(self.proc, min(slice_, left))
-            if reply is not None or self.proc.poll() is not None:
-                break
-            if self.isolation != "bwrap":
+            done = reply is not None or self.proc.poll() is not None
+            if self.isolation != "bwrap":  # also once the call ended: a fast fill beats any polling period
                 over_quota = self._scratch_bytes()
                 if over_quota > self.limits.scratch_bytes:
                     break
                 over_quota = 0
+            if done:
+                break
         if over_quota:
             self.close()
             removed = self._roll_back(time.time() - (time.monotonic() - started) - 1.0)

@@ -49,8 +49,8 @@ class Review(BaseModel):
 
 class Verdict(BaseModel):
     verdict: Literal["supported", "refuted", "inconclusive"]
-    evidence: str = Field(description="the numbers from the results that decide the verdict", max_length=600)
-    advice: str = Field("", description="what the planner should try next", max_length=400)
+    evidence: str = Field(description="the numbers from the results that decide the verdict", max_length=1500)
+    advice: str = Field("", description="what the planner should try next", max_length=1000)
     analysis: str = Field("", description="an analysis of the results the coder should run, or empty",
                           max_length=300)
 

@@ -74,6 +74,7 @@ class Campaign:
         self._planner: asyncio.Task | None = None
         self._critic: asyncio.Task | None = None
         self._to_judge: deque[str] = deque()
+        self._judging: str | None = None  # the hypothesis the critic is judging now
         self.approved_once = self.spec.approval == "auto" or approver is None
         self.resume_note = self.last_analysis = ""  # said to the planner once; the coder's latest output
         self.rng = random.Random(int(self.spec.simulation.fixed.get("seed", 0)))  # shuffles and shares
@@ -209,7 +210,10 @@ class Campaign:
         outcome = ClaimOutcome()
         self.team.stated = None  # this turn's hypothesis, once the planner states it
         try:
-            advice = await asyncio.to_thread(self.optimizer.advice, capacity + EXTRA_CANDIDATES, pending)
+            # extra candidates only once the optimizer's start-up design is done: before, they would
+            # use up start-up points that then never run
+            extra = EXTRA_CANDIDATES if len(self.optimizer.observed) >= self.optimizer.startup else 0
+            advice = await asyncio.to_thread(self.optimizer.advice, capacity + extra, pending)
             share = self.planner_share()
             earned = math.floor(share * capacity + self.rng.random())  # unbiased rounding of share x capacity
             if advice.predicted:  # at least one pick a round, run or not: how the share is earned
@@ -270,8 +274,8 @@ class Campaign:
     def _judge_if_done(self, hid: str) -> None:
         """Queue ``hid`` for its verdict once it is stated and every simulation under it ended."""
         h = self.hypotheses.get(hid)
-        if h and h.statement and h.verdict is None and hid not in self._to_judge and h.tasks and all(
-                self.tasks[t].status in ("finished", "failed") for t in h.tasks):
+        if h and h.statement and h.verdict is None and hid not in self._to_judge and hid != self._judging \
+                and h.tasks and all(self.tasks[t].status in ("finished", "failed") for t in h.tasks):
             self._to_judge.append(hid)
 
     async def _approve(self, hid: str | None, batch: list[dict[str, float]]) -> list[dict[str, float]] | None:
@@ -305,10 +309,16 @@ class Campaign:
         if self.team is None or not self._to_judge or (self._critic and not self._critic.done()):
             return
         hid = self._to_judge.popleft()
+        if self.hypotheses[hid].verdict is not None:  # judged meanwhile: once is enough
+            return
+        self._judging = hid
         self._critic = asyncio.create_task(self._judge(hid, self.judgement(hid)))
 
     async def _judge(self, hid: str, judgement: Judgement) -> None:
         verdict = analysis = None
+        if not self.hypotheses[hid].claim:  # nothing for the critic to explain, nor the coder to test
+            await self._events.put(Event("judged", (hid, judgement, None, None)))
+            return
         try:
             verdict = await self.team.judge(critic_prompt(self, hid, judgement))
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
@@ -345,7 +355,7 @@ class Campaign:
 
     @handles("judged")
     def on_judged(self, hid: str, judgement: Judgement, verdict: Verdict | None, analysis: str | None = None) -> None:
-        h = self.hypotheses[hid]
+        h, self._judging = self.hypotheses[hid], None
         h.verdict, h.evidence = judgement.verdict, judgement.evidence
         refused = None
         if verdict is not None and verdict.verdict != judgement.verdict:

@@ -126,8 +126,8 @@ def test_the_domain_experts_pdf_citation_is_kept_and_a_damaged_pdf_is_noted(heat
     (notes / "damaged.pdf").write_bytes(b"%PDF-1.4\n garbage")
     line = _line_of(notes / "copper.pdf", 2, "annealed copper")
     write_script(tmp_path / "planner.jsonl", [
-        {"content": {"hypothesis": "kappa near 0.4 m^2/s", "prediction": "lowest chi2 near 0.4",
-                     "simulations": [{"kappa": 0.4, "power": 30}]}}])
+        {"content": {"hypothesis": "kappa near 0.4 m^2/s", "bound": "below", "value": 1e6,
+                     "region": {"kappa": [0.05, 1.0]}}}])
     write_script(tmp_path / "expert.jsonl", [
         {"tool": "search_knowledge", "arguments": {"query": "thermal diffusivity of annealed copper", "k": 1}},
         {"content": {"sound": True, "concerns": "", "citations": [f"copper.pdf:p2:{line}", "copper.pdf:p1:2"]}}])

@@ -8,7 +8,7 @@ import json
 import re
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from physflow.agents.advisor import LETTERS
 from physflow.agents.models import make_client
 from physflow.agents.qualify import PHYSICS, build_questions, chance_band, load_bank, take_test
 from physflow.vocabulary.workflow import QUALIFY_CATEGORIES, LLMSpec, WorkflowSpec, load_workflow
-from tests.conftest import physflow, write_script
+from tests.conftest import ChatCompletions, physflow, write_script
 
 WORKFLOW = """\
 physflow: 1
@@ -215,7 +215,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, llm, message):
 
 # --- the openai provider, against a local OpenAI-compatible server -----------------------------
 
-class KnowingServer(BaseHTTPRequestHandler):
+class KnowingServer(ChatCompletions):
     """The chat completions route of an OpenAI-compatible server whose model knows the answer to
     every question it was told (prompt -> reply); it records what each request asked for."""
 
@@ -226,19 +226,7 @@ class KnowingServer(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         KnowingServer.formats.append(body.get("response_format"))
         prompt = body["messages"][-1]["content"]
-        reply = json.dumps(KnowingServer.answers.get(prompt, {"no": "idea"}))
-        data = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": reply}}],
-                           "usage": {"prompt_tokens": 40, "completion_tokens": 8, "total_tokens": 48}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.reply(body["model"], json.dumps(KnowingServer.answers.get(prompt, {"no": "idea"})))
 
 
 def test_qualify_reaches_an_openai_compatible_server_with_one_structured_reply_per_question(tmp_path):

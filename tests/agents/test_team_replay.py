@@ -65,8 +65,6 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
         {"content": {"purpose": "mean chi2", "code": "import os\nos.system('echo escaped')"}},   # violation
         {"content": {"purpose": "mean chi2", "code": "import numpy as np\nprint('mean chi2 =', round(float("
                      "np.mean([r['metrics']['chi2'] for r in results if r['status'] == 'finished'])), 3))"}},
-        {"content": {"purpose": "count",
-                     "code": "print('finished:', sum(r['status'] == 'finished' for r in results))"}},
         {"content": {"purpose": "the answer", "code": "best = min((r for r in results if r['status'] == 'finished'), "
                      "key=lambda r: r['metrics']['chi2'])\nprint('best kappa =', round(best['params']['kappa'], 4))"}},
     ])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import physflow
+from tests.conftest import ChatCompletions, physflow
 from tests.reliability.campaigns import SIM, record_figures
 
 pytestmark = pytest.mark.reliability
@@ -36,7 +36,7 @@ PLAN = {"hypothesis": "the loss stays below 1 everywhere", "bound": "below", "va
         "region": {"x": [0.0, 1.0]}}
 
 
-class OpenAIChat(BaseHTTPRequestHandler):
+class OpenAIChat(ChatCompletions):
     """The one route of the OpenAI API a campaign uses, answering every turn with PLAN; it records the
     Authorization header and the tools offered of every request."""
 
@@ -49,23 +49,9 @@ class OpenAIChat(BaseHTTPRequestHandler):
         OpenAIChat.seen.append(self.headers.get("Authorization", ""))
         OpenAIChat.tools.update(t["function"]["name"] for t in body.get("tools", []))
         if self.headers.get("Authorization") != f"Bearer {OpenAIChat.key}":
-            self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+            self.send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
             return
-        self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": json.dumps(PLAN)}}],
-                         "usage": {"prompt_tokens": 50, "completion_tokens": 30, "total_tokens": 80}})
-
-    def _send(self, code: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.reply(body["model"], json.dumps(PLAN), 50, 30)
 
 
 def submit_against(handler: type[BaseHTTPRequestHandler], tmp_path: Path, key: str, workflow: str):
@@ -111,8 +97,8 @@ class EchoingOpenAI(OpenAIChat):
     def do_POST(self) -> None:  # noqa: N802 - the http.server API
         EchoingOpenAI.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
         key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-        self._send(400, {"error": {"message": f"Incorrect API key provided: {key}",
-                                   "type": "invalid_request_error", "code": "invalid_api_key"}})
+        self.send(400, {"error": {"message": f"Incorrect API key provided: {key}",
+                                  "type": "invalid_request_error", "code": "invalid_api_key"}})
 
 
 def test_a_key_echoed_by_the_server_reaches_no_file_and_is_not_sent_back(tmp_path: Path):
