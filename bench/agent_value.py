@@ -49,6 +49,7 @@ Default: 3 seeds, every method. Nothing is cached: each run is real.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -153,35 +154,38 @@ class AgentFigures:
     refused: int = 0  # critic verdicts refused (the numbers said otherwise)
 
 
-def agent_figures(outcome: Outcome) -> AgentFigures:
-    """Read one run's journal and transcript (``run_dir``)."""
-    f = AgentFigures(planner_sims=outcome.sources.get("planner", 0))
-    events = read_journal(outcome.run_dir / "journal.jsonl")
-    running: list[tuple[float, float]] = []
+def agent_figures(run_dir: Path) -> AgentFigures:
+    """What the agents did in the run at ``run_dir``, read from its journal and transcript."""
+    f = AgentFigures()
+    running: list[tuple[float, float]] = []  # (submitted, ended) of every simulation, UNIX s
+    source: dict[str, str] = {}
     started: dict[str, float] = {}
-    for e in events:
+    for e in read_journal(run_dir / "journal.jsonl"):
         kind = e["event"]
-        if kind == "submitted":
+        if kind == "proposed":
+            source[e["task"]] = e.get("source", "")
+        elif kind == "submitted":
             started[e["task"]] = e["t"]
+            f.planner_sims += source.get(e["task"]) == "planner"
         elif kind in ("finished", "failed", "cancelled") and e["task"] in started:
-            running.append((started.pop(e["task"]), e.get("t", time.time())))
+            running.append((started.pop(e["task"]), e.get("t", math.inf)))
         elif kind == "hypothesis":
             if e.get("author") == "planner":
                 f.stated += 1
             else:
                 f.stand_ins += 1
-            for p in e.get("picks") or []:
-                if p.get("place") is None:
+            for pick in e.get("picks") or []:
+                if pick.get("place") is None:
                     f.pick_errors += 1
                 else:
-                    f.places.append((p["place"], p["shown"]))
+                    f.places.append((pick["place"], pick["shown"]))
             if e.get("share") is not None:
                 f.earned_share = e["share"]
         elif kind == "verdict":
             f.judged += 1
             f.supported += e.get("verdict") == "supported"
             f.refused += e.get("critic_refused") is not None
-    for turn in model_turns(transcript(outcome.run_dir)):
+    for turn in model_turns(transcript(run_dir)):
         f.calls += 1
         f.invalid += turn.invalid
         if turn.role != "planner":
@@ -330,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 o = steer(folder, method, seed, random_search=method == "random")
                 outcomes.append(o)
                 if METHODS[method][0]:
-                    figures[(method, seed)] = agent_figures(o)
+                    figures[(method, seed)] = agent_figures(o.run_dir)
                 print(f"  seed {seed} {method:<18} to tol {o.to_tolerance(TOLERANCE) or '>' + str(o.budget):>3} "
                       f"best {o.best_value:.3f}  sources {o.sources}  ({o.reason}; {o.wall_s:.0f} s)", flush=True)
             if seed < args.seeds - 1:  # the table so far: a run stopped early still has its figures
