@@ -111,7 +111,7 @@ approval: auto
 """
 
 
-def workflow_text(method: str, budget: int, coder: bool = False) -> str:
+def workflow_text(method: str, budget: int, coder: bool = False, tolerance: float = TOLERANCE) -> str:
     """The benchmark's workflow for ``method``: no agents for random and optimizer, else the
     default team on the method's embedded model, without the coder unless ``coder``.
     ``max_rounds`` is the budget, so rounds never end a campaign before its simulations do
@@ -122,7 +122,7 @@ def workflow_text(method: str, budget: int, coder: bool = False) -> str:
     if model and not coder:
         llm += "\nagents: {coder: {enabled: false}}"
     fixed = "{" + ", ".join(f"{k}: {v}" for k, v in SETTINGS.items()) + "}"
-    return WORKFLOW.format(llm=llm, fixed=fixed, tol=TOLERANCE, budget=budget, share=share)
+    return WORKFLOW.format(llm=llm, fixed=fixed, tol=tolerance, budget=budget, share=share)
 
 
 def make_target(path: Path) -> None:
@@ -264,14 +264,15 @@ AGENT_ROWS: list[tuple[str, Callable[[list[AgentFigures], list[Outcome]], str], 
 ]
 
 
-def table(outcomes: list[Outcome], figures: dict[tuple[str, int], AgentFigures], methods: list[str]) -> str:
+def table(outcomes: list[Outcome], figures: dict[tuple[str, int], AgentFigures], methods: list[str],
+          tol: float = TOLERANCE) -> str:
     """Each figure a row, the methods side by side, with the ratio to the optimizer and the target."""
     outs = {m: [o for o in outcomes if o.method == m] for m in methods}
     shown = [m for m in methods if outs[m]]
-    counts = {m: [o.to_tolerance(TOLERANCE) or o.budget + 1 for o in outs[m]] for m in shown}
+    counts = {m: [o.to_tolerance(tol) or o.budget + 1 for o in outs[m]] for m in shown}
     opt = statistics.median(counts["optimizer"]) if "optimizer" in counts else None
     rows: list[tuple[str, list[str], str]] = [
-        ("runs (reached tolerance)", [f"{len(outs[m])} ({sum(o.to_tolerance(TOLERANCE) is not None for o in outs[m])})"
+        ("runs (reached tolerance)", [f"{len(outs[m])} ({sum(o.to_tolerance(tol) is not None for o in outs[m])})"
                                       for m in shown], ""),
         ("sims to tol: median", [f"{statistics.median(counts[m]):g}" for m in shown], ""),
         ("  per seed", [" ".join(map(str, counts[m])) for m in shown], ""),
@@ -300,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     parser.add_argument("--budget", type=int, default=24, help="max_simulations per run (default 24)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help=f"chi2_hmf that ends a campaign and counts as solved (default {TOLERANCE})")
     parser.add_argument("--coder", action="store_true", help="keep the coder in the team (its analyses and the "
                         "closing conclusion choose no simulation; they add minutes a run)")
     parser.add_argument("--keep", type=Path, help="keep the run directories in this folder")
@@ -330,21 +333,21 @@ def main(argv: list[str] | None = None) -> int:
                 folder.mkdir()
                 shutil.copy(target, folder / "target.h5")
                 shutil.copytree(EXAMPLES / "knowledge", folder / "knowledge")
-                (folder / "wf.yaml").write_text(workflow_text(method, args.budget, args.coder))
+                (folder / "wf.yaml").write_text(workflow_text(method, args.budget, args.coder, args.tolerance))
                 o = steer(folder, method, seed, random_search=method == "random")
                 outcomes.append(o)
                 if METHODS[method][0]:
                     figures[(method, seed)] = agent_figures(o.run_dir)
-                print(f"  seed {seed} {method:<18} to tol {o.to_tolerance(TOLERANCE) or '>' + str(o.budget):>3} "
+                print(f"  seed {seed} {method:<18} to tol {o.to_tolerance(args.tolerance) or '>' + str(o.budget):>3} "
                       f"best {o.best_value:.3f}  sources {o.sources}  ({o.reason}; {o.wall_s:.0f} s)", flush=True)
             if seed < args.seeds - 1:  # the table so far: a run stopped early still has its figures
                 print(f"\nafter seed {seed} ({time.perf_counter() - started:.0f} s):\n"
-                      f"{table(outcomes, figures, methods)}\n", flush=True)
+                      f"{table(outcomes, figures, methods, args.tolerance)}\n", flush=True)
     print(f"(total wall time {time.perf_counter() - started:.0f} s; load average {load()})\n")
-    print(f"truth omega_m {TRUE['omega_m']}, sigma8 {TRUE['sigma8']}; tolerance chi2_hmf <= {TOLERANCE}; a run that "
-          f"never reaches it counts {args.budget + 1}; hypotheses: stated by the model / judged / supported "
+    print(f"truth omega_m {TRUE['omega_m']}, sigma8 {TRUE['sigma8']}; tolerance chi2_hmf <= {args.tolerance}; "
+          f"a run that never reaches it counts {args.budget + 1}; hypotheses: stated by the model / judged / supported "
           "(+ the surrogate's stand-ins)")
-    print(table(outcomes, figures, methods))
+    print(table(outcomes, figures, methods, args.tolerance))
     return 0
 
 
