@@ -18,10 +18,10 @@ on the local site, real MPI simulations, journal and HDF5), differing only in wh
     planner with the default team, the same optimizer as its ``suggest_parameters`` tool and
     backfill.
 
-Seed k is the optimizer's seed in ``optimizer`` and ``physflow``, so their start-up points are
-the same (common random numbers: they differ in what follows the start-up, not in luck at the
-start; it also orders the candidates shown to the planner), and the random sampler's seed in
-``random``; the simulation's initial phases stay those
+Seed k is the optimizer's seed in ``optimizer`` and ``physflow`` (common random numbers; it also
+orders the candidates shown to the planner; the planner's first advice draws the first start-up
+points as its candidates, so physflow's backfill starts later in the same sequence), and the
+random sampler's seed in ``random``; the simulation's initial phases stay those
 of the target (seed 7), as the problem requires. Simulations to tolerance: results stored up to
 and including the first with chi2_hmf <= 1, in the order they were stored; a run that never
 reaches it counts as "> budget" (the median then is a lower bound). The distance to the truth is
