@@ -68,7 +68,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.campaign_runs import Outcome, load, model_turns, prepare_environment, steer, transcript  # noqa: E402
+from bench.campaign_runs import Outcome, load, model_turns, outcome_of, prepare_environment, steer, transcript  # noqa: E402
 from bench.sample_efficiency import EXAMPLES, truth  # noqa: E402
 from physflow.vocabulary.steering import pick_score  # noqa: E402
 from physflow.workflows.store import read_journal  # noqa: E402
@@ -299,6 +299,25 @@ def table(outcomes: list[Outcome], figures: dict[tuple[str, int], AgentFigures],
     return "\n".join(lines)
 
 
+def kept_runs(root: Path, methods: list[str]) -> tuple[list[Outcome], dict[tuple[str, int], AgentFigures]]:
+    """The finished runs that ``--keep`` left in ``root`` (folders METHOD-SEED), scored again: a
+    benchmark stopped part-way still gives the table of what it finished."""
+    outcomes, figures = [], {}
+    for folder in sorted(root.iterdir()):
+        method, _, seed = folder.name.rpartition("-")
+        journal = folder / "run" / "journal.jsonl"
+        if method not in methods or not seed.isdigit() or not journal.exists():
+            continue
+        events = read_journal(journal)
+        if not events or events[-1]["event"] != "campaign_ended":
+            continue  # cut off: not a finished run
+        o = outcome_of(folder / "run", method, int(seed))
+        outcomes.append(o)
+        if METHODS[method][0]:
+            figures[(method, int(seed))] = agent_figures(o.run_dir)
+    return outcomes, figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
@@ -309,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coder", action="store_true", help="keep the coder in the team (its analyses and the "
                         "closing conclusion choose no simulation; they add minutes a run)")
     parser.add_argument("--keep", type=Path, help="keep the run directories in this folder")
+    parser.add_argument("--table", type=Path, metavar="DIR", help="run nothing: print the table of the finished "
+                        "runs a --keep DIR holds (wall times then from their journals)")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
@@ -316,6 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})" if unknown
               else "error: --seeds, --budget and --methods need at least one", file=sys.stderr)
         return 2
+    if args.table:
+        if not args.table.is_dir():
+            print(f"error: --table: {args.table}: not a folder", file=sys.stderr)
+            return 2
+        outcomes, figures = kept_runs(args.table, methods)
+        print(f"{len(outcomes)} finished runs in {args.table}: "
+              + ", ".join(f"{o.method} {o.seed}" for o in sorted(outcomes, key=lambda o: (o.seed, o.method))))
+        print(table(outcomes, figures, methods, args.tolerance))
+        return 0
     prepare_environment()
     print(f"{args.seeds} seeds x {methods}; budget {args.budget}; coder {'on' if args.coder else 'off'}; "
           f"{os.cpu_count()} cores; "

@@ -34,7 +34,7 @@ from physflow.workflows.store import CampaignState, read_journal, replay  # noqa
 FIGURES = REPO / "bench" / "figures"
 
 __all__ = ["FIGURES", "REPO", "CampaignRun", "ModelTurn", "Outcome", "UniformRandom", "busy_fraction", "load",
-           "model_calls", "model_turns", "prepare_environment", "pyplot", "run_campaign", "save_figure",
+           "model_calls", "model_turns", "outcome_of", "prepare_environment", "pyplot", "run_campaign", "save_figure",
            "sleep_workflow", "steer", "transcript"]
 
 #: The steering benchmarks' campaign: ``bench.noop_tasks.sleep_task`` through the ``python`` adapter.
@@ -208,17 +208,34 @@ def steer(folder: Path, method: str, seed: int, random_search: bool = False) -> 
             asyncio.run(campaign.run())
     finally:
         store.close()
-    metric = spec.objective.metric
-    done = sorted((t for t in campaign.tasks.values() if t.status == "finished"), key=lambda t: t.stored)
-    best = campaign.best()
+    return outcome_of(folder / "run", method, seed, spec.objective.metric, spec.objective.goal, time.time() - t0)
+
+
+def outcome_of(run_dir: Path, method: str, seed: int, metric: str | None = None, goal: str | None = None,
+               wall_s: float | None = None) -> Outcome:
+    """The ``Outcome`` of a finished run, from its journal and workflow.yaml alone (so a kept run
+    directory can be scored again); ``metric`` and ``goal`` default to the workflow's objective,
+    ``wall_s`` to the journal's campaign start to end (without the pools' and the model
+    server's start-up)."""
+    import yaml
+
+    from physflow.vocabulary import ranking
+
+    spec = yaml.safe_load((run_dir / "workflow.yaml").read_text())
+    metric, goal = metric or spec["objective"]["metric"], goal or spec["objective"].get("goal", "minimize")
+    state = replay(read_journal(run_dir / "journal.jsonl"))
+    tasks = state.tasks.values()
+    done = sorted((t for t in tasks if t.status == "finished"), key=lambda t: t.stored)
+    best = ranking.best(done, lambda t: t.score(metric), goal)
     sources: dict[str, int] = {}
-    for t in campaign.tasks.values():
+    for t in tasks:
         if t.submitted is not None:
             sources[t.source] = sources.get(t.source, 0) + 1
-    return Outcome(method, seed, spec.budget.max_simulations, [t.metrics[metric] for t in done],
-                   sum(t.submitted is not None for t in campaign.tasks.values()),
-                   dict(best.params) if best else {}, best.metrics[metric] if best else math.inf, sources,
-                   time.time() - t0, campaign.stop_reason, folder / "run")
+    if wall_s is None:
+        wall_s = (state.ended or math.nan) - (state.started or math.nan)
+    return Outcome(method, seed, int(spec["budget"]["max_simulations"]), [t.metrics[metric] for t in done],
+                   sum(t.submitted is not None for t in tasks), dict(best.params) if best else {},
+                   best.metrics[metric] if best else math.inf, sources, wall_s, state.reason, run_dir)
 
 
 def transcript(run_dir: Path) -> list[dict[str, Any]]:

@@ -4,9 +4,9 @@ stand-in claim runs, and whose critic is refused."""
 
 from __future__ import annotations
 
-from bench.agent_value import agent_figures, table
-from bench.campaign_runs import Outcome, model_turns, transcript
-from tests.conftest import physflow, results_of, write_script
+from bench.agent_value import agent_figures, kept_runs, table
+from bench.campaign_runs import model_turns, transcript
+from tests.conftest import physflow, write_script
 
 WORKFLOW = """\
 physflow: 1
@@ -40,7 +40,7 @@ def test_agent_figures_count_turns_invalid_outputs_hypotheses_and_refusals(heat_
     write_script(tmp_path / "critic.jsonl", [
         {"content": {"verdict": "supported", "evidence": "it fits", "advice": ""}},  # the numbers refute H1
         {"content": {"verdict": "inconclusive", "evidence": "no claim", "advice": ""}}])
-    run = tmp_path / "run"
+    run = tmp_path / "kept" / "physflow-1.5b-0" / "run"  # where --keep puts a method's run on seed 0
     proc = physflow("submit", str(heat_workflow(WORKFLOW)), "--run-dir", str(run), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
@@ -56,8 +56,13 @@ def test_agent_figures_count_turns_invalid_outputs_hypotheses_and_refusals(heat_
     assert f.planner_sims == 0 and f.places == [] and f.pick_errors == 0  # no surrogate yet: no picks
     assert len(f.turn_s) == 5 and f.stopped_turns == 0
 
-    rows = results_of(run)
-    outcome = Outcome("physflow-1.5b", 0, 8, [r["metrics"]["chi2"] for r in rows], len(rows), {}, 0.0,
-                      {"optimizer": len(rows)}, 1.0, "simulation budget spent", run)
-    text = table([outcome], {("physflow-1.5b", 0): f}, ["physflow-1.5b"])
+    outcomes, figures = kept_runs(tmp_path / "kept", ["optimizer", "physflow-1.5b"])
+    [o] = outcomes
+    assert (o.method, o.seed, o.budget, o.started, o.sources, o.reason) == (
+        "physflow-1.5b", 0, 8, 8, {"optimizer": 8}, "simulation budget spent")
+    assert len(o.values) == 8 and o.best_value == min(o.values) and o.wall_s > 0
+    assert figures == {("physflow-1.5b", 0): f}
+    text = table(outcomes, figures, ["optimizer", "physflow-1.5b"], tol=min(o.values))
     assert "4/7 = 57.1%" in text and "1 / 2 / 0 (+1)" in text and "0/8 = 0.00" in text
+    row = next(line for line in text.splitlines() if line.startswith("sims to tol: median"))
+    assert [c.strip() for c in row.split("|")][1] == str(o.to_tolerance(min(o.values)))
