@@ -38,8 +38,8 @@ Reported per method, from the runs' journals and transcripts (``bench.campaign_r
   (0 = its best; chance = (shown - 1) / 2), and the mean pick score (1 = always the surrogate's
   best, 0 = chance, ``physflow.vocabulary.steering.pick_score``);
 - proposal validity: invalid model outputs (unparsable, or rejected by physflow's checks) / model
-  calls, every role (target <= 1 %: a published agentic screening campaign on Aurora lost 16 % of
-  its tasks to tool-call errors);
+  turns that answered (a turn the campaign stopped gave no output), every role (target <= 1 %: a
+  published agentic screening campaign on Aurora lost 16 % of its tasks to tool-call errors);
 - planner turn latency, median / p95 (s), over finished planner turns (picks and hypotheses; the
   turns the campaign stopped are not timed), with how many of them had a simulation running;
 - hypotheses stated by the model (others: the surrogate's stand-in), judged, supported; critic
@@ -145,7 +145,7 @@ class AgentFigures:
     places: list[tuple[int, int]] = field(default_factory=list)  # (place, shown) of each scored pick
     pick_errors: int = 0
     earned_share: float | None = None  # planner_share the last round ran with
-    calls: int = 0
+    calls: int = 0  # model turns that answered (every role)
     invalid: int = 0
     turn_s: list[float] = field(default_factory=list)  # finished planner turns, s
     turns_with_sims: int = 0  # of those, turns during which a simulation ran
@@ -189,12 +189,12 @@ def agent_figures(run_dir: Path) -> AgentFigures:
             f.supported += e.get("verdict") == "supported"
             f.refused += e.get("critic_refused") is not None
     for turn in model_turns(transcript(run_dir)):
+        if turn.cancelled:  # stopped before it answered: no output to be valid or not
+            f.stopped_turns += turn.role == "planner"
+            continue
         f.calls += 1
         f.invalid += turn.invalid
         if turn.role != "planner":
-            continue
-        if turn.cancelled:
-            f.stopped_turns += 1
             continue
         f.turn_s.append(turn.seconds)
         f.turns_with_sims += any(s < turn.end and e > turn.start for s, e in running)
