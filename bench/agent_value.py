@@ -42,7 +42,8 @@ Reported per method, from the runs' journals and transcripts (``bench.campaign_r
   published agentic screening campaign on Aurora lost 16 % of its tasks to tool-call errors);
 - planner turn latency, median / p95 (s), over finished planner turns (picks and hypotheses; the
   turns the campaign stopped are not timed), with how many of them had a simulation running;
-- hypotheses stated by the model (others: the surrogate's stand-in), judged, supported; critic
+- hypotheses stated by the model, judged (a verdict computed from the numbers), supported; beside
+  them the stand-ins physflow stated where the model gave none or its turn was stopped; critic
   verdicts refused because the numbers said otherwise.
 
 Run from the repository root: ``python bench/agent_value.py [--seeds N] [--methods a,b,...]``.
@@ -152,8 +153,8 @@ class AgentFigures:
     stopped_turns: int = 0
     stated: int = 0  # hypotheses the model stated (author planner)
     stand_ins: int = 0  # hypotheses physflow stated for it (author optimizer: the surrogate's claim)
-    judged: int = 0
-    supported: int = 0
+    judged: int = 0  # of the model's, those with a verdict
+    supported: int = 0  # of the model's, those the numbers supported
     refused: int = 0  # critic verdicts refused (the numbers said otherwise)
 
 
@@ -163,6 +164,7 @@ def agent_figures(run_dir: Path) -> AgentFigures:
     running: list[tuple[float, float]] = []  # (submitted, ended) of every simulation, UNIX s
     source: dict[str, str] = {}
     started: dict[str, float] = {}
+    authors: dict[str, str | None] = {}  # hypothesis id -> who stated it
     for e in read_journal(run_dir / "journal.jsonl"):
         kind = e["event"]
         if kind == "proposed":
@@ -173,6 +175,7 @@ def agent_figures(run_dir: Path) -> AgentFigures:
         elif kind in ("finished", "failed", "cancelled") and e["task"] in started:
             running.append((started.pop(e["task"]), e.get("t", math.inf)))
         elif kind == "hypothesis":
+            authors[e["id"]] = e.get("author")
             if e.get("author") == "planner":
                 f.stated += 1
             else:
@@ -184,9 +187,10 @@ def agent_figures(run_dir: Path) -> AgentFigures:
                     f.places.append((pick["place"], pick["shown"]))
             if e.get("share") is not None:
                 f.earned_share = e["share"]
-        elif kind == "verdict":
-            f.judged += 1
-            f.supported += e.get("verdict") == "supported"
+        elif kind == "verdict":  # judged and supported: the model's own hypotheses
+            mine = authors.get(e["id"]) == "planner"
+            f.judged += mine
+            f.supported += mine and e.get("verdict") == "supported"
             f.refused += e.get("critic_refused") is not None
     for turn in model_turns(transcript(run_dir)):
         if turn.cancelled:  # stopped before it answered: no output to be valid or not
@@ -296,6 +300,9 @@ def table(outcomes: list[Outcome], figures: dict[tuple[str, int], AgentFigures],
     for label, cells, target in rows:
         lines.append(" | ".join([f"{label:<{width}}", *(f"{c:<{w}}" for c, w in zip(cells, cols, strict=True)),
                                  target]).rstrip())
+    lines.append(f"sims to tol: results stored up to the first with chi2_hmf <= {tol:g}; a run that never reaches it "
+                 "counts budget + 1. picks: place 0 = the surrogate's best of those shown. hyp.: the model's stated / "
+                 "judged / supported (+ physflow's stand-ins, where the model gave none or its turn was stopped)")
     return "\n".join(lines)
 
 
@@ -377,9 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\nafter seed {seed} ({time.perf_counter() - started:.0f} s):\n"
                       f"{table(outcomes, figures, methods, args.tolerance)}\n", flush=True)
     print(f"(total wall time {time.perf_counter() - started:.0f} s; load average {load()})\n")
-    print(f"truth omega_m {TRUE['omega_m']}, sigma8 {TRUE['sigma8']}; tolerance chi2_hmf <= {args.tolerance}; "
-          f"a run that never reaches it counts {args.budget + 1}; hypotheses: stated by the model / judged / supported "
-          "(+ the surrogate's stand-ins)")
+    print(f"truth omega_m {TRUE['omega_m']}, sigma8 {TRUE['sigma8']}")
     print(table(outcomes, figures, methods, args.tolerance))
     return 0
 

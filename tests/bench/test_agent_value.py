@@ -52,7 +52,7 @@ def test_agent_figures_count_turns_invalid_outputs_hypotheses_and_refusals(heat_
 
     f = agent_figures(run)
     assert (f.calls, f.invalid) == (7, 4)
-    assert (f.stated, f.stand_ins, f.judged, f.supported, f.refused) == (1, 1, 2, 0, 1)
+    assert (f.stated, f.stand_ins, f.judged, f.supported, f.refused) == (1, 1, 1, 0, 1)  # judged: the model's
     assert f.planner_sims == 0 and f.places == [] and f.pick_errors == 0  # no surrogate yet: no picks
     assert len(f.turn_s) == 5 and f.stopped_turns == 0
 
@@ -63,6 +63,37 @@ def test_agent_figures_count_turns_invalid_outputs_hypotheses_and_refusals(heat_
     assert len(o.values) == 8 and o.best_value == min(o.values) and o.wall_s > 0
     assert figures == {("physflow-1.5b", 0): f}
     text = table(outcomes, figures, ["optimizer", "physflow-1.5b"], tol=min(o.values))
-    assert "4/7 = 57.1%" in text and "1 / 2 / 0 (+1)" in text and "0/8 = 0.00" in text
+    assert "4/7 = 57.1%" in text and "1 / 1 / 0 (+1)" in text and "0/8 = 0.00" in text
     row = next(line for line in text.splitlines() if line.startswith("sims to tol: median"))
     assert [c.strip() for c in row.split("|")][1] == str(o.to_tolerance(min(o.values)))
+
+
+STOPPED = """\
+physflow: 1
+name: stopped-turn
+goal: find x
+llm: {provider: replay, script: planner.jsonl, delay: 60}
+agents: {domain_expert: {enabled: false}, coder: {enabled: false}, critic: {enabled: false}}
+simulation:
+  adapter: executable
+  command: "{python} {workflow_dir}/sim.py {x}"
+  parameters: {x: {min: 0, max: 1}}
+objective: {metric: loss, tolerance: 10.0}
+budget: {max_simulations: 6, max_concurrent: 2, wall_time: 5m, backfill: optimizer}
+"""
+
+
+def test_a_planner_turn_stopped_at_the_tolerance_is_neither_a_call_nor_timed(tmp_path):
+    """The planner (60 s a turn) is still stating H1 when the first result reaches the tolerance."""
+    write_script(tmp_path / "planner.jsonl", [{"content": {**CLAIM, "region": {}}}])
+    (tmp_path / "sim.py").write_text(
+        "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n")
+    (tmp_path / "wf.yaml").write_text(STOPPED)
+    run = tmp_path / "run"
+    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [turn] = model_turns(transcript(run))
+    assert turn.role == "planner" and turn.cancelled and not turn.invalid
+    f = agent_figures(run)
+    assert (f.calls, f.invalid, f.stopped_turns, f.turn_s) == (0, 0, 1, [])
+    assert (f.stated, f.stand_ins, f.judged) == (0, 1, 0) and f.planner_sims == 0
