@@ -316,8 +316,8 @@ def kept_runs(root: Path, methods: list[str]) -> tuple[list[Outcome], dict[tuple
         if method not in methods or not seed.isdigit() or not journal.exists():
             continue
         events = read_journal(journal)
-        if not events or events[-1]["event"] != "campaign_ended":
-            continue  # cut off: not a finished run
+        if not events or events[-1]["event"] != "campaign_ended" or events[-1].get("state") != "finished":
+            continue  # cut off or cancelled: not a finished run
         o = outcome_of(folder / "run", method, int(seed))
         outcomes.append(o)
         if METHODS[method][0]:
