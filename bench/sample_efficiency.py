@@ -19,9 +19,10 @@ on the local site, real MPI simulations, journal and HDF5), differing only in wh
     planner with the default team, the same optimizer as its ``suggest_parameters`` tool and
     backfill.
 
-Seed k is the optimizer's seed in ``optimizer`` and ``physflow``, so their start-up points are
-the same (common random numbers: they differ in what follows the start-up, not in luck at the
-start), and the random sampler's seed in ``random``; the simulation's initial phases stay those
+Seed k is the optimizer's seed in ``optimizer`` and ``physflow`` (common random numbers; it also
+orders the candidates shown to the planner; the planner's first advice draws the first start-up
+points as its candidates, so physflow's backfill starts later in the same sequence), and the
+random sampler's seed in ``random``; the simulation's initial phases stay those
 of the target (seed 7), as the problem requires. Simulations to tolerance: results stored up to
 and including the first with chi2_hmf <= 1, in the order they were stored; a run that never
 reaches it counts as "> budget" (the median then is a lower bound). The distance to the truth is
@@ -35,16 +36,13 @@ Run from the repository root: ``python bench/sample_efficiency.py [--seeds N] [-
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import os
-import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,55 +52,15 @@ if str(REPO) not in sys.path:
 
 import h5py  # noqa: E402
 
-from bench.campaign_runs import load, prepare_environment, pyplot, save_figure  # noqa: E402
+from bench.campaign_runs import Outcome, load, prepare_environment, pyplot, save_figure, steer  # noqa: E402
 
 EXAMPLES = REPO / "workflows" / "examples"
 METHODS = ("random", "optimizer", "physflow")
 
 
-@dataclass
-class Outcome:
-    method: str
-    seed: int
-    budget: int
-    values: list[float]  # chi2 of each stored result, in the order stored
-    started: int  # simulations submitted (a cancelled one ran, too)
-    best: dict[str, float]
-    best_value: float
-    sources: dict[str, int]
-    wall_s: float
-    reason: str
-
-    def to_tolerance(self, tol: float) -> int | None:
-        return next((i + 1 for i, v in enumerate(self.values) if v <= tol), None)
-
-
-class UniformRandom:
-    """Random search, in the campaign's optimizer slot: independent uniform draws, each parameter
-    on its own scale (log-uniform for log parameters), whatever the results say."""
-
-    def __init__(self, parameters: dict[str, Any], seed: int) -> None:
-        self.parameters = parameters
-        self.rng = random.Random(seed)
-
-    def observe(self, params: dict[str, float], value: float) -> None:
-        pass
-
-    def suggest(self, n: int = 1, pending: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
-        out = []
-        for _ in range(max(0, n)):
-            point = {}
-            for name, p in self.parameters.items():
-                if p.log:
-                    point[name] = math.exp(self.rng.uniform(math.log(p.min), math.log(p.max)))
-                else:
-                    point[name] = self.rng.uniform(p.min, p.max)
-            out.append(point)
-        return out
-
-
-def truth() -> dict[str, float]:
-    with h5py.File(EXAMPLES / "data" / "cosmology_target.h5", "r") as f:
+def truth(target: Path = EXAMPLES / "data" / "cosmology_target.h5") -> dict[str, float]:
+    """The parameters a cosmology target was made at (its ``true_*`` attributes; for scoring only)."""
+    with h5py.File(target, "r") as f:
         return {"omega_m": float(f.attrs["true_omega_m"]), "sigma8": float(f.attrs["true_sigma8"])}
 
 
@@ -122,40 +80,11 @@ def workflow_text(method: str, budget: int, steps: int | None) -> str:
 
 
 def run_one(method: str, seed: int, budget: int, folder: Path, steps: int | None) -> Outcome:
-    from physflow.optimizer import Optimizer
-    from physflow.workflows.launcher import launched
-    from physflow.workflows.store import RunStore
-    from physflow.workflows.validate import check_workflow
-
     folder.mkdir(parents=True)
     for name in ("data", "knowledge"):
         shutil.copytree(EXAMPLES / name, folder / name)
     (folder / "wf.yaml").write_text(workflow_text(method, budget, steps))
-    checked = check_workflow(folder / "wf.yaml")
-    spec = checked.workflow.spec
-    run_dir = folder / "run"
-    store = RunStore.create(run_dir)
-    store.open_for_writing()
-    store.write_run_files(checked.workflow, checked.site)
-    t0 = time.time()
-    try:  # as ``physflow submit`` launches it (the embedded model served as a task on the site's pool)
-        with launched(checked, store) as campaign:
-            campaign.optimizer = (UniformRandom(campaign.adapter.parameters, seed) if method == "random"
-                                  else Optimizer(campaign.adapter.parameters, campaign.spec.objective.goal, seed=seed))
-            asyncio.run(campaign.run())
-    finally:
-        store.close()
-    metric = spec.objective.metric
-    done = sorted((t for t in campaign.tasks.values() if t.status == "finished"), key=lambda t: t.stored)
-    best = campaign.best()
-    sources: dict[str, int] = {}
-    for t in campaign.tasks.values():
-        if t.submitted is not None:
-            sources[t.source] = sources.get(t.source, 0) + 1
-    return Outcome(method, seed, budget, [t.metrics[metric] for t in done],
-                   sum(t.submitted is not None for t in campaign.tasks.values()),
-                   dict(best.params) if best else {}, best.metrics[metric] if best else math.inf, sources,
-                   time.time() - t0, campaign.stop_reason)
+    return steer(folder, method, seed, random_search=method == "random")
 
 
 def summary(outcomes: list[Outcome], tol: float, true: dict[str, float], bounds: dict[str, Any]) -> str:

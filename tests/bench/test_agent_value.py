@@ -1,0 +1,99 @@
+"""The agent-value benchmark reads a real run: a replay campaign through the CLI (real Parsl, real
+mpiexec), whose planner states one claim after a rejection, then gives garbage until physflow's
+stand-in claim runs, and whose critic is refused."""
+
+from __future__ import annotations
+
+from bench.agent_value import agent_figures, kept_runs, table
+from bench.campaign_runs import model_turns, transcript
+from tests.conftest import physflow, write_script
+
+WORKFLOW = """\
+physflow: 1
+name: agent-value-replay
+goal: Which kappa and power reproduce the observed field?
+llm: {provider: replay, script: planner.jsonl}
+agents:
+  critic: {script: critic.jsonl}
+  domain_expert: {enabled: false}
+  coder: {enabled: false}
+simulation:
+  adapter: heat2d
+  resources: {ranks: 2, nodes: 1}
+  fixed: {n: 96, t_end: 0.05}
+  parameters:
+    kappa: {min: 0.05, max: 1.0, units: m^2/s}
+    power: {min: 5, max: 60, units: K/s}
+objective: {metric: chi2, target: data/heat2d_target.h5}
+budget: {max_simulations: 8, max_concurrent: 2, max_rounds: 2, wall_time: 5m, backfill: none}
+"""
+
+CLAIM = {"hypothesis": "chi2 stays tiny everywhere.", "bound": "below", "value": 1e-9}
+
+
+def test_agent_figures_count_turns_invalid_outputs_hypotheses_and_refusals(heat_workflow, tmp_path):
+    write_script(tmp_path / "planner.jsonl", [
+        {"content": {**CLAIM, "region": {"kappa": [1.2, 1.7]}}},  # round 1: out of bounds, rejected
+        {"content": {**CLAIM, "region": {"kappa": [0.05, 1.0]}}},  # stated
+        "not JSON", "not JSON either", '{"hypothesis": "cut off',  # round 2: three bad turns
+    ])
+    write_script(tmp_path / "critic.jsonl", [
+        {"content": {"verdict": "supported", "evidence": "it fits", "advice": ""}},  # the numbers refute H1
+        {"content": {"verdict": "inconclusive", "evidence": "no claim", "advice": ""}}])
+    run = tmp_path / "kept" / "physflow-1.5b-0" / "run"  # where --keep puts a method's run on seed 0
+    proc = physflow("submit", str(heat_workflow(WORKFLOW)), "--run-dir", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+    turns = model_turns(transcript(run))
+    planner = [t for t in turns if t.role == "planner"]
+    assert [t.invalid for t in planner] == [True, False, True, True, True]
+    assert all(t.end >= t.start and not t.cancelled for t in turns)
+    assert [t.role for t in turns if t.role != "planner"] == ["critic", "critic"]
+
+    f = agent_figures(run)
+    assert (f.calls, f.invalid) == (7, 4)
+    assert (f.stated, f.stand_ins, f.judged, f.supported, f.refused) == (1, 1, 1, 0, 1)  # judged: the model's
+    assert f.planner_sims == 0 and f.places == [] and f.pick_errors == 0  # no surrogate yet: no picks
+    assert len(f.turn_s) == 5 and f.stopped_turns == 0
+
+    outcomes, figures = kept_runs(tmp_path / "kept", ["optimizer", "physflow-1.5b"])
+    [o] = outcomes
+    assert (o.method, o.seed, o.budget, o.started, o.sources, o.reason) == (
+        "physflow-1.5b", 0, 8, 8, {"optimizer": 8}, "simulation budget spent")
+    assert len(o.values) == 8 and o.best_value == min(o.values) and o.wall_s > 0
+    assert figures == {("physflow-1.5b", 0): f}
+    text = table(outcomes, figures, ["optimizer", "physflow-1.5b"], tol=min(o.values))
+    assert "4/7 = 57.1%" in text and "1 / 1 / 0 (+1)" in text and "0/8 = 0.00" in text
+    row = next(line for line in text.splitlines() if line.startswith("sims to tol: median"))
+    assert [c.strip() for c in row.split("|")][1] == str(o.to_tolerance(min(o.values)))
+
+
+STOPPED = """\
+physflow: 1
+name: stopped-turn
+goal: find x
+llm: {provider: replay, script: planner.jsonl, delay: 60}
+agents: {domain_expert: {enabled: false}, coder: {enabled: false}, critic: {enabled: false}}
+simulation:
+  adapter: executable
+  command: "{python} {workflow_dir}/sim.py {x}"
+  parameters: {x: {min: 0, max: 1}}
+objective: {metric: loss, tolerance: 10.0}
+budget: {max_simulations: 6, max_concurrent: 2, wall_time: 5m, backfill: optimizer}
+"""
+
+
+def test_a_planner_turn_stopped_at_the_tolerance_is_neither_a_call_nor_timed(tmp_path):
+    """The planner (60 s a turn) is still stating H1 when the first result reaches the tolerance."""
+    write_script(tmp_path / "planner.jsonl", [{"content": {**CLAIM, "region": {}}}])
+    (tmp_path / "sim.py").write_text(
+        "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n")
+    (tmp_path / "wf.yaml").write_text(STOPPED)
+    run = tmp_path / "run"
+    proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [turn] = model_turns(transcript(run))
+    assert turn.role == "planner" and turn.cancelled and not turn.invalid
+    f = agent_figures(run)
+    assert (f.calls, f.invalid, f.stopped_turns, f.turn_s) == (0, 0, 1, [])
+    assert (f.stated, f.stand_ins, f.judged) == (0, 1, 0) and f.planner_sims == 0
