@@ -442,7 +442,7 @@ class Optimizer:
             keep = set(order[:half]) | set(range(len(observed) - half, len(observed)))
             observed = [observed[i] for i in sorted(keep)]
         if len(observed) < 3:
-            return Advice([Candidate(p, math.nan, math.nan, i) for i, p in enumerate(points)], fitted_on=len(observed))
+            return Advice.unpredicted(points, len(observed))
         x = np.array([self._to_unit(p) for p, _ in observed])
         values = np.array([v for _, v in observed])
         shape = Warp.of(values, self.goal)
@@ -453,7 +453,7 @@ class Optimizer:
             gp = GaussianProcess(x, y, fit_hyper(x, y, kernel, [start]))
             mean, sd = gp.predict(np.array([self._to_unit(p) for p in points])) if points else (np.array([]),) * 2
         except (linalg.LinAlgError, ValueError, FloatingPointError):
-            return Advice([Candidate(p, math.nan, math.nan, i) for i, p in enumerate(points)], fitted_on=len(observed))
+            return Advice.unpredicted(points, len(observed))
         mean, sd = shape.unwarp(mean, sd)
         _, spread = shape.unwarp(np.array([float(y.min())]), np.array([math.sqrt(gp.hyper.noise)]))
         lengths = dict(zip(self.parameters, (float(v) for v in gp.hyper.lengths), strict=True))

@@ -311,8 +311,11 @@ class ScienceTeam:
                 model_client=self._client(role, clients[role], tools), tools=tools,
                 system_message=agent.system_message if agent and agent.system_message else defaults.system,
                 max_tool_iterations=2)
-            self.agents[role] = self._agent(role, self.Claim if role == "planner" else OUTPUTS[role])
+        # each role's agent by the reply it gives (the planner's picks each get one, made when first asked)
         self._by_output: dict[tuple[str, type[BaseModel]], AssistantAgent] = {}
+        for role in self._made:
+            output = self.Claim if role == "planner" else OUTPUTS[role]
+            self.agents[role] = self._by_output[(role, output)] = self._agent(role, output)
 
     def _agent(self, role: str, output: type[BaseModel]) -> AssistantAgent:
         return AssistantAgent(role, output_content_type=output, **self._made[role],
@@ -354,8 +357,9 @@ class ScienceTeam:
         self.turns += 1
         agent = self.agents[role]
         if output is not None:
-            agent = self._by_output.get((role, output)) or self._by_output.setdefault(
-                (role, output), self._agent(role, output))
+            if (role, output) not in self._by_output:
+                self._by_output[(role, output)] = self._agent(role, output)
+            agent = self._by_output[(role, output)]
             await agent.on_reset(CancellationToken())
         turn = await take_turn(agent, task, self.transcript)
         self.tokens[role] = self.tokens.get(role, 0) + turn.tokens
@@ -414,8 +418,7 @@ class ScienceTeam:
             reply, error = await self._run("planner", task, self.Claim)
             if reply is not None:
                 try:
-                    outcome.claim = check_claim(reply, self.parameters, metric, batch)
-                    outcome.statement = reply.hypothesis.strip()  # type: ignore[attr-defined]
+                    self._state(outcome, reply, metric, batch)
                     break
                 except ProposalError as exc:
                     error = str(exc)
@@ -426,6 +429,12 @@ class ScienceTeam:
         if outcome.ok and self.can_speak("domain_expert"):
             await self._review(outcome, prompt, metric, batch)
         return outcome
+
+    def _state(self, outcome: ClaimOutcome, reply: BaseModel, metric: str, batch: list[dict[str, float]]) -> None:
+        """Take ``reply`` as the outcome's hypothesis once it passes ``check_claim`` (which raises
+        ProposalError and leaves the outcome as it was)."""
+        outcome.claim = check_claim(reply, self.parameters, metric, batch)
+        outcome.statement = reply.hypothesis.strip()  # type: ignore[attr-defined]
 
     async def _review(self, outcome: ClaimOutcome, prompt: str, metric: str, batch: list[dict[str, float]]) -> None:
         """The domain expert checks the hypothesis against the knowledge folder before it runs; on
@@ -453,8 +462,7 @@ class ScienceTeam:
         if reply is None:
             return
         try:
-            outcome.claim = check_claim(reply, self.parameters, metric, batch)
-            outcome.statement = reply.hypothesis.strip()  # type: ignore[attr-defined]
+            self._state(outcome, reply, metric, batch)
         except ProposalError as exc:
             self.invalid += 1
             self.transcript.note("physflow", "rejected", f"{exc}; the first statement stands", to="planner")

@@ -144,6 +144,11 @@ class Advice:
     spread: float | None = None
     fitted_on: int = 0
 
+    @classmethod
+    def unpredicted(cls, points: Sequence[dict[str, float]], fitted_on: int = 0) -> Advice:
+        """The optimizer's points in its order, without a surrogate's prediction (NaN)."""
+        return cls([Candidate(p, math.nan, math.nan, i) for i, p in enumerate(points)], fitted_on=fitted_on)
+
     @property
     def predicted(self) -> bool:
         return bool(self.candidates) and all(math.isfinite(c.mean) and math.isfinite(c.sd) for c in self.candidates)

@@ -225,8 +225,7 @@ class Campaign:
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
             outcome.errors.append(f"{type(exc).__name__}: {exc}")
             if not batch:
-                advice = Advice([Candidate(p, math.nan, math.nan, i) for i, p in
-                                 enumerate(await self.backfill.points_now(self, capacity))])
+                advice = Advice.unpredicted(await self.backfill.points_now(self, capacity))
                 batch = [(c, "optimizer") for c in advice.candidates]
         await self._events.put(Event("planned", (round_no, advice, picks, earned if picks else 0, batch, outcome)))
 
@@ -255,9 +254,8 @@ class Campaign:
         h.prediction = Claim.from_dict(h.claim).text() if h.claim else "no prediction"
         log.info("round %d: %s %s: %s [%s]", round_no, hid, h.author, h.statement[:100], h.prediction)
         review = outcome.review
-        self.committer.event(
-            "hypothesis", id=hid, statement=h.statement, prediction=h.prediction, round=round_no, claim=h.claim,
-            author=h.author, review=review.model_dump() if review else None,
+        self._journal_hypothesis(
+            h, review=review.model_dump() if review else None,
             unverified_citations=outcome.unverified_citations, share=self.planner_share(), earned=earned,
             picks=[{"place": p.place, "shown": p.shown, "ran": i < earned and p.candidate is not None,
                     "error": p.error} for i, p in enumerate(picks)],
@@ -266,9 +264,8 @@ class Campaign:
         approved = await self._approve(hid, params) if params else []
         if approved is None:
             return
-        sources = {json_key(c.params): source for c, source in batch}
-        for p in approved:
-            self.new_task(p, sources.get(json_key(p), "user"), hid)
+        for p in approved:  # an edited set is the user's
+            self.new_task(p, next((source for c, source in batch if c.params == p), "user"), hid)
         self._judge_if_done(hid)
 
     def _judge_if_done(self, hid: str) -> None:
@@ -460,8 +457,13 @@ class Campaign:
         else:
             h.statement, h.author, h.prediction = f"Not stated: the planner's turn was stopped ({reason}).", \
                 "optimizer", "no prediction"
-        self.committer.event("hypothesis", id=hid, statement=h.statement, prediction=h.prediction, round=h.round,
-                             claim=h.claim, author=h.author)
+        self._journal_hypothesis(h)
+
+    def _journal_hypothesis(self, h: Hypothesis, **extra: Any) -> None:
+        """The journal's record of a stated hypothesis (replay reads these keys; ``extra``: the
+        round's review and steering figures)."""
+        self.committer.event("hypothesis", id=h.id, statement=h.statement, prediction=h.prediction, round=h.round,
+                             claim=h.claim, author=h.author, **extra)
 
     def _done(self) -> bool:
         """Nothing runs, thinks or waits to be judged, and nothing more will be started."""
@@ -534,11 +536,6 @@ class Campaign:
         finally:
             self._stop(state)
         return state
-
-
-def json_key(params: dict[str, float]) -> tuple[tuple[str, float], ...]:
-    """A parameter set as a dict key (the same values in any order)."""
-    return tuple(sorted(params.items()))
 
 
 def compose_batch(candidates: list[Candidate], picks: list[PickRecord], earned: int,
