@@ -32,6 +32,44 @@ budget: {max_simulations: 2, max_concurrent: 2, wall_time: 5m}
 """
 
 
+#: A heat2d campaign steered by AutoGen's replay model: the planner's script planner.jsonl, the
+#: critic's critic.jsonl, no expert and no coder; eight simulations in four rounds, no backfill.
+HEAT_REPLAY = """\
+physflow: 1
+name: heat-replay
+goal: Which kappa and power reproduce the observed field?
+llm: {provider: replay, script: planner.jsonl}
+agents:
+  critic: {script: critic.jsonl}
+  domain_expert: {enabled: false}
+  coder: {enabled: false}
+simulation:
+  adapter: heat2d
+  resources: {ranks: 2, nodes: 1}
+  fixed: {n: 96, t_end: 0.05}
+  parameters:
+    kappa: {min: 0.05, max: 1.0, units: m^2/s}
+    power: {min: 5, max: 60, units: K/s}
+objective: {metric: chi2, target: data/heat2d_target.h5}
+budget: {max_simulations: 8, max_concurrent: 2, max_rounds: 4, wall_time: 5m, backfill: none}
+"""
+
+#: The executable ``sim.py {x}`` steered by a replay planner alone (planner.jsonl); set ``budget``.
+X_REPLAY = """\
+physflow: 1
+name: x-replay
+goal: find x
+llm: {{provider: replay, script: planner.jsonl}}
+agents: {{domain_expert: {{enabled: false}}, coder: {{enabled: false}}, critic: {{enabled: false}}}}
+simulation:
+  adapter: executable
+  command: "{{python}} {{workflow_dir}}/sim.py {{x}}"
+  parameters: {{x: {{min: 0, max: 1}}}}
+objective: {{metric: loss}}
+budget: {budget}
+"""
+
+
 @pytest.fixture
 def heat_workflow(tmp_path: Path):
     """Write a heat2d workflow (with the shipped target) into tmp_path; returns a writer."""

@@ -17,6 +17,7 @@ from physflow.optimizer import Optimizer
 from physflow.vocabulary.steering import Candidate, Claim, judge_claim, pick_quality, pick_score, rank_by_prediction
 from physflow.vocabulary.workflow import ParameterSpec, WorkflowSpec
 from physflow.workflows.campaign import compose_batch, surrogate_claim
+from tests.conftest import X_REPLAY
 
 PARAMETERS = {"om": ParameterSpec(min=0.1, max=0.5), "s8": ParameterSpec(min=0.5, max=1.1)}
 SPEC = WorkflowSpec.model_validate({
@@ -117,19 +118,8 @@ def test_the_surrogate_predicts_near_the_truth_and_states_its_own_claim():
     assert "the model stated none" in statement
 
 
-QUALIFIED = """\
-physflow: 1
-name: qualified
-goal: find x
-llm: {provider: replay, script: planner.jsonl}
-agents: {domain_expert: {enabled: false}, coder: {enabled: false}, critic: {enabled: false}}
-simulation:
-  adapter: executable
-  command: "{python} {workflow_dir}/sim.py {x}"
-  parameters: {x: {min: 0, max: 1}}
-objective: {metric: loss}
-budget: {max_simulations: 2, max_concurrent: 2, max_rounds: 1, wall_time: 5m, backfill: none}
-"""
+QUALIFIED = X_REPLAY.format(budget="{max_simulations: 2, max_concurrent: 2, max_rounds: 1, wall_time: 5m, "
+                                   "backfill: none}")
 
 
 def test_a_model_s_qualification_is_the_prior_of_its_share(tmp_path):

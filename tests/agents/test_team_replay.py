@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import physflow, submit_folder, write_script
+from tests.conftest import X_REPLAY, physflow, submit_folder, write_script
 
 WORKFLOW = """\
 physflow: 1
@@ -115,19 +115,8 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
     assert "## Conclusion" in report and conclusion["output"].strip() in report and "key=lambda r" in report
 
 
-CORPUS_WORKFLOW = """\
-physflow: 1
-name: malformed-models
-goal: find x
-llm: {provider: replay, script: planner.jsonl}
-agents: {domain_expert: {enabled: false}, coder: {enabled: false}, critic: {enabled: false}}
-simulation:
-  adapter: executable
-  command: "{python} {workflow_dir}/sim.py {x}"
-  parameters: {x: {min: 0, max: 1}}
-objective: {metric: loss}
-budget: {max_simulations: 24, max_concurrent: 2, max_rounds: 12, wall_time: 5m, backfill: none}
-"""
+CORPUS_WORKFLOW = X_REPLAY.format(budget="{max_simulations: 24, max_concurrent: 2, max_rounds: 12, wall_time: 5m, "
+                                         "backfill: none}")
 
 CORPUS_SIM = "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n"
 

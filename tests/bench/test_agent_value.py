@@ -6,27 +6,9 @@ from __future__ import annotations
 
 from bench.agent_value import agent_figures, kept_runs, table
 from bench.campaign_runs import model_turns, transcript
-from tests.conftest import physflow, write_script
+from tests.conftest import HEAT_REPLAY, physflow, write_script
 
-WORKFLOW = """\
-physflow: 1
-name: agent-value-replay
-goal: Which kappa and power reproduce the observed field?
-llm: {provider: replay, script: planner.jsonl}
-agents:
-  critic: {script: critic.jsonl}
-  domain_expert: {enabled: false}
-  coder: {enabled: false}
-simulation:
-  adapter: heat2d
-  resources: {ranks: 2, nodes: 1}
-  fixed: {n: 96, t_end: 0.05}
-  parameters:
-    kappa: {min: 0.05, max: 1.0, units: m^2/s}
-    power: {min: 5, max: 60, units: K/s}
-objective: {metric: chi2, target: data/heat2d_target.h5}
-budget: {max_simulations: 8, max_concurrent: 2, max_rounds: 2, wall_time: 5m, backfill: none}
-"""
+WORKFLOW = HEAT_REPLAY.replace("max_rounds: 4", "max_rounds: 2")
 
 CLAIM = {"hypothesis": "chi2 stays tiny everywhere.", "bound": "below", "value": 1e-9}
 

@@ -7,27 +7,7 @@ from pathlib import Path
 
 import h5py
 
-from tests.conftest import physflow, results_of, submit_folder, write_script
-
-HEAT = """\
-physflow: 1
-name: heat-replay
-goal: Which kappa and power reproduce the observed field?
-llm: {provider: replay, script: planner.jsonl}
-agents:
-  critic: {script: critic.jsonl}
-  domain_expert: {enabled: false}
-  coder: {enabled: false}
-simulation:
-  adapter: heat2d
-  resources: {ranks: 2, nodes: 1}
-  fixed: {n: 96, t_end: 0.05}
-  parameters:
-    kappa: {min: 0.05, max: 1.0, units: m^2/s}
-    power: {min: 5, max: 60, units: K/s}
-objective: {metric: chi2, target: data/heat2d_target.h5}
-budget: {max_simulations: 8, max_concurrent: 2, max_rounds: 4, wall_time: 5m, backfill: none}
-"""
+from tests.conftest import HEAT_REPLAY, physflow, results_of, submit_folder, write_script
 
 H1 = {"hypothesis": "The field is matched nowhere this well: chi2 stays tiny everywhere.", "bound": "below",
       "value": 1e-9}
@@ -46,7 +26,7 @@ def test_replay_campaign_states_judges_and_falls_back(heat_workflow, tmp_path):
     ])
     write_script(tmp_path / "critic.jsonl", [
         {"content": {"verdict": "supported", "evidence": "chi2 = 1.0 at kappa 0.42", "advice": "refine power"}}])
-    wf = heat_workflow(HEAT)
+    wf = heat_workflow(HEAT_REPLAY)
     run = tmp_path / "run"
     proc = physflow("submit", str(wf), "--run-dir", str(run), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
