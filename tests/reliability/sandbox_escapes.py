@@ -47,14 +47,15 @@ def _sha(path: Path) -> str:
 
 def _reachable_views(paths: list[Path]) -> None:
     """Root, in a private mount namespace: let uid 65534 traverse to ``paths``. For each
-    topmost folder on the way that is closed to others (e.g. /root, pytest's 0700 basetemp),
-    put a 0755 tmpfs over it and bind back only the subfolders on the way to ``paths``."""
+    folder on the way that is closed to others (e.g. /root, pytest's 0700 basetemp and the 0700
+    numbered folder inside it), put a 0755 tmpfs over it and bind back only the subfolder on the
+    way to ``paths``. Outer folders come first (a prefix sorts first), so an inner closed folder is
+    reached through its outer view and its original is what gets stashed."""
     closed: dict[Path, set[str]] = {}
     for path in paths:
         for parent in reversed(path.parents):
             if parent != Path("/") and not os.stat(parent).st_mode & 0o001:
                 closed.setdefault(parent, set()).add(path.relative_to(parent).parts[0])
-                break
     stash = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/run")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "physflow-stash", str(stash)], check=True)
     for n, (folder, children) in enumerate(sorted(closed.items())):
