@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from physflow.agents.advisor import LETTERS
 from physflow.agents.tools import results_table
 from physflow.agents.view import CampaignView
 from physflow.vocabulary.records import status_counts
@@ -72,17 +73,17 @@ def hypothesis_prompt(view: CampaignView, round_no: int, advice: Advice, batch: 
             + (f": {h.evidence[:160]}" if h.verdict else "") for h in stated))
     if last_analysis:
         lines.append(f"The coder's latest analysis: {last_analysis}")
-    lines.append("This round's simulations, with the surrogate's prediction:\n" + "\n".join(
-        "- " + ", ".join(f"{k}={v:.4g}" for k, v in c.params.items())
+    lines.append("This round's simulations" + (", with the surrogate's prediction" if any(
+        math.isfinite(c.mean) for c in batch) else "") + ":\n" + "\n".join(
+        f"{LETTERS[i]}: " + ", ".join(f"{k}={v:.4g}" for k, v in c.params.items())
         + (f" -> predicted {obj.metric} {c.mean:.3g} ± {c.sd:.2g}" if math.isfinite(c.mean) else "")
-        for c in batch))
+        for i, c in enumerate(batch)))
     # A template, not an example: a small model copies an example's numbers (the grammar keeps the form).
-    name = next(iter(view.parameters))
-    template = (f'{{"hypothesis": "<your statement>", "bound": "below" or "above", "value": <a number>, '
-                f'"region": {{"{name}": [<low>, <high>], ...}}}}')
-    lines.append(f"State one falsifiable hypothesis these simulations test: a region (a [low, high] range for the "
-                 f"parameters it restricts) holding at least one of them, and a value {obj.metric} stays below "
-                 f"(or above) there. Reply with JSON: {template}")
+    template = ('{"hypothesis": "<your statement>", "simulations": ["<letter>", ...], "bound": "below" or "above", '
+                '"value": <a number>}')
+    lines.append(f"State one new falsifiable hypothesis that this round's simulations test: name the simulations it "
+                 f"is about by their letters, and a value {obj.metric} will stay below (or above) for them; say "
+                 f"in the hypothesis why. Reply with JSON: {template}")
     return "\n".join(lines)
 
 

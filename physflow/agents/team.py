@@ -15,6 +15,7 @@ the science down but never stalls the allocation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import random
@@ -29,11 +30,9 @@ from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from autogen_core import CancellationToken
 from autogen_core.model_context import BufferedChatCompletionContext
 from autogen_core.models import ChatCompletionClient
-from autogen_ext.models.replay import ReplayChatCompletionClient
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, create_model
 
-from physflow.agents.advisor import pick_model, pick_question, picked
-from physflow.agents.models import FirstToolClient
+from physflow.agents.advisor import LETTERS, pick_model, pick_question, picked
 from physflow.agents.tools import Toolbox
 from physflow.errors import ProposalError
 from physflow.secrets import redact
@@ -44,15 +43,16 @@ from physflow.vocabulary.workflow import AgentRole, ParameterSpec, ToolName, Wor
 class Review(BaseModel):
     sound: bool = Field(description="true if the hypothesis and simulations make physical sense")
     concerns: str = Field("", description="what is physically wrong or risky, if anything", max_length=500)
-    citations: list[str] = Field([], description="sources (file:line) from search_knowledge", max_length=5)
+    citations: list[str] = Field([], description="the [source] (file:line) of each passage shown that bears on it",
+                                 max_length=5)
 
 
 class Verdict(BaseModel):
     verdict: Literal["supported", "refuted", "inconclusive"]
     evidence: str = Field(description="the numbers from the results that decide the verdict", max_length=1500)
     advice: str = Field("", description="what the planner should try next", max_length=1000)
-    analysis: str = Field("", description="an analysis of the results the coder should run, or empty",
-                          max_length=300)
+    analysis: str = Field("", description="an analysis of the results the coder should run, only if one is "
+                                          "needed to decide what to test next; else empty", max_length=300)
 
 
 class AnalysisCode(BaseModel):
@@ -65,8 +65,6 @@ class Role:
     system: str
     tools: list[ToolName]
     context: int  # messages of history the agent keeps
-    #: A tool the role must call before it answers (see models.FirstToolClient), when it has it.
-    first_tool: str | None = None
 
 
 #: What each of the spec's ``AGENT_ROLES`` does, in their order (the spec names the roles, for
@@ -80,8 +78,9 @@ ROLES: dict[AgentRole, Role] = {
         [], 6),
     "domain_expert": Role(
         "You are the domain expert of a simulation campaign. Check that a proposed hypothesis and its "
-        "simulations make physical sense; cite the knowledge base where it helps. Reply only with JSON.",
-        ["search_knowledge"], 6, first_tool="search_knowledge"),
+        "simulations make physical sense, against the passages of the knowledge base you are shown; cite "
+        "those that bear on it by their [source]. Reply only with JSON.",
+        [], 6),
     "coder": Role(
         "You are the coder of a simulation campaign. Write short Python (numpy, h5py) that computes what is "
         "asked from the campaign's results; the variable `results` holds them as a list of dicts with keys "
@@ -122,20 +121,25 @@ def proposal_model(parameters: dict[str, ParameterSpec], max_simulations: int) -
     )
 
 
-def claim_model(parameters: dict[str, ParameterSpec]) -> type[BaseModel]:
-    """The planner's hypothesis: a statement and its falsifiable claim (``vocabulary.steering.Claim``),
-    the region named per parameter as [low, high] (a parameter left out is free)."""
-    ranges = {name: (list[StrictFloat] | None, Field(None, min_length=2, max_length=2,
-                                               description=f"[low, high] within [{p.min}, {p.max}]"))
-              for name, p in parameters.items()}
-    region = create_model("Region", __config__=ConfigDict(extra="forbid"), **ranges)  # type: ignore[call-overload]
+@functools.cache
+def claim_model(n: int) -> type[BaseModel]:
+    """The planner's hypothesis for a batch of ``n`` simulations, lettered as the prompt shows
+    them: a statement and its falsifiable claim (``vocabulary.steering.Claim``): the simulations it
+    is about, by letter, and a value the objective stays below or above for them.
+
+    Letters rather than parameter ranges: asked for ranges, the 1.5B model copied an earlier
+    hypothesis's ranges (holding none of the round's simulations) and drew ranges past the
+    bounds, 6 of 9 replies rejected in one demo; a letter names one of this round's simulations
+    by construction, and a grammar keeps the reply to the letters."""
+    letters = tuple(LETTERS[:n])
     return create_model(
-        "Claim",
+        "Claim", __config__=ConfigDict(extra="forbid"),  # a key the model made up is sent back, not dropped
         hypothesis=(str, Field(description="a falsifiable statement about the parameters and the objective",
                                min_length=1, max_length=400)),
+        simulations=(list[Literal[letters]], Field(  # type: ignore[valid-type]
+            min_length=1, max_length=n, description="the letters of the simulations the prediction is about")),
         bound=(Literal["below", "above"], Field(description="the objective lies below or above value")),
         value=(StrictFloat, Field(description="the predicted bound on the objective")),
-        region=(region, Field(description="where the claim holds: [low, high] per parameter")),
     )
 
 
@@ -166,28 +170,19 @@ class ClaimOutcome:
         return self.claim is not None and bool(self.statement)
 
 
-def check_claim(reply: BaseModel, parameters: dict[str, ParameterSpec], metric: str,
-                batch: list[dict[str, float]]) -> Claim:
-    """The reply as a ``Claim``, or ProposalError saying what is wrong: a range outside the bounds
-    or upside down, a non-finite value, or a region that holds none of the batch (a claim its own
-    simulations cannot test). Nothing is clipped."""
-    region: dict[str, tuple[float, float]] = {}
-    for name, pair in reply.region.model_dump().items():  # type: ignore[attr-defined]
-        if pair is None:
-            continue
-        lo, hi = pair
-        p = parameters[name]
-        if not (p.min <= lo <= hi <= p.max):
-            raise ProposalError(f"region.{name} [{lo}, {hi}] must satisfy {p.min} <= low <= high <= {p.max}")
-        region[name] = (float(lo), float(hi))
+def check_claim(reply: BaseModel, metric: str, batch: list[dict[str, float]]) -> Claim:
+    """The reply as a ``Claim`` whose region is the box of the simulations it names (lettered in
+    ``batch``'s order), or ProposalError saying what is wrong: a letter past the batch, or a
+    value that is not a finite number. Nothing is clipped."""
+    chosen = sorted({LETTERS.index(letter) for letter in reply.simulations})  # type: ignore[attr-defined]
+    if not batch or chosen[-1] >= len(batch):
+        raise ProposalError(f"simulations must be letters among {', '.join(LETTERS[:len(batch)]) or 'none'}")
     value = reply.value  # type: ignore[attr-defined]
     if not math.isfinite(value):
         raise ProposalError("value must be a finite number")
-    claim = Claim(metric, reply.bound, float(value), region)  # type: ignore[attr-defined]
-    if batch and not any(claim.contains(params) for params in batch):
-        raise ProposalError("the region contains none of this round's simulations: widen it to include at "
-                            "least one of them")
-    return claim
+    points = [batch[i] for i in chosen]
+    region = {name: (min(p[name] for p in points), max(p[name] for p in points)) for name in points[0]}
+    return Claim(metric, reply.bound, float(value), region)  # type: ignore[attr-defined]
 
 
 class Transcript:
@@ -299,38 +294,23 @@ class ScienceTeam:
         self.invalid = 0  # model replies rejected (unparsable, or failing a check) and sent back
         self.stated: ClaimOutcome | None = None  # the hypothesis of the planner's latest turn, once checked
         self.parameters = parameters
-        self.Claim = claim_model(parameters)
-        self.agents: dict[str, AssistantAgent] = {}
-        self._made: dict[str, dict[str, Any]] = {}  # role -> how its agents are made
+        self._made: dict[str, dict[str, Any]] = {}  # the roles that speak -> how their agents are made
         for role, defaults in ROLES.items():
             if role not in clients or not spec.agent_enabled(role):
                 continue
             agent = spec.agents.get(role)  # type: ignore[call-overload]
             tools = toolbox.tools(role_tools(spec, role))
             self._made[role] = dict(
-                model_client=self._client(role, clients[role], tools), tools=tools,
+                model_client=clients[role], tools=tools,
                 system_message=agent.system_message if agent and agent.system_message else defaults.system,
                 max_tool_iterations=2)
-        # each role's agent by the reply it gives (the planner's picks each get one, made when first asked)
+        # each role's agent by the reply it gives (made when first asked: the planner has one per
+        # form of pick and of claim)
         self._by_output: dict[tuple[str, type[BaseModel]], AssistantAgent] = {}
-        for role in self._made:
-            output = self.Claim if role == "planner" else OUTPUTS[role]
-            self.agents[role] = self._by_output[(role, output)] = self._agent(role, output)
 
     def _agent(self, role: str, output: type[BaseModel]) -> AssistantAgent:
         return AssistantAgent(role, output_content_type=output, **self._made[role],
                               model_context=BufferedChatCompletionContext(buffer_size=ROLES[role].context))
-
-    def _client(self, role: str, client: ChatCompletionClient, tools: list[Any]) -> ChatCompletionClient:
-        """The role's client, bound to call its ``first_tool`` first where that tool can answer
-        (a scripted replay model follows its script instead)."""
-        name = ROLES[role].first_tool
-        tool = next((t for t in tools if t.name == name), None)
-        if tool is None or isinstance(client, ReplayChatCompletionClient):
-            return client
-        if name == "search_knowledge" and (self.toolbox.knowledge is None or not self.toolbox.knowledge.chunks):
-            return client
-        return FirstToolClient(client, tool)
 
     # -- budgets -------------------------------------------------------------------------------
     @property
@@ -343,33 +323,38 @@ class ScienceTeam:
 
     def can_speak(self, role: str) -> bool:
         """Enabled, and within both its own token limit and the campaign's."""
-        if role not in self.agents or self.budget_left <= 0:
+        if role not in self._made or self.budget_left <= 0:
             return False
         agent = self.spec.agents.get(role)  # type: ignore[call-overload]
         return not (agent and agent.max_tokens is not None and self.tokens.get(role, 0) >= agent.max_tokens)
 
-    async def _run(self, role: str, task: str, output: type[BaseModel] | None = None) -> tuple[Any, str | None]:
+    async def _run(self, role: str, task: str, output: type[BaseModel] | None = None,
+                   fresh: bool = True) -> tuple[Any, str | None]:
         """One agent turn: (structured content, None) or (None, error text for the agent).
 
-        With ``output`` the turn answers in that form, from a fresh context: the planner's small
-        decisions are each asked on their own, with everything they need in the task, so that no
-        earlier answer sways the next (a small model copies its last answer's position)."""
+        The reply is ``output`` (the critic, coder and expert have one form each: ``OUTPUTS``). A
+        ``fresh`` turn starts from an empty context: each question carries everything it needs, so
+        that no earlier answer sways the next (a small model copies its last answer's position) and
+        the prompt stays short. A
+        correction is not fresh: the agent sees its rejected reply and the reason, and the model
+        server reuses the conversation's processed prefix instead of reading it again."""
         self.turns += 1
-        agent = self.agents[role]
-        if output is not None:
-            if (role, output) not in self._by_output:
-                self._by_output[(role, output)] = self._agent(role, output)
-            agent = self._by_output[(role, output)]
+        output = output or OUTPUTS[role]
+        if (role, output) not in self._by_output:
+            self._by_output[(role, output)] = self._agent(role, output)
+        agent = self._by_output[(role, output)]
+        if fresh:
             await agent.on_reset(CancellationToken())
         turn = await take_turn(agent, task, self.transcript)
         self.tokens[role] = self.tokens.get(role, 0) + turn.tokens
         return turn.reply, turn.error
 
     async def _structured(self, role: str, task: str, attempts: int = 2) -> BaseModel | None:
-        for _ in range(attempts):
+        """The role's reply to ``task``; an unusable one is sent back once with the reason."""
+        for attempt in range(attempts):
             if not self.can_speak(role):
                 return None
-            reply, error = await self._run(role, task)
+            reply, error = await self._run(role, task, fresh=attempt == 0)
             if reply is not None:
                 return reply
             self.invalid += 1
@@ -411,11 +396,11 @@ class ScienceTeam:
         objection that names a concern."""
         outcome, task = ClaimOutcome(), prompt
         self.stated = outcome  # read if the turn is stopped during the review: the claim stands
-        for _ in range(self.max_attempts):
+        for attempt in range(self.max_attempts):
             if not self.can_speak("planner"):
                 outcome.errors.append("token budget spent")
                 break
-            reply, error = await self._run("planner", task, self.Claim)
+            reply, error = await self._run("planner", task, claim_model(len(batch)), fresh=attempt == 0)
             if reply is not None:
                 try:
                     self._state(outcome, reply, metric, batch)
@@ -425,23 +410,38 @@ class ScienceTeam:
             self.invalid += 1
             outcome.errors.append(error or "no reply")
             self.transcript.note("physflow", "rejected", error, to="planner")
-            task = f"Your hypothesis was rejected: {error}\n\n{prompt}"
+            task = f"Your hypothesis was rejected: {error}. Reply with the corrected JSON."
         if outcome.ok and self.can_speak("domain_expert"):
-            await self._review(outcome, prompt, metric, batch)
+            await self._review(outcome, metric, batch)
         return outcome
 
     def _state(self, outcome: ClaimOutcome, reply: BaseModel, metric: str, batch: list[dict[str, float]]) -> None:
         """Take ``reply`` as the outcome's hypothesis once it passes ``check_claim`` (which raises
         ProposalError and leaves the outcome as it was)."""
-        outcome.claim = check_claim(reply, self.parameters, metric, batch)
+        outcome.claim = check_claim(reply, metric, batch)
         outcome.statement = reply.hypothesis.strip()  # type: ignore[attr-defined]
 
-    async def _review(self, outcome: ClaimOutcome, prompt: str, metric: str, batch: list[dict[str, float]]) -> None:
+    def passages(self, query: str, k: int = 2) -> str:
+        """The knowledge folder's ``k`` best passages for ``query``, each headed by its [source],
+        searched by physflow for the domain expert: one search named by the hypothesis itself is
+        surer than a small model's tool call (whose query was the question it was asked) and costs
+        no model turn. Transcribed as a search_knowledge call; "" without a knowledge folder."""
+        if self.toolbox.knowledge is None or not self.toolbox.knowledge.chunks:
+            return ""
+        found = self.toolbox.search_knowledge(query, k)
+        self.transcript.note("physflow", "tool_result", found, tool="search_knowledge", query=query, to="domain_expert")
+        return found if found.startswith("[") else ""
+
+    async def _review(self, outcome: ClaimOutcome, metric: str, batch: list[dict[str, float]]) -> None:
         """The domain expert checks the hypothesis against the knowledge folder before it runs; on
         an objection with a concern the planner may restate it once (checked like the first)."""
+        claim = outcome.claim.text()  # type: ignore[union-attr]
+        found = self.passages(f"{outcome.statement} {claim} {' '.join(self.parameters)}")
+        shown = f"Passages from the knowledge base:\n{found}\n" if found else ""
+        simulations = "; ".join(", ".join(f"{k}={v:.4g}" for k, v in params.items()) for params in batch)
         review = await self._structured("domain_expert", (
-            f"Hypothesis: {outcome.statement}\nClaim: {outcome.claim.text()}\n"  # type: ignore[union-attr]
-            f"Simulations: {json.dumps(batch)}\nIs this physically sound? Give your review as JSON."))
+            f"Hypothesis: {outcome.statement}\nClaim: {claim}\nSimulations: {simulations}\n{shown}"
+            "Is this physically sound? Give your review as JSON."))
         outcome.review = review  # type: ignore[assignment]
         if review is None:
             return
@@ -456,9 +456,10 @@ class ScienceTeam:
             return  # an objection that names no concern gives the planner nothing to revise
         concerns = review.concerns  # type: ignore[attr-defined]
         self.transcript.note("physflow", "review", concerns, to="planner")
-        reply, _ = await self._run("planner", f"{prompt}\n\nYou said: {outcome.statement} ({outcome.claim.text()})."
-                                   f"\nThe domain expert objects: {concerns}\n"  # type: ignore[union-attr]
-                                   "Restate your hypothesis, or keep it (JSON only).", self.Claim)
+        # in the conversation of the planner's statement: it sees what it said
+        reply, _ = await self._run("planner", f"The domain expert objects: {concerns}\n"
+                                   "Restate your hypothesis, or keep it (JSON only).", claim_model(len(batch)),
+                                   fresh=False)
         if reply is None:
             return
         try:

@@ -206,7 +206,7 @@ class Campaign:
         """The round's batch (the optimizer's candidates, the planner's picks in its share) and
         the hypothesis it tests; whatever fails, the loop gets a batch."""
         capacity = max(1, min(self.simulations_left, self.spec.budget.max_concurrent * 2, 8))
-        obj, picks, batch = self.spec.objective, [], []
+        obj, picks, batch, started = self.spec.objective, [], [], False
         outcome = ClaimOutcome()
         self.team.stated = None  # this turn's hypothesis, once the planner states it
         try:
@@ -221,17 +221,31 @@ class Campaign:
             batch = compose_batch(advice.candidates, picks, earned, capacity)
             note, self.resume_note = self.resume_note, ""
             prompt = hypothesis_prompt(self, round_no, advice, [c for c, _ in batch], note, self.last_analysis)
+            if self._unasked():  # the batch runs while the planner states what it tests
+                started = True
+                await self._events.put(Event("batch", (round_no, batch)))
             outcome = await self.team.hypothesize(prompt, obj.metric, [c.params for c, _ in batch])
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
             outcome.errors.append(f"{type(exc).__name__}: {exc}")
             if not batch:
                 advice = Advice.unpredicted(await self.backfill.points_now(self, capacity))
                 batch = [(c, "optimizer") for c in advice.candidates]
-        await self._events.put(Event("planned", (round_no, advice, picks, earned if picks else 0, batch, outcome)))
+        await self._events.put(Event("planned", (round_no, advice, picks, earned if picks else 0, batch, outcome,
+                                                 started)))
+
+    @handles("batch")
+    def on_batch(self, round_no: int, batch: list[tuple[Candidate, str]]) -> None:
+        """The round's simulations start before their hypothesis is stated, when nobody is asked
+        to approve them: the planner's prompt was written before any of their results existed,
+        so its prediction stays a prediction, and the slots do not wait for the model's turn."""
+        if self.stop_reason:
+            return
+        for c, source in batch[:max(0, self.simulations_left)]:
+            self.new_task(c.params, source, f"H{round_no}")
 
     @handles("planned")
     async def on_planned(self, round_no: int, advice: Advice, picks: list[PickRecord], earned: int,
-                         batch: list[tuple[Candidate, str]], outcome: ClaimOutcome) -> None:
+                         batch: list[tuple[Candidate, str]], outcome: ClaimOutcome, started: bool = False) -> None:
         hid = f"H{round_no}"
         self.thinking_on = None
         for record in picks:
@@ -260,7 +274,7 @@ class Campaign:
             picks=[{"place": p.place, "shown": p.shown, "ran": i < earned and p.candidate is not None,
                     "error": p.error} for i, p in enumerate(picks)],
             pick_quality=pick_quality(self.pick_scores, self.pick_prior))
-        params = [] if self.stop_reason else [c.params for c, _ in batch][:max(0, self.simulations_left)]
+        params = [] if self.stop_reason or started else [c.params for c, _ in batch][:max(0, self.simulations_left)]
         approved = await self._approve(hid, params) if params else []
         if approved is None:
             return
@@ -275,10 +289,14 @@ class Campaign:
                 and h.tasks and all(self.tasks[t].status in ("finished", "failed") for t in h.tasks):
             self._to_judge.append(hid)
 
+    def _unasked(self) -> bool:
+        """Whether the next batch runs without asking the user (workflow key ``approval``)."""
+        mode = self.spec.approval
+        return mode == "auto" or (mode == "plan" and self.approved_once) or self.approver is None
+
     async def _approve(self, hid: str | None, batch: list[dict[str, float]]) -> list[dict[str, float]] | None:
         """The batch to run after the user saw it (workflows.approval), or None: the campaign stops."""
-        mode = self.spec.approval
-        if mode == "auto" or (mode == "plan" and self.approved_once) or self.approver is None:
+        if self._unasked():
             self.approved_once = True
             return batch
         text = batch_text(self.hypotheses[hid].statement if hid else None, hid, batch)
@@ -320,14 +338,15 @@ class Campaign:
             verdict = await self.team.judge(critic_prompt(self, hid, judgement))
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
             self.transcript.note("critic", "error", f"{type(exc).__name__}: {exc}")
-        # The coder analyses every judged hypothesis: what the critic asked for, or else how the
-        # objective depends on each parameter, which is what the planner needs next.
+        # The coder runs the analysis the critic asked for, if any (its turns share the model with
+        # the planner's; the goal's own question is answered once, at the end: conclude).
         request = verdict.analysis.strip() if verdict is not None else ""
-        try:
-            run = await self.team.analyse(request or default_analysis(self), self.results())
-            analysis = run.output if run else None
-        except Exception as exc:  # noqa: BLE001
-            self.transcript.note("coder", "error", f"{type(exc).__name__}: {exc}")
+        if request:
+            try:
+                run = await self.team.analyse(request, self.results())
+                analysis = run.output if run else None
+            except Exception as exc:  # noqa: BLE001
+                self.transcript.note("coder", "error", f"{type(exc).__name__}: {exc}")
         await self._events.put(Event("judged", (hid, judgement, verdict, analysis)))
 
     async def conclude(self, limit: float = CONCLUSION_SECONDS) -> None:

@@ -73,17 +73,20 @@ def test_the_batch_runs_the_earned_picks_first_then_the_optimizer_order():
                                                                                          (1, "optimizer")]
 
 
-def test_a_claim_is_checked_never_clipped_and_must_hold_a_simulation(tmp_path):
-    batch = [{"om": 0.3, "s8": 0.8}]
+def test_a_claim_names_the_rounds_simulations_and_is_never_clipped(tmp_path):
+    """The claim's region is the box of the simulations it names by letter; a letter past the batch
+    and a region of the model's own are sent back with the reason."""
+    batch = [{"om": 0.3, "s8": 0.8}, {"om": 0.4, "s8": 0.6}, {"om": 0.2, "s8": 0.9}]
     t = team(tmp_path, [
-        json.dumps({"hypothesis": "h", "bound": "below", "value": 2.0, "region": {"s8": [0.9, 1.0]}}),
-        json.dumps({"hypothesis": "h", "bound": "below", "value": 2.0, "region": {"s8": [0.4, 1.0]}}),
-        json.dumps({"hypothesis": "s8 near 0.8 fits", "bound": "below", "value": 2.0, "region": {"s8": [0.78, 0.86]}}),
+        json.dumps({"hypothesis": "h", "bound": "below", "value": 2.0, "simulations": ["D"]}),
+        json.dumps({"hypothesis": "h", "bound": "below", "value": 2.0, "simulations": ["A"],
+                    "region": {"s8": [0.4, 1.0]}}),
+        json.dumps({"hypothesis": "s8 near 0.8 fits", "bound": "below", "value": 2.0, "simulations": ["C", "A"]}),
     ])
     outcome = asyncio.run(t.hypothesize("prompt", "chi2", batch))
-    assert outcome.ok and outcome.claim == Claim("chi2", "below", 2.0, {"s8": (0.78, 0.86)})
-    assert "contains none of this round's simulations" in outcome.errors[0]
-    assert "region.s8 [0.4, 1.0] must satisfy 0.5 <= low <= high <= 1.1" in outcome.errors[1]
+    assert outcome.ok and outcome.claim == Claim("chi2", "below", 2.0, {"om": (0.2, 0.3), "s8": (0.8, 0.9)})
+    assert "simulations.0: Input should be 'A', 'B' or 'C'" in outcome.errors[0]
+    assert "region: Extra inputs are not permitted" in outcome.errors[1]
     assert t.invalid == 2
 
 
@@ -134,7 +137,7 @@ def test_a_model_s_qualification_is_the_prior_of_its_share(tmp_path):
     (tmp_path / "wf.yaml").write_text(QUALIFIED)
     (tmp_path / "sim.py").write_text(
         "import json, sys\njson.dump({'loss': float(sys.argv[1])}, open('result.json', 'w'))\n")
-    claim = {"hypothesis": "h", "bound": "below", "value": 2.0, "region": {"x": [0.0, 1.0]}}
+    claim = {"hypothesis": "h", "bound": "below", "value": 2.0, "simulations": ["A"]}
     write_script(tmp_path / "planner.jsonl", [{"content": claim}])
     env = {"PHYSFLOW_MODEL_CACHE": str(tmp_path / "cache" / "models")}
     shares = []

@@ -28,7 +28,7 @@ budget: {{max_simulations: 6, max_concurrent: 2, max_rounds: 3, wall_time: 5m, b
 
 SIM = "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n"
 PROPOSAL = {"hypothesis": "The loss stays below 1 over the whole range.", "bound": "below", "value": 1.0,
-            "region": {"x": [0.0, 1.0]}}
+            "simulations": ["A"]}
 VERDICT = {"verdict": "supported", "evidence": "loss 0 at x = 0.3", "advice": "", "analysis": ""}
 
 

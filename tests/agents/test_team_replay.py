@@ -30,7 +30,7 @@ budget: {max_simulations: 6, max_concurrent: 2, max_rounds: 3, wall_time: 5m, ba
 """
 
 H1 = {"hypothesis": "Diffusivity near 0.4 m^2/s matches the field.", "bound": "below", "value": 1e6,
-      "region": {"kappa": [0.05, 1.0]}}
+      "simulations": ["A"]}
 
 
 def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
@@ -42,16 +42,15 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
     write_script(tmp_path / "planner.jsonl", [
         {"tool": "no_such_tool", "arguments": {}},                                    # hallucinated tool
         '{"hypothesis": "cut off at max_to',                                          # truncated JSON
-        {"content": {**H1, "region": {"kappa": [0.5, 0.2]}}},                         # upside down
+        {"content": {**H1, "simulations": ["A", "F"]}},                                 # no such simulation
         {"content": H1},
         {"content": {**H1, "hypothesis": "Diffusivity 0.35-0.42 m^2/s at power near 30 K/s."}},  # restated
         {"tool": "suggest_parameters", "arguments": {"n": "many"}},                   # malformed arguments
         {"content": {**H1, "value": "low"}},
         {"content": {**H1, "hypothesis": ""}},
-        {"content": {**H1, "region": {"kappa": [-1, 0.5]}}},
+        {"content": {**H1, "region": {"kappa": [-1, 0.5]}}},                          # a key of its own
     ])
     write_script(tmp_path / "expert.jsonl", [
-        {"tool": "search_knowledge", "arguments": {"query": "thermal diffusivity of metals", "k": 2}},
         {"content": {"sound": False, "concerns": "kappa 0.3 is far from the expected range; test nearer 0.4",
                      "citations": ["heat.md:3", "Smith et al. 2031"]}},                # one invented
     ])
@@ -80,10 +79,12 @@ def test_every_role_and_tool_and_error_path(heat_workflow, tmp_path):
     transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
     text = json.dumps(transcript)
     calls = {c for t in transcript if t["type"] == "ToolCallRequestEvent" for c in t["content"]}
-    for tool in ("no_such_tool", "suggest_parameters", "search_knowledge", "make_plot", "query_results"):
+    for tool in ("no_such_tool", "suggest_parameters", "make_plot", "query_results"):
         assert any(f"name='{tool}'" in c for c in calls), tool
-    assert "region.kappa [0.5, 0.2] must satisfy 0.05 <= low <= high <= 1.0" in text   # sent back
-    assert "region.kappa [-1.0, 0.5] must satisfy" in text
+    searched = [t for t in transcript if t["type"] == "tool_result" and t.get("tool") == "search_knowledge"]
+    assert searched and "[heat.md:" in searched[0]["content"]  # physflow searched for the expert
+    assert "simulations.1: Input should be 'A', 'B', 'C' or 'D'" in text   # sent back
+    assert "region: Extra inputs are not permitted" in text
     assert "heat.md:3" in text                                           # a cited knowledge passage
     coder_runs = [t for t in transcript if t["type"] == "tool_result" and t["tool"] == "run_analysis_code"]
     assert "SANDBOX VIOLATION" in coder_runs[0]["content"] and "mean chi2 =" in coder_runs[1]["content"]
@@ -124,7 +125,7 @@ CORPUS_SIM = "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) **
 def _claim(**fields) -> str:
     """One planner reply as raw text (json.dumps writes NaN and Infinity as the bare words a model might)."""
     return json.dumps({"content": json.dumps({"hypothesis": "h", "bound": "below", "value": 0.01,
-                                              "region": {"x": [0.0, 1.0]}, **fields})})
+                                              "simulations": ["A"], **fields})})
 
 
 def test_a_corpus_of_malformed_model_outputs_never_runs_a_bad_simulation(tmp_path):
@@ -135,16 +136,16 @@ def test_a_corpus_of_malformed_model_outputs_never_runs_a_bad_simulation(tmp_pat
     sentinel = tmp_path / "pwned"
     corpus = [
         _claim(value=float("nan")), _claim(value=float("inf")), _claim(value="0.5"),
-        _claim(region={"x": [0.0, 1.0], "y": [0, 1]}), _claim(value=True), _claim(region={"x": [0.7, 0.2]}),
-        json.dumps({"content": '{"hypothesis": "h", "bound": "below", "value": 1e999, "region": {}}'}),
-        _claim(value=f"$(touch {sentinel})"), _claim(region={"x": [0.5]}), _claim(region={"x": {"low": 0}}),
-        _claim(bound="sideways"), _claim(region="everywhere"), _claim(region=[0.0, 1.0]),
+        _claim(region={"x": [0.0, 1.0]}), _claim(value=True), _claim(simulations=[]),
+        json.dumps({"content": '{"hypothesis": "h", "bound": "below", "value": 1e999, "simulations": ["A"]}'}),
+        _claim(value=f"$(touch {sentinel})"), _claim(simulations="A"), _claim(simulations=[{"low": 0}]),
+        _claim(bound="sideways"), _claim(simulations="everywhere"), _claim(simulations=[0.0, 1.0]),
         json.dumps({"content": 42}), json.dumps({"content": []}), json.dumps(""), json.dumps({"content": None}),
         json.dumps({"content": '{"choice": "Z"}'}), json.dumps({"content": '{"choice": 1}'}),
         json.dumps({"tool": "rm -rf /", "arguments": {"path": "/"}}),
         json.dumps('{"hypothesis": "h", "bound": "below", "value": 0.'),                # cut at max_tokens
         _claim(hypothesis="\u0000\u202e" + "very long " * 20_000),
-        _claim(region={"x": [0.31, 0.31]} | {f"p{i}": [0, 1] for i in range(5000)}),    # a huge reply
+        _claim(simulations=["A"] * 5000),                                                # a huge reply
         _claim(),
     ]
     (tmp_path / "planner.jsonl").write_text("\n".join(corpus) + "\n")
@@ -163,11 +164,14 @@ def test_a_corpus_of_malformed_model_outputs_never_runs_a_bad_simulation(tmp_pat
     transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
     text = json.dumps([t for t in transcript if t["type"] in ("rejected", "error")])
     for reason in ("value must be a finite number", "value: Input should be a valid number",
-                   "region.y: Extra inputs are not permitted", "region.x [0.7, 0.2] must satisfy"):
+                   "region: Extra inputs are not permitted", "simulations: List should have at least 1 item"):
         assert reason in text, reason
     assert sum(t["type"] == "fallback" for t in transcript) >= 3
     events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
     for e in events:  # a claim kept from the model is finite and inside the bounds, whatever came before
         if e["event"] == "hypothesis" and e["author"] == "planner":
-            assert e["claim"] == {"metric": "loss", "bound": "below", "value": 0.01, "region": {"x": [0.0, 1.0]}}
+            (lo, hi), = e["claim"]["region"].values()  # the box of the simulation it named
+            assert {k: v for k, v in e["claim"].items() if k != "region"} == {"metric": "loss", "bound": "below",
+                                                                                 "value": 0.01}
+            assert 0 <= lo == hi <= 1
     assert json.loads(physflow("status", str(run), "--json").stdout)["state"] == "finished"

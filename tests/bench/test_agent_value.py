@@ -15,8 +15,8 @@ CLAIM = {"hypothesis": "chi2 stays tiny everywhere.", "bound": "below", "value":
 
 def test_agent_figures_count_turns_invalid_outputs_hypotheses_and_refusals(heat_workflow, tmp_path):
     write_script(tmp_path / "planner.jsonl", [
-        {"content": {**CLAIM, "region": {"kappa": [1.2, 1.7]}}},  # round 1: out of bounds, rejected
-        {"content": {**CLAIM, "region": {"kappa": [0.05, 1.0]}}},  # stated
+        {"content": {**CLAIM, "simulations": ["Q"]}},  # round 1: no such simulation, rejected
+        {"content": {**CLAIM, "simulations": ["A", "B"]}},  # stated
         "not JSON", "not JSON either", '{"hypothesis": "cut off',  # round 2: three bad turns
     ])
     write_script(tmp_path / "critic.jsonl", [
@@ -66,7 +66,7 @@ budget: {max_simulations: 6, max_concurrent: 2, wall_time: 5m, backfill: optimiz
 
 def test_a_planner_turn_stopped_at_the_tolerance_is_neither_a_call_nor_timed(tmp_path):
     """The planner (60 s a turn) is still stating H1 when the first result reaches the tolerance."""
-    write_script(tmp_path / "planner.jsonl", [{"content": {**CLAIM, "region": {}}}])
+    write_script(tmp_path / "planner.jsonl", [{"content": {**CLAIM, "simulations": ["A"]}}])
     (tmp_path / "sim.py").write_text(
         "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n")
     (tmp_path / "wf.yaml").write_text(STOPPED)

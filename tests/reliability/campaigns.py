@@ -43,7 +43,7 @@ json.dump({"loss": (x - 0.3) ** 2, "profile": [x, x * x]}, open("result.json", "
 def planner_rounds(n: int) -> list:
     """A replay planner's script: ``n`` rounds, each a hypothesis about the whole range of x."""
     return [{"content": {"hypothesis": f"the loss stays below {0.5 / (r + 1):.2f}", "bound": "below",
-                         "value": 0.5 / (r + 1), "region": {"x": [0.0, 1.0]}}} for r in range(n)]
+                         "value": 0.5 / (r + 1), "simulations": ["A"]}} for r in range(n)]
 
 
 def journal(run: Path) -> list[dict]:

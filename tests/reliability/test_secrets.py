@@ -33,7 +33,7 @@ budget: {{max_simulations: 4, max_concurrent: 2, max_rounds: 2, wall_time: 5m, b
 """
 
 PLAN = {"hypothesis": "the loss stays below 1 everywhere", "bound": "below", "value": 1.0,
-        "region": {"x": [0.0, 1.0]}}
+        "simulations": ["A"]}
 
 
 class OpenAIChat(ChatCompletions):

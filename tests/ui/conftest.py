@@ -31,9 +31,9 @@ agents:
   coder: {enabled: false}"""
 PLANNER = [
     {"content": {"hypothesis": "The field is matched near kappa 0.4 m^2/s.", "bound": "below", "value": 1e6,
-                 "region": {"kappa": [0.05, 1.0]}}},
+                 "simulations": ["A"]}},
     {"content": {"hypothesis": "A larger power needs a larger kappa.", "bound": "above", "value": 1e6,
-                 "region": {"power": [5.0, 60.0]}}},
+                 "simulations": ["A"]}},
 ]
 CRITIC = [
     {"content": {"verdict": "supported", "evidence": "chi2 near 1 at kappa 0.4", "advice": "vary power"}},

@@ -85,7 +85,7 @@ def test_every_batch_approval_on_a_terminal_edit_then_stop(tmp_path: Path):
     (tmp_path / "sim.py").write_text(SIM)
     (tmp_path / "editor.py").write_text(EDITOR)
     hypothesis = {"hypothesis": "The loss is smallest near x = 0.1.", "bound": "below", "value": 1.0,
-                  "region": {"x": [0.0, 1.0]}}
+                  "simulations": ["A"]}
     write_script(tmp_path / "planner.jsonl", [
         {"content": hypothesis}, {"content": {**hypothesis, "hypothesis": "x near 0.5 is worse."}},
     ])
@@ -117,7 +117,7 @@ def test_edited_batch_outside_the_bounds_is_asked_again(tmp_path: Path):
         open(sys.argv[1], "w").write('{"x": 7}\\n')
         """))
     write_script(tmp_path / "planner.jsonl", [
-        {"content": {"hypothesis": "x near 0.3", "bound": "below", "value": 1.0, "region": {"x": [0.0, 1.0]}}},
+        {"content": {"hypothesis": "x near 0.3", "bound": "below", "value": 1.0, "simulations": ["A"]}},
     ])
     run = tmp_path / "run"
     with submit_on_a_terminal(tmp_path, run) as (fd, code):

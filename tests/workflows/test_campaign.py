@@ -18,8 +18,8 @@ def test_replay_campaign_states_judges_and_falls_back(heat_workflow, tmp_path):
     numbers (refuted), and the critic who calls it supported is refused and recorded. Round 2: garbage,
     an incomplete and a cut-off reply, then the optimizer's batch runs under physflow's own hypothesis."""
     write_script(tmp_path / "planner.jsonl", [
-        {"content": {**H1, "region": {"kappa": [1.2, 1.7]}}},                      # out of bounds
-        {"content": {**H1, "region": {"kappa": [0.05, 1.0]}}},
+        {"content": {**H1, "simulations": ["E"]}},                                  # no such simulation
+        {"content": {**H1, "simulations": ["A", "B", "C", "D"]}},
         "this is not JSON at all",                                                   # round 2: garbage,
         {"content": {"hypothesis": "missing the rest"}},                             # incomplete,
         '{"hypothesis": "cut off at max_tok',                                        # truncated
@@ -48,7 +48,7 @@ def test_replay_campaign_states_judges_and_falls_back(heat_workflow, tmp_path):
 
     transcript = [json.loads(line) for line in (run / "transcript.jsonl").read_text().splitlines()]
     rejected = [t for t in transcript if t["type"] == "rejected"]
-    assert any("region.kappa [1.2, 1.7] must satisfy 0.05 <= low <= high <= 1.0" in str(t["content"]) for t in rejected)
+    assert any("simulations.0: Input should be 'A', 'B', 'C' or 'D'" in str(t["content"]) for t in rejected)
     errors = [t["content"] for t in transcript if t["agent"] == "planner" and t["type"] == "error"]
     assert len(errors) >= 3 and any("invalid JSON reply" in e for e in errors)
     assert any(t["type"] == "fallback" for t in transcript)
@@ -57,8 +57,11 @@ def test_replay_campaign_states_judges_and_falls_back(heat_workflow, tmp_path):
 
     events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
     hypotheses = {e["id"]: e for e in events if e["event"] == "hypothesis"}
-    assert hypotheses["H1"]["author"] == "planner" and hypotheses["H1"]["claim"] == {
-        "metric": "chi2", "bound": "below", "value": 1e-9, "region": {"kappa": [0.05, 1.0]}}
+    h1 = hypotheses["H1"]
+    assert h1["author"] == "planner" and {k: h1["claim"][k] for k in ("metric", "bound", "value")} == {
+        "metric": "chi2", "bound": "below", "value": 1e-9}
+    for row in rows[:4]:  # the region: the box of the four simulations it named
+        assert all(lo <= row["params"][name] <= hi for name, (lo, hi) in h1["claim"]["region"].items())
     assert hypotheses["H2"]["author"] == "optimizer" and hypotheses["H2"]["claim"] is None
     verdicts = {e["id"]: e for e in events if e["event"] == "verdict"}
     assert verdicts["H1"]["verdict"] == "refuted" and verdicts["H1"]["critic_refused"] == "supported"
@@ -136,15 +139,16 @@ budget: {max_simulations: 6, max_concurrent: 2, wall_time: 5m, backfill: optimiz
 
 
 def test_a_turn_stopped_at_the_tolerance_leaves_its_simulations_under_a_record_that_says_so(tmp_path: Path):
-    """The optimizer's points ran while the planner (60 s a turn) was stating H1; the first result
+    """The round's points ran while the planner (60 s a turn) was stating H1; the first result
     reaches the tolerance, the turn is stopped: H1 is recorded as not stated, with no claim."""
     write_script(tmp_path / "planner.jsonl", [{"content": {"hypothesis": "h", "bound": "below", "value": 1.0,
-                                                           "region": {}}}])
+                                                           "simulations": ["A"]}}])
     sim = "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n"
     run, proc = submit_folder(tmp_path, {"sim.py": sim, "wf.yaml": STOPPED})
     assert proc.returncode == 0, proc.stderr
     rows = results_of(run)
-    assert rows and all(r["hypothesis"] == "H1" and r["source"] == "backfill" for r in rows)
+    # the round's batch started while its hypothesis was being stated (approval: auto)
+    assert rows and all(r["hypothesis"] == "H1" and r["source"] in ("optimizer", "backfill") for r in rows)
     events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
     (h1,) = [e for e in events if e["event"] == "hypothesis"]
     assert h1["statement"] == "Not stated: the planner's turn was stopped (tolerance reached)."
