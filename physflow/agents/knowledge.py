@@ -41,6 +41,12 @@ class Chunk:
         return self.line + self.text.count("\n")
 
 
+def passage_text(chunks: list[Chunk], chars: int = 700) -> str:
+    """Passages as an agent reads them: each headed by its [source] to cite, at most ``chars``
+    characters of its text, separated by a blank line."""
+    return "\n\n".join(f"[{c.source}] {c.text[:chars]}" for c in chunks)
+
+
 class UnreadableSource(Exception):
     """A file of the knowledge folder that cannot be indexed (a damaged or encrypted PDF)."""
 

@@ -66,6 +66,24 @@ def grammar_schema(schema: Any) -> Any:
     return schema
 
 
+def strict_json(text: str) -> str:
+    """``text`` as strict JSON when its only fault is a raw control character inside a string.
+
+    llama-cpp-python's JSON-schema grammar lets a string hold raw control characters (its
+    ``char`` rule is ``[^"\\]``), so a model writing code puts real line breaks in it; JSON
+    forbids them and the reply would be rejected for its form, not its content. Read leniently,
+    written back strictly: no value changes. Anything else wrong is left for the agent to hear."""
+    try:
+        json.loads(text)
+        return text
+    except ValueError:
+        pass
+    try:
+        return json.dumps(json.loads(text, strict=False))
+    except ValueError:
+        return text
+
+
 def _schema_of(tool: Tool | ToolSchema) -> ToolSchema:
     return tool.schema if isinstance(tool, Tool) else tool
 
@@ -142,6 +160,8 @@ class LlamaCppBridgeClient(OpenAIChatCompletionClient):
                                         cancellation_token=cancellation_token)
         args = {**extra_create_args, "response_format": {"type": "json_object", "schema": grammar_schema(schema)}}
         result = await super().create(msgs, extra_create_args=args, cancellation_token=cancellation_token)
+        if isinstance(result.content, str):
+            result = result.model_copy(update={"content": strict_json(result.content)})
         if not schemas or not isinstance(result.content, str):
             return result
         try:

@@ -13,7 +13,7 @@ import math
 from physflow.agents.advisor import LETTERS
 from physflow.agents.tools import results_table
 from physflow.agents.view import CampaignView
-from physflow.vocabulary.records import status_counts
+from physflow.vocabulary.records import Hypothesis, status_counts
 from physflow.vocabulary.steering import Advice, Candidate, Judgement
 from physflow.vocabulary.workflow import ParameterSpec
 
@@ -50,9 +50,9 @@ def hypothesis_prompt(view: CampaignView, round_no: int, advice: Advice, batch: 
     verdicts, and the batch about to run with its predictions (the planner's worth for a small
     model is in reading these numbers, not in recalling physics)."""
     spec, obj = view.spec, view.spec.objective
-    tol = f" (stop when it reaches {obj.tolerance})" if obj.tolerance is not None else ""
+    # (not the stopping tolerance: a small model copied it as every prediction's value)
     lines = [f"Goal: {spec.goal.strip()}", f"Parameters:\n{parameter_lines(view.parameters)}",
-             f"Objective: {obj.goal} {obj.metric}{tol}.", f"Round {round_no} of {spec.budget.max_rounds}; "
+             f"Objective: {obj.goal} {obj.metric}.", f"Round {round_no} of {spec.budget.max_rounds}; "
              f"{view.simulations_left} simulations left in the budget."]
     if note:
         lines.append(note)
@@ -66,11 +66,17 @@ def hypothesis_prompt(view: CampaignView, round_no: int, advice: Advice, batch: 
         lines.append("Last results:\n" + "\n".join(
             _result_line(t.params, obj.metric, t.metrics.get(obj.metric)) if t.status == "finished"
             else f"- {t.params}: failed ({(t.error or '')[:80]})" for t in done))
-    stated = [h for h in view.hypotheses.values() if h.statement][-4:]
+    stated = [h for h in view.hypotheses.values() if h.claim][-4:]
     if stated:
-        lines.append("Hypotheses so far:\n" + "\n".join(
-            f"- {h.id}: {h.statement[:160]} [{h.prediction}] -> {h.verdict or 'not judged yet'}"
-            + (f": {h.evidence[:160]}" if h.verdict else "") for h in stated))
+        # Predictions and outcomes only, not the statements: a small model copied an earlier
+        # statement, line format and all, into its own.
+        def outcome(h: Hypothesis) -> str:
+            seen = [view.tasks[t].metrics[obj.metric] for t in h.tasks
+                    if view.tasks[t].status == "finished" and obj.metric in view.tasks[t].metrics]
+            return (h.verdict or "not judged yet") + (
+                f"; its simulations gave {obj.metric} " + ", ".join(f"{v:.3g}" for v in seen[:6]) if seen else "")
+        lines.append("Earlier predictions:\n" + "\n".join(f"- {h.id}: {h.prediction} -> {outcome(h)}"
+                                                          for h in stated))
     if last_analysis:
         lines.append(f"The coder's latest analysis: {last_analysis}")
     lines.append("This round's simulations" + (", with the surrogate's prediction" if any(

@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import TaskResult
@@ -30,9 +30,10 @@ from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from autogen_core import CancellationToken
 from autogen_core.model_context import BufferedChatCompletionContext
 from autogen_core.models import ChatCompletionClient
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, WithJsonSchema, create_model
 
 from physflow.agents.advisor import LETTERS, pick_model, pick_question, picked
+from physflow.agents.knowledge import passage_text
 from physflow.agents.tools import Toolbox
 from physflow.errors import ProposalError
 from physflow.secrets import redact
@@ -45,6 +46,28 @@ class Review(BaseModel):
     concerns: str = Field("", description="what is physically wrong or risky, if anything", max_length=500)
     citations: list[str] = Field([], description="the [source] (file:line) of each passage shown that bears on it",
                                  max_length=5)
+
+
+@functools.lru_cache(maxsize=64)
+def review_model(sources: tuple[str, ...]) -> type[BaseModel]:
+    """The domain expert's review of a hypothesis shown with passages from ``sources``: in the
+    grammar its citations are one or two of those sources (left free, the 1.5B model cited none);
+    validation still takes any text, so a provider without grammar may invent one, which
+    ``Toolbox.was_retrieved`` catches and the record names."""
+    if not sources:
+        return Review
+    grammar = {"type": "array", "items": {"enum": list(sources)}, "minItems": 1, "maxItems": min(2, len(sources))}
+    cited = Annotated[list[str], WithJsonSchema(grammar)]
+    return create_model("Review", __base__=_CitingReview, citations=(cited, Field(
+        [], description="the [source] of each passage shown that bears on it", max_length=5)))
+
+
+def _cites(schema: dict[str, Any]) -> None:
+    schema["required"] = [*schema.get("required", []), "citations"]
+
+
+class _CitingReview(Review):
+    model_config = ConfigDict(json_schema_extra=_cites)  # the grammar asks for the citations
 
 
 class Verdict(BaseModel):
@@ -349,12 +372,14 @@ class ScienceTeam:
         self.tokens[role] = self.tokens.get(role, 0) + turn.tokens
         return turn.reply, turn.error
 
-    async def _structured(self, role: str, task: str, attempts: int = 2) -> BaseModel | None:
-        """The role's reply to ``task``; an unusable one is sent back once with the reason."""
+    async def _structured(self, role: str, task: str, attempts: int = 2, fresh: bool = True,
+                          output: type[BaseModel] | None = None) -> BaseModel | None:
+        """The role's reply to ``task`` (in a fresh context, or the conversation so far; in the
+        form ``output``, else the role's own); an unusable one is sent back once with the reason."""
         for attempt in range(attempts):
             if not self.can_speak(role):
                 return None
-            reply, error = await self._run(role, task, fresh=attempt == 0)
+            reply, error = await self._run(role, task, output, fresh=fresh and attempt == 0)
             if reply is not None:
                 return reply
             self.invalid += 1
@@ -421,27 +446,28 @@ class ScienceTeam:
         outcome.claim = check_claim(reply, metric, batch)
         outcome.statement = reply.hypothesis.strip()  # type: ignore[attr-defined]
 
-    def passages(self, query: str, k: int = 2) -> str:
+    def passages(self, query: str, k: int = 2) -> tuple[str, tuple[str, ...]]:
         """The knowledge folder's ``k`` best passages for ``query``, each headed by its [source],
-        searched by physflow for the domain expert: one search named by the hypothesis itself is
-        surer than a small model's tool call (whose query was the question it was asked) and costs
-        no model turn. Transcribed as a search_knowledge call; "" without a knowledge folder."""
-        if self.toolbox.knowledge is None or not self.toolbox.knowledge.chunks:
-            return ""
-        found = self.toolbox.search_knowledge(query, k)
-        self.transcript.note("physflow", "tool_result", found, tool="search_knowledge", query=query, to="domain_expert")
-        return found if found.startswith("[") else ""
+        and their sources; searched by physflow for the domain expert: one search named by the
+        hypothesis itself is surer than a small model's tool call (whose query was the question it
+        was asked) and costs no model turn. Transcribed as a search_knowledge call."""
+        found = self.toolbox.passages(query, k)
+        if not found:
+            return "", ()
+        text = passage_text(found)
+        self.transcript.note("physflow", "tool_result", text, tool="search_knowledge", query=query, to="domain_expert")
+        return text, tuple(c.source for c in found)
 
     async def _review(self, outcome: ClaimOutcome, metric: str, batch: list[dict[str, float]]) -> None:
         """The domain expert checks the hypothesis against the knowledge folder before it runs; on
         an objection with a concern the planner may restate it once (checked like the first)."""
         claim = outcome.claim.text()  # type: ignore[union-attr]
-        found = self.passages(f"{outcome.statement} {claim} {' '.join(self.parameters)}")
+        found, sources = self.passages(f"{outcome.statement} {claim} {' '.join(self.parameters)}")
         shown = f"Passages from the knowledge base:\n{found}\n" if found else ""
         simulations = "; ".join(", ".join(f"{k}={v:.4g}" for k, v in params.items()) for params in batch)
         review = await self._structured("domain_expert", (
             f"Hypothesis: {outcome.statement}\nClaim: {claim}\nSimulations: {simulations}\n{shown}"
-            "Is this physically sound? Give your review as JSON."))
+            "Is this physically sound? Give your review as JSON."), output=review_model(sources))
         outcome.review = review  # type: ignore[assignment]
         if review is None:
             return
@@ -473,17 +499,23 @@ class ScienceTeam:
         """The critic's verdict on one hypothesis, or None when it cannot give one."""
         return await self._structured("critic", prompt)  # type: ignore[return-value]
 
-    async def analyse(self, request: str, results: list[dict[str, Any]]) -> Analysis | None:
+    async def analyse(self, request: str, results: list[dict[str, Any]], attempts: int = 2) -> Analysis | None:
         """The coder writes code for ``request``; it runs in the sandbox; the code and what it
-        printed come back (``ok``: it ran without error). One retry with the error if it fails."""
+        printed come back (``ok``: it ran without error). A failure goes back with its error, in
+        the conversation, up to ``attempts`` runs in all."""
         if not self.can_speak("coder") or self.toolbox.sandbox is None:
             return None
         self.toolbox.sandbox.set_prelude(
             "import json\nresults = json.loads(" + repr(json.dumps(results, default=str)) + ")")
-        task = f"Analysis requested: {request}\nThere are {len(results)} results. Reply with your code as JSON."
+        # One real record: a small model told only the keys redefined `results` as `[...]` and
+        # read r['chi2_hmf'] where the metric is r['metrics']['chi2_hmf'].
+        sample = next((r for r in results if r.get("status") == "finished"), results[0] if results else None)
+        shape = (f"`results` is already defined (do not redefine it): a list of {len(results)} dicts like\n"
+                 f"{json.dumps(sample, default=str)}\n") if sample else "`results` is an empty list.\n"
+        task = f"Analysis requested: {request}\n{shape}Reply with your code as JSON."
         run = None
-        for _ in range(2):
-            code = await self._structured("coder", task)
+        for attempt in range(attempts):
+            code = await self._structured("coder", task, fresh=attempt == 0)  # a fix sees the code it fixes
             if code is None:
                 return run
             output = self.toolbox.run_analysis_code(code.code)  # type: ignore[attr-defined]
@@ -493,7 +525,7 @@ class ScienceTeam:
             run = Analysis(code.code, output, not failed)  # type: ignore[attr-defined]
             if not failed:
                 return run
-            task = f"Analysis requested: {request}\nYour code failed:\n{output[-1500:]}\nFix it (JSON only)."
+            task = f"Your code failed:\n{output[-1500:]}\nFix it (JSON only)."
         return run
 
 

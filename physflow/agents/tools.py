@@ -18,7 +18,7 @@ from typing import Any
 from autogen_core.tools import FunctionTool
 from pydantic import StrictFloat
 
-from physflow.agents.knowledge import parse_citation
+from physflow.agents.knowledge import Chunk, parse_citation, passage_text
 from physflow.agents.view import CampaignView
 from physflow.errors import ProposalError, QueryError
 from physflow.vocabulary.ranking import finite_or_none, ranked
@@ -124,12 +124,18 @@ class Toolbox:
             return "error: this campaign has no knowledge base (workflow key: knowledge)"
         if not isinstance(k, int) or not 1 <= k <= 8:
             return f"error: k must be an integer between 1 and 8, got {k!r}"
-        hits = self.knowledge.search(str(query), k)
-        if not hits:
-            return "no passage matches"
-        for _, c in hits:
+        found = self.passages(str(query), k)
+        return passage_text(found) if found else "no passage matches"
+
+    def passages(self, query: str, k: int) -> list[Chunk]:
+        """The knowledge folder's ``k`` best passages for ``query``, remembered as retrieved
+        (what ``was_retrieved`` accepts as a citation)."""
+        if self.knowledge is None:
+            return []
+        hits = [c for _, c in self.knowledge.search(query, k)]
+        for c in hits:
             self.retrieved.add((c.file, c.page, c.line, c.last_line))
-        return "\n\n".join(f"[{c.source}] {c.text[:700]}" for _, c in hits)
+        return hits
 
     def was_retrieved(self, citation: str) -> bool:
         """Whether ``citation`` points into a passage this campaign retrieved: ``file:line``, a

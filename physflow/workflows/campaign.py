@@ -361,8 +361,9 @@ class Campaign:
         self._unstated(self.stop_reason)
         request = (self.spec.conclusion or default_analysis(self)).strip()
         try:
+            # three runs: the campaign's answer is worth a second fix (the time limit still holds)
             run = await asyncio.wait_for(self.team.analyse(f"{request} (goal: {self.spec.goal.strip()})",
-                                                           self.results()), limit)
+                                                           self.results(), attempts=3), limit)
         except Exception as exc:  # noqa: BLE001 - the campaign's results stand without a conclusion
             self.transcript.note("coder", "error", f"conclusion: {type(exc).__name__}: {exc}")
             run = None
