@@ -108,25 +108,28 @@ simulation:
     omega_m: {{min: 0.1, max: 0.5, description: matter density parameter today}}
     sigma8: {{min: 0.5, max: 1.1, description: rms linear density contrast in 8 Mpc/h spheres at z=0}}
 objective: {{metric: chi2_hmf, target: target.h5, goal: minimize, tolerance: {tol}}}
-budget: {{max_simulations: {budget}, max_concurrent: 2, max_rounds: {budget}, wall_time: 30m, backfill: optimizer,
+budget: {{max_simulations: {budget}, max_concurrent: 2, max_rounds: {budget}, wall_time: 30m, backfill: {backfill},
          planner_share: {share}}}
 knowledge: [knowledge]
 approval: auto
 """
 
 
-def workflow_text(method: str, budget: int, coder: bool = False, tolerance: float = TOLERANCE) -> str:
+def workflow_text(method: str, budget: int, coder: bool = False, tolerance: float = TOLERANCE,
+                  backfill: str = "none") -> str:
     """The benchmark's workflow for ``method``: no agents for random and optimizer, else the
     default team on the method's embedded model, without the coder unless ``coder``.
     ``max_rounds`` is the budget, so rounds never end a campaign before its simulations do
-    (without agents there are no rounds)."""
+    (without agents there are no rounds). ``backfill: none`` (default) paces the campaign by the
+    planner's rounds, as the demo is: with the optimizer's backfill and 2-s simulations the
+    budget was spent before the planner's first turn ended, so the agents were never measured."""
     model, share = METHODS[method]
     llm = (f"llm: {{provider: embedded, model: {model}, max_tokens_total: 400000}}" if model
            else "agents: {planner: {enabled: false}}")
     if model and not coder:
         llm += "\nagents: {coder: {enabled: false}}"
     fixed = "{" + ", ".join(f"{k}: {v}" for k, v in SETTINGS.items()) + "}"
-    return WORKFLOW.format(llm=llm, fixed=fixed, tol=tolerance, budget=budget, share=share)
+    return WORKFLOW.format(llm=llm, fixed=fixed, tol=tolerance, budget=budget, share=share, backfill=backfill)
 
 
 def make_target(path: Path) -> None:
@@ -334,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"chi2_hmf that ends a campaign and counts as solved (default {TOLERANCE})")
     parser.add_argument("--coder", action="store_true", help="keep the coder in the team (its analyses and the "
                         "closing conclusion choose no simulation; they add minutes a run)")
+    parser.add_argument("--backfill", choices=("none", "optimizer"), default="none",
+                        help="budget.backfill of the agents' runs (default none: rounds pace the campaign)")
     parser.add_argument("--keep", type=Path, help="keep the run directories in this folder")
     parser.add_argument("--table", type=Path, metavar="DIR", help="run nothing: print the table of the finished "
                         "runs a --keep DIR holds (wall times then from their journals)")
@@ -355,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     prepare_environment()
     print(f"{args.seeds} seeds x {methods}; budget {args.budget}; coder {'on' if args.coder else 'off'}; "
+          f"backfill {args.backfill}; "
           f"{os.cpu_count()} cores; "
           f"{time.strftime('%Y-%m-%d %H:%M %Z')}; load average {load()}", flush=True)
     outcomes: list[Outcome] = []
@@ -373,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                 folder.mkdir()
                 shutil.copy(target, folder / "target.h5")
                 shutil.copytree(EXAMPLES / "knowledge", folder / "knowledge")
-                (folder / "wf.yaml").write_text(workflow_text(method, args.budget, args.coder, args.tolerance))
+                (folder / "wf.yaml").write_text(workflow_text(method, args.budget, args.coder, args.tolerance,
+                                                              args.backfill))
                 o = steer(folder, method, seed, random_search=method == "random")
                 outcomes.append(o)
                 if METHODS[method][0]:

@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError,
 
 from physflow.agents.advisor import LETTERS, pick_model, pick_question, picked
 from physflow.agents.knowledge import passage_text
+from physflow.agents.models import strict_json
 from physflow.agents.tools import Toolbox
 from physflow.errors import ProposalError
 from physflow.secrets import redact
@@ -107,7 +109,7 @@ ROLES: dict[AgentRole, Role] = {
     "coder": Role(
         "You are the coder of a simulation campaign. Write short Python (numpy, h5py) that computes what is "
         "asked from the campaign's results; the variable `results` holds them as a list of dicts with keys "
-        "id, status, params, metrics. Print the numbers. Reply only with JSON.",
+        "id, status, params, metrics. Print the numbers. Reply with your code in one ```python block.",
         [], 6),
     "critic": Role(
         "You are the critic of a simulation campaign. physflow computes each hypothesis's verdict from the "
@@ -115,7 +117,29 @@ ROLES: dict[AgentRole, Role] = {
         "in the evidence, citing the numbers, and advise what the planner should test next. Reply only with JSON.",
         ["query_results", "make_plot"], 6),
 }
-OUTPUTS: dict[str, type[BaseModel]] = {"domain_expert": Review, "coder": AnalysisCode, "critic": Verdict}
+OUTPUTS: dict[str, type[BaseModel]] = {"domain_expert": Review, "critic": Verdict}
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def code_reply(text: str) -> AnalysisCode:
+    """The coder's code from its reply: the longest fenced ```python block, else the ``code`` of
+    a JSON object (a scripted model's form); ValueError saying what is missing.
+
+    Code is asked for as code, not inside JSON: the 1.5B model wrote ``print(f'...\\nS8')`` into a
+    JSON string as ``\\n``, which JSON reads as a line break inside a Python string literal, and
+    repeated the same code on every fix."""
+    blocks = [b for b in _FENCE.findall(text) if b.strip()]
+    if blocks:
+        return AnalysisCode(purpose="", code=max(blocks, key=len).strip() + "\n")
+    try:
+        data = json.loads(strict_json(text.strip()))
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("code"), str) and data["code"].strip():
+        return AnalysisCode(purpose=str(data.get("purpose", ""))[:300], code=data["code"])
+    if "```" in text:
+        raise ValueError("the code block is not closed (cut off?): write shorter code, in one ```python block")
+    raise ValueError("no code found: reply with your code in one ```python block")
 
 
 def role_tools(spec: WorkflowSpec, role: str) -> list[str]:
@@ -257,8 +281,11 @@ class Turn:
     tokens: int
 
 
-async def take_turn(agent: AssistantAgent, task: str, transcript: Transcript) -> Turn:
-    """Run one turn of ``agent`` on ``task``, logging every message, tool call and token.
+async def take_turn(agent: AssistantAgent, task: str, transcript: Transcript,
+                    parse: Callable[[str], BaseModel] | None = None) -> Turn:
+    """Run one turn of ``agent`` on ``task``, logging every message, tool call and token; a text
+    reply is read by ``parse`` (which raises ValueError with the reason), a structured one is
+    already parsed.
 
     Model output never raises out of here: an unparsable reply or a failing client becomes
     ``Turn.error``, a message the caller can send back to the agent.
@@ -299,6 +326,13 @@ async def take_turn(agent: AssistantAgent, task: str, transcript: Transcript) ->
     content = getattr(final, "content", None)
     if isinstance(content, BaseModel):
         return Turn(content, None, used)
+    if parse is not None and isinstance(content, str):
+        try:
+            return Turn(parse(content), None, used)
+        except ValueError as exc:  # pydantic's ValidationError is one too
+            error = redact(str(exc)[:500])
+            transcript.note(role, "error", error)
+            return Turn(None, error, used)
     return Turn(None, f"the reply was not the requested JSON object: {str(content)[:300]}", used)
 
 
@@ -329,9 +363,9 @@ class ScienceTeam:
                 max_tool_iterations=2)
         # each role's agent by the reply it gives (made when first asked: the planner has one per
         # form of pick and of claim)
-        self._by_output: dict[tuple[str, type[BaseModel]], AssistantAgent] = {}
+        self._by_output: dict[tuple[str, type[BaseModel] | None], AssistantAgent] = {}
 
-    def _agent(self, role: str, output: type[BaseModel]) -> AssistantAgent:
+    def _agent(self, role: str, output: type[BaseModel] | None) -> AssistantAgent:
         return AssistantAgent(role, output_content_type=output, **self._made[role],
                               model_context=BufferedChatCompletionContext(buffer_size=ROLES[role].context))
 
@@ -362,13 +396,13 @@ class ScienceTeam:
         correction is not fresh: the agent sees its rejected reply and the reason, and the model
         server reuses the conversation's processed prefix instead of reading it again."""
         self.turns += 1
-        output = output or OUTPUTS[role]
+        output = output or OUTPUTS.get(role)  # the coder's is text: its code (code_reply)
         if (role, output) not in self._by_output:
             self._by_output[(role, output)] = self._agent(role, output)
         agent = self._by_output[(role, output)]
         if fresh:
             await agent.on_reset(CancellationToken())
-        turn = await take_turn(agent, task, self.transcript)
+        turn = await take_turn(agent, task, self.transcript, code_reply if output is None else None)
         self.tokens[role] = self.tokens.get(role, 0) + turn.tokens
         return turn.reply, turn.error
 
@@ -512,7 +546,7 @@ class ScienceTeam:
         sample = next((r for r in results if r.get("status") == "finished"), results[0] if results else None)
         shape = (f"`results` is already defined (do not redefine it): a list of {len(results)} dicts like\n"
                  f"{json.dumps(sample, default=str)}\n") if sample else "`results` is an empty list.\n"
-        task = f"Analysis requested: {request}\n{shape}Reply with your code as JSON."
+        task = f"Analysis requested: {request}\n{shape}Reply with your code in one ```python block."
         run = None
         for attempt in range(attempts):
             code = await self._structured("coder", task, fresh=attempt == 0)  # a fix sees the code it fixes
@@ -525,7 +559,7 @@ class ScienceTeam:
             run = Analysis(code.code, output, not failed)  # type: ignore[attr-defined]
             if not failed:
                 return run
-            task = f"Your code failed:\n{output[-1500:]}\nFix it (JSON only)."
+            task = f"Your code failed:\n{output[-1500:]}\nReply with the whole corrected code in one ```python block."
         return run
 
 

@@ -82,6 +82,7 @@ class Campaign:
         self.pick_prior = 0.0  # the model's steering score from its qualification, if any
         self.spread = 0.0  # the simulations' scatter in the metric, from the latest surrogate
         self.thinking_on: str | None = None  # the hypothesis id the planner is stating now
+        self.awaiting_batch = False  # the planner's turn has not released its round's batch yet
 
     # -- what the agents (agents.view.CampaignView) and the backfill policy read ---------------
     @property
@@ -197,6 +198,7 @@ class Campaign:
         # The id is taken now: the optimizer's points that fill slots while the planner thinks run
         # under it (the planner states it without having seen their results).
         self.thinking_on = hid = f"H{self.rounds}"
+        self.awaiting_batch = True
         # (a resumed run redoing a round its crash cut short finds simulations under the id already)
         self.hypotheses.setdefault(hid, Hypothesis(hid, "", round=self.rounds, tasks=[
             t.id for t in self.tasks.values() if t.hypothesis == hid]))
@@ -238,6 +240,7 @@ class Campaign:
         """The round's simulations start before their hypothesis is stated, when nobody is asked
         to approve them: the planner's prompt was written before any of their results existed,
         so its prediction stays a prediction, and the slots do not wait for the model's turn."""
+        self.awaiting_batch = False
         if self.stop_reason:
             return
         for c, source in batch[:max(0, self.simulations_left)]:
@@ -247,7 +250,7 @@ class Campaign:
     async def on_planned(self, round_no: int, advice: Advice, picks: list[PickRecord], earned: int,
                          batch: list[tuple[Candidate, str]], outcome: ClaimOutcome, started: bool = False) -> None:
         hid = f"H{round_no}"
-        self.thinking_on = None
+        self.thinking_on, self.awaiting_batch = None, False
         for record in picks:
             if record.place is not None:
                 self.pick_scores.append(pick_score(record.place, record.shown))
@@ -321,7 +324,11 @@ class Campaign:
         return judge_claim(Claim.from_dict(h.claim), observed, self.spread)
 
     def maybe_judge(self) -> None:
+        """Start the critic on the next hypothesis to judge; not while free slots wait for the
+        planner's batch (the critic's turn would hold the one model server the picks need)."""
         if self.team is None or not self._to_judge or (self._critic and not self._critic.done()):
+            return
+        if self.planner_thinking and self.awaiting_batch and len(self.in_flight) < self.spec.budget.max_concurrent:
             return
         hid = self._to_judge.popleft()
         if self.hypotheses[hid].verdict is not None:  # judged meanwhile: once is enough
