@@ -111,8 +111,8 @@ def critic_prompt(view: CampaignView, hid: str, judgement: Judgement) -> str:
 
 
 def default_analysis(view: CampaignView) -> str:
-    """The coder's request when the critic asked for none: how the objective depends on each
-    parameter, which is what the planner needs next."""
+    """The coder's closing request when the workflow names no ``conclusion:``: how the
+    objective depends on each parameter, and where its optimum lies."""
     names, obj = ", ".join(view.parameters), view.spec.objective
     return (f"For the finished simulations, fit {obj.metric} as a quadratic function of "
             f"({names}) with numpy least squares and print the fitted optimum ({obj.goal}) and the "

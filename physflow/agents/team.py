@@ -15,8 +15,10 @@ the science down but never stalls the allocation.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import json
+import keyword
 import math
 import random
 import re
@@ -118,6 +120,8 @@ ROLES: dict[AgentRole, Role] = {
         ["query_results", "make_plot"], 6),
 }
 OUTPUTS: dict[str, type[BaseModel]] = {"domain_expert": Review, "critic": Verdict}
+#: What the coder's prelude defines besides the arrays named after parameters and metrics.
+_PRELUDE_NAMES = {"json", "np", "results", "finished", "columns", "_column"}
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
@@ -539,13 +543,26 @@ class ScienceTeam:
         the conversation, up to ``attempts`` runs in all."""
         if not self.can_speak("coder") or self.toolbox.sandbox is None:
             return None
+        finished = [r for r in results if r.get("status") == "finished"]
+        names = list(dict.fromkeys(k for r in finished for part in ("params", "metrics") for k in r.get(part) or {}))
+        exposed = [n for n in names if n.isidentifier() and not keyword.iskeyword(n) and not hasattr(builtins, n)
+                   and n not in _PRELUDE_NAMES]
         self.toolbox.sandbox.set_prelude(
-            "import json\nresults = json.loads(" + repr(json.dumps(results, default=str)) + ")")
-        # One real record: a small model told only the keys redefined `results` as `[...]` and
-        # read r['chi2_hmf'] where the metric is r['metrics']['chi2_hmf'].
-        sample = next((r for r in results if r.get("status") == "finished"), results[0] if results else None)
-        shape = (f"`results` is already defined (do not redefine it): a list of {len(results)} dicts like\n"
-                 f"{json.dumps(sample, default=str)}\n") if sample else "`results` is an empty list.\n"
+            "import json\nimport numpy as np\nresults = json.loads(" + repr(json.dumps(results, default=str)) + ")\n"
+            "finished = [r for r in results if r.get('status') == 'finished']\n"
+            "def _column(name):\n"
+            "    values = [{**(r.get('params') or {}), **(r.get('metrics') or {})}.get(name) for r in finished]\n"
+            "    return np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in values])\n"
+            f"columns = {{name: _column(name) for name in {names!r}}}\n"
+            f"globals().update({{name: columns[name] for name in {exposed!r}}})\n")
+        # Named arrays and one real record: told only the keys, a small model redefined `results`
+        # as `[...]` and read r['chi2_hmf'] where the metric is r['metrics']['chi2_hmf'].
+        sample = next(iter(finished), results[0] if results else None)
+        shown = {k: sample[k] for k in ("id", "status", "params", "metrics") if k in sample} if sample else None
+        shape = (f"Defined for you (do not redefine them): `results`, a list of {len(results)} dicts like\n"
+                 f"{json.dumps(shown, default=str)}\n`finished`, those whose status is finished; and numpy arrays "
+                 f"over the {len(finished)} finished simulations, one entry each: {', '.join(exposed)} (every one "
+                 f"also as columns['name']). numpy is imported as np.\n") if shown else "`results` is an empty list.\n"
         task = f"Analysis requested: {request}\n{shape}Reply with your code in one ```python block."
         run = None
         for attempt in range(attempts):

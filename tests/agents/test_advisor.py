@@ -154,3 +154,30 @@ def test_a_model_s_qualification_is_the_prior_of_its_share(tmp_path):
         events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
         shares.append(next(e for e in events if e["event"] == "hypothesis")["share"])
     assert shares == [0.0, pytest.approx(0.3), 0.0]
+
+
+def test_the_coder_reads_named_arrays_and_answers_in_a_fenced_block(tmp_path):
+    """The coder gets numpy arrays named after the parameters and metrics of the finished
+    simulations; its code comes back as a fenced block (a JSON string would have turned a
+    printed \\n into a line break inside a Python literal); a failing run goes back with its error."""
+    from physflow.agents.sandbox import Sandbox, SandboxLimits
+
+    run = tmp_path / "run"
+    run.mkdir()
+    results = [{"id": f"t{i}", "status": "finished", "params": {"om": 0.1 * i, "s8": 0.8},
+                "metrics": {"chi2": float(i), "sum": 1.0}} for i in range(1, 4)]
+    results.append({"id": "t9", "status": "failed", "params": {"om": 0.5, "s8": 0.8}, "metrics": {}})
+    replies = ["Here it is:\n```python\nprint(undefined_name)\n```",
+               "```python\nprint('fit', np.polyfit(om, chi2, 1)[0].round(3), len(finished), columns['sum'][0])\n"
+               "print('a\\nb')\n```\nDone."]
+    spec = SPEC.model_copy(update={"agents": {}})
+    with Sandbox(run, SandboxLimits(wall_seconds=20, memory_bytes=2 << 30, cpu_seconds=60)) as box:
+        t = ScienceTeam(spec, {"coder": PacedReplayClient(replies)}, Toolbox(None, sandbox=box), PARAMETERS,
+                        Transcript(tmp_path / "t.jsonl"))
+        analysis = asyncio.run(t.analyse("slope of chi2 against om", results, attempts=2))
+    assert analysis is not None and analysis.ok, analysis
+    assert analysis.output.split("\n")[:3] == ["fit 10.0 3 1.0", "a", "b"]  # `sum` stays the builtin
+    log = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    asked = [e["content"] for e in log if e["type"] == "task"]
+    assert "numpy arrays over the 3 finished simulations, one entry each: om, s8, chi2 (" in asked[0]
+    assert "NameError" in asked[1] and "```python" in asked[1]
