@@ -125,6 +125,16 @@ _PRELUDE_NAMES = {"json", "np", "results", "finished", "columns", "_column"}
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
+def failing_lines(code: str, output: str) -> str:
+    """The lines of ``code`` a traceback in ``output`` names (``File "<analysis>", line N``),
+    quoted, so a fix starts from the line that failed: the traceback alone names only its
+    number, and a small model handed it back the same code three times."""
+    lines = code.splitlines()
+    named = dict.fromkeys(int(n) for n in re.findall(r'File "<analysis>", line (\d+)', output))
+    quoted = [f"line {n}: {lines[n - 1].strip()}" for n in named if 0 < n <= len(lines)]
+    return "".join(f"The failing {q}\n" for q in quoted[-3:])
+
+
 def code_reply(text: str) -> AnalysisCode:
     """The coder's code from its reply: the longest fenced ```python block, else the ``code`` of
     a JSON object (a scripted model's form); ValueError saying what is missing.
@@ -576,7 +586,8 @@ class ScienceTeam:
             run = Analysis(code.code, output, not failed)  # type: ignore[attr-defined]
             if not failed:
                 return run
-            task = f"Your code failed:\n{output[-1500:]}\nReply with the whole corrected code in one ```python block."
+            task = (f"Your code failed:\n{output[-1500:]}\n{failing_lines(code.code, output)}"  # type: ignore[attr-defined]
+                    "Reply with the whole corrected code in one ```python block.")
         return run
 
 

@@ -98,7 +98,7 @@ def test_embedded_small_model_cosmology_campaign_is_sent_back_and_never_stalls(t
     events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
     hypotheses = [e for e in events if e["event"] == "hypothesis"]
     assert hypotheses and all(e["author"] in ("planner", "optimizer") for e in hypotheses)
-    if any(e["author"] == "planner" for e in hypotheses):  # a valid claim is reviewed before it runs
+    if any(e["author"] == "planner" for e in hypotheses):  # a valid claim is reviewed against passages physflow found
         assert "domain_expert" in spoke and "search_knowledge" in _tool_calls(transcript)
     if any(e["author"] == "optimizer" for e in hypotheses):  # the model's claims went back with the reason
         assert any(t["type"] == "rejected" and t.get("to") == "planner" for t in transcript)
