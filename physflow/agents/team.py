@@ -569,10 +569,13 @@ class ScienceTeam:
         # as `[...]` and read r['chi2_hmf'] where the metric is r['metrics']['chi2_hmf'].
         sample = next(iter(finished), results[0] if results else None)
         shown = {k: sample[k] for k in ("id", "status", "params", "metrics") if k in sample} if sample else None
-        shape = (f"Defined for you (do not redefine them): `results`, a list of {len(results)} dicts like\n"
-                 f"{json.dumps(shown, default=str)}\n`finished`, those whose status is finished; and numpy arrays "
-                 f"over the {len(finished)} finished simulations, one entry each: {', '.join(exposed)} (every one "
-                 f"also as columns['name']). numpy is imported as np.\n") if shown else "`results` is an empty list.\n"
+        shape = (f"Defined for you, do not redefine them: numpy arrays over the {len(finished)} finished "
+                 f"simulations, one entry per simulation: {', '.join(exposed)}. Work with these arrays "
+                 f"(e.g. {exposed[-1]}[i] is simulation i's value; also columns['name']). numpy is imported as np. "
+                 f"The records are in `results` ({len(results)} dicts like {json.dumps(shown, default=str)}; "
+                 f"`finished`: those finished).\n") if shown and exposed else (
+            f"`results` holds {len(results)} dicts like {json.dumps(shown, default=str)}.\n" if shown
+            else "`results` is an empty list.\n")
         task = f"Analysis requested: {request}\n{shape}Reply with your code in one ```python block."
         run = None
         for attempt in range(attempts):
