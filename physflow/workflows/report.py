@@ -362,7 +362,7 @@ def conclusion_section(state: CampaignState) -> list[str]:
         return []
     said = "" if c.get("ok") else " The code failed; its error is shown instead of an answer."
     fence = "~~~~"  # a fence the code cannot close by accident (it may hold ```)
-    return ["", "## Conclusion", "", f"**Asked of the coder:** {_cell(c.get('request') or '')}.{said}", "",
+    return ["", "## Conclusion", "", f"**Asked of the coder:** {_cell(c.get('request') or '').rstrip('.')}.{said}", "",
             "What the code printed:", "", fence, str(c.get("output") or "").rstrip(), fence, "",
             "The code (run in the sandbox over this campaign's results):", "", fence + "python",
             str(c.get("code") or "").rstrip(), fence]
