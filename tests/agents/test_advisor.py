@@ -179,5 +179,5 @@ def test_the_coder_reads_named_arrays_and_answers_in_a_fenced_block(tmp_path):
     assert analysis.output.split("\n")[:3] == ["fit 10.0 3 1.0", "a", "b"]  # `sum` stays the builtin
     log = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     asked = [e["content"] for e in log if e["type"] == "task"]
-    assert "numpy arrays over the 3 finished simulations, one entry each: om, s8, chi2 (" in asked[0]
+    assert "numpy arrays over the 3 finished simulations, one entry per simulation: om, s8, chi2. " in asked[0]
     assert "NameError" in asked[1] and "The failing line 1: print(undefined_name)" in asked[1]
