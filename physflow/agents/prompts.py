@@ -71,8 +71,7 @@ def hypothesis_prompt(view: CampaignView, round_no: int, advice: Advice, batch: 
         # Predictions and outcomes only, not the statements: a small model copied an earlier
         # statement, line format and all, into its own.
         def outcome(h: Hypothesis) -> str:
-            seen = [view.tasks[t].metrics[obj.metric] for t in h.tasks
-                    if view.tasks[t].status == "finished" and obj.metric in view.tasks[t].metrics]
+            seen = [y for _, y in h.observed(view.tasks, obj.metric)]
             return (h.verdict or "not judged yet") + (
                 f"; its simulations gave {obj.metric} " + ", ".join(f"{v:.3g}" for v in seen[:6]) if seen else "")
         lines.append("Earlier predictions:\n" + "\n".join(f"- {h.id}: {h.prediction} -> {outcome(h)}"

@@ -406,9 +406,9 @@ class ScienceTeam:
         The reply is ``output`` (the critic, coder and expert have one form each: ``OUTPUTS``). A
         ``fresh`` turn starts from an empty context: each question carries everything it needs, so
         that no earlier answer sways the next (a small model copies its last answer's position) and
-        the prompt stays short. A
-        correction is not fresh: the agent sees its rejected reply and the reason, and the model
-        server reuses the conversation's processed prefix instead of reading it again."""
+        the prompt stays short. A correction is not fresh: the agent sees its rejected reply and the
+        reason, and the model server reuses the conversation's processed prefix instead of reading
+        it again."""
         self.turns += 1
         output = output or OUTPUTS.get(role)  # the coder's is text: its code (code_reply)
         if (role, output) not in self._by_output:

@@ -6,7 +6,7 @@ journals and replays them, the agents' prompts and the report show them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,6 +82,12 @@ class Hypothesis:
     claim: dict[str, Any] | None = None  # vocabulary.steering.Claim.to_dict(): what the numbers judge
     author: str = "planner"  # planner, or optimizer: the surrogate's own claim when the model gave none
     reasoning: str = ""  # the critic's explanation of the verdict
+
+    def observed(self, tasks: Mapping[str, TaskRecord], metric: str) -> list[tuple[dict[str, float], float]]:
+        """(parameters, ``metric``) of each of its simulations that finished and measured it:
+        what its claim is judged on, and what the planner is told it gave."""
+        return [(tasks[t].params, tasks[t].metrics[metric]) for t in self.tasks
+                if tasks[t].status == "finished" and metric in tasks[t].metrics]
 
 
 def all_failed(tasks: Iterable[TaskRecord]) -> str | None:

@@ -319,9 +319,7 @@ class Campaign:
         h, metric = self.hypotheses[hid], self.spec.objective.metric
         if not h.claim:
             return Judgement("inconclusive", "no numeric prediction was made, so the numbers cannot judge it", 0)
-        observed = [(self.tasks[t].params, self.tasks[t].metrics[metric]) for t in h.tasks
-                    if self.tasks[t].status == "finished" and metric in self.tasks[t].metrics]
-        return judge_claim(Claim.from_dict(h.claim), observed, self.spread)
+        return judge_claim(Claim.from_dict(h.claim), h.observed(self.tasks, metric), self.spread)
 
     def maybe_judge(self) -> None:
         """Start the critic on the next hypothesis to judge; not while free slots wait for the
