@@ -54,6 +54,23 @@ objective: {metric: chi2, target: data/heat2d_target.h5}
 budget: {max_simulations: 8, max_concurrent: 2, max_rounds: 4, wall_time: 5m, backfill: none}
 """
 
+#: The executable ``sim.py {x}``, its replay planner taking 60 s a turn, the optimizer's backfill
+#: beside it and a tolerance any result reaches: the first result stops the planner's first turn.
+X_STOPPED = """\
+physflow: 1
+name: stopped-turn
+goal: find x
+llm: {provider: replay, script: planner.jsonl, delay: 60}
+agents: {domain_expert: {enabled: false}, coder: {enabled: false}, critic: {enabled: false}}
+simulation:
+  adapter: executable
+  command: "{python} {workflow_dir}/sim.py {x}"
+  parameters: {x: {min: 0, max: 1}}
+objective: {metric: loss, tolerance: 10.0}
+budget: {max_simulations: 6, max_concurrent: 2, wall_time: 5m, backfill: optimizer}
+"""
+
+
 #: The executable ``sim.py {x}`` steered by a replay planner alone (planner.jsonl); set ``budget``.
 X_REPLAY = """\
 physflow: 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from bench.agent_value import agent_figures, kept_runs, table
 from bench.campaign_runs import model_turns, transcript
-from tests.conftest import HEAT_REPLAY, physflow, write_script
+from tests.conftest import HEAT_REPLAY, X_STOPPED, physflow, write_script
 
 WORKFLOW = HEAT_REPLAY.replace("max_rounds: 4", "max_rounds: 2")
 
@@ -49,27 +49,12 @@ def test_agent_figures_count_turns_invalid_outputs_hypotheses_and_refusals(heat_
     assert [c.strip() for c in row.split("|")][1] == str(o.to_tolerance(min(o.values)))
 
 
-STOPPED = """\
-physflow: 1
-name: stopped-turn
-goal: find x
-llm: {provider: replay, script: planner.jsonl, delay: 60}
-agents: {domain_expert: {enabled: false}, coder: {enabled: false}, critic: {enabled: false}}
-simulation:
-  adapter: executable
-  command: "{python} {workflow_dir}/sim.py {x}"
-  parameters: {x: {min: 0, max: 1}}
-objective: {metric: loss, tolerance: 10.0}
-budget: {max_simulations: 6, max_concurrent: 2, wall_time: 5m, backfill: optimizer}
-"""
-
-
 def test_a_planner_turn_stopped_at_the_tolerance_is_neither_a_call_nor_timed(tmp_path):
     """The planner (60 s a turn) is still stating H1 when the first result reaches the tolerance."""
     write_script(tmp_path / "planner.jsonl", [{"content": {**CLAIM, "simulations": ["A"]}}])
     (tmp_path / "sim.py").write_text(
         "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n")
-    (tmp_path / "wf.yaml").write_text(STOPPED)
+    (tmp_path / "wf.yaml").write_text(X_STOPPED)
     run = tmp_path / "run"
     proc = physflow("submit", str(tmp_path / "wf.yaml"), "--run-dir", str(run), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

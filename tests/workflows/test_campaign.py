@@ -7,7 +7,7 @@ from pathlib import Path
 
 import h5py
 
-from tests.conftest import HEAT_REPLAY, physflow, results_of, submit_folder, write_script
+from tests.conftest import HEAT_REPLAY, X_STOPPED, physflow, results_of, submit_folder, write_script
 
 H1 = {"hypothesis": "The field is matched nowhere this well: chi2 stays tiny everywhere.", "bound": "below",
       "value": 1e-9}
@@ -123,28 +123,13 @@ def test_optimizer_only_mpi_executable_campaign_records_failures(tmp_path: Path)
     assert "## Failures" in (run / "report.md").read_text()
 
 
-STOPPED = """\
-physflow: 1
-name: stopped-turn
-goal: find x
-llm: {provider: replay, script: planner.jsonl, delay: 60}
-agents: {domain_expert: {enabled: false}, coder: {enabled: false}, critic: {enabled: false}}
-simulation:
-  adapter: executable
-  command: "{python} {workflow_dir}/sim.py {x}"
-  parameters: {x: {min: 0, max: 1}}
-objective: {metric: loss, tolerance: 10.0}
-budget: {max_simulations: 6, max_concurrent: 2, wall_time: 5m, backfill: optimizer}
-"""
-
-
 def test_a_turn_stopped_at_the_tolerance_leaves_its_simulations_under_a_record_that_says_so(tmp_path: Path):
     """The round's points ran while the planner (60 s a turn) was stating H1; the first result
     reaches the tolerance, the turn is stopped: H1 is recorded as not stated, with no claim."""
     write_script(tmp_path / "planner.jsonl", [{"content": {"hypothesis": "h", "bound": "below", "value": 1.0,
                                                            "simulations": ["A"]}}])
     sim = "import json, sys\njson.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n"
-    run, proc = submit_folder(tmp_path, {"sim.py": sim, "wf.yaml": STOPPED})
+    run, proc = submit_folder(tmp_path, {"sim.py": sim, "wf.yaml": X_STOPPED})
     assert proc.returncode == 0, proc.stderr
     rows = results_of(run)
     # the round's batch started while its hypothesis was being stated (approval: auto)
