@@ -76,7 +76,9 @@ def validate(workflow: Path, site: str | None, assignments: tuple[str, ...]) -> 
     from physflow.site_configs.placeholders import parse_assignments
     from physflow.workflows.validate import check_workflow
 
-    check_workflow(workflow, site, parse_assignments(assignments))
+    checked = check_workflow(workflow, site, parse_assignments(assignments))
+    for note in checked.notes():
+        click.echo(f"{checked.workflow.path}: warning: {note}", err=True)
     click.echo("ok")
 
 
@@ -260,6 +262,8 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool, de
 
     checked = check_workflow(workflow, site, parse_assignments(assignments))
     spec = checked.workflow.spec
+    for note in checked.notes():
+        click.echo(f"{checked.workflow.path}: warning: {note}", err=True)
     if detach:
         from physflow.ui.detach import submit_detached
 
@@ -278,7 +282,7 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool, de
     except FileExistsError:
         raise RunDirError(f"{run_dir} already exists (use physflow resume to continue a run)") from None
     store.open_for_writing()
-    store.write_run_files(checked.workflow, checked.site)
+    store.write_run_files(checked.workflow, checked.site, checked.slots)
     _run_campaign(checked, store, approver)
 
 

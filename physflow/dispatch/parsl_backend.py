@@ -16,7 +16,7 @@ from typing import Any
 from physflow.dispatch.parsl_config import bin_dir, build_parsl_config
 from physflow.dispatch.payload import execute
 from physflow.processes import start_watchdog, stop_watchdog
-from physflow.site_configs.site import SiteSpec
+from physflow.site_configs.site import Packing, SiteSpec
 from physflow.vocabulary.task import TaskSpec
 
 
@@ -37,10 +37,11 @@ class ParslDispatcher:
     """Simulations (and a model server, if any) on the site's Parsl pools, started by this process."""
 
     def __init__(self, site: SiteSpec, parsl_dir: Path, max_concurrent: int, nodes_needed: int = 1,
-                 mpi: bool = True, service_pool: str | None = None) -> None:
+                 mpi: bool = True, service_pool: str | None = None, packing: Packing | None = None) -> None:
         """``mpi``: whether the campaign's simulations are MPI tasks (then only the site's MPI pool
         starts, else only its serial pool, or its MPI pool where it has no other).
-        ``service_pool``: a pool that runs long-lived services (the model server) beside them."""
+        ``service_pool``: a pool that runs long-lived services (the model server) beside them.
+        ``packing``: how the MPI pool's nodes hold the simulations (``site.pack_mpi``)."""
         from parsl import python_app
         from parsl.dataflow.dflow import DataFlowKernel
 
@@ -50,7 +51,7 @@ class ParslDispatcher:
         started |= {service_pool} if service_pool else set()
         self.config = build_parsl_config(site, parsl_dir, max_concurrent, nodes_needed,
                                          frozenset(site.pools[name].kind for name in started),
-                                         pools=frozenset(started), service_pool=service_pool)
+                                         pools=frozenset(started), service_pool=service_pool, packing=packing)
         bin_dir_on_path()
         self.dfk = DataFlowKernel(self.config)
         self._watchdog = start_watchdog(parsl_dir)  # the pools end with this process, even a SIGKILLed one

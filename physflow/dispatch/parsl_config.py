@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from physflow.dispatch.retry import TRANSIENT_RETRIES, retry_cost
 from physflow.errors import SiteError
-from physflow.site_configs.site import SiteSpec, check_mpi_request, split_cores
+from physflow.site_configs.site import Packing, SiteSpec, check_mpi_request, core_list, split_cores
 
 if TYPE_CHECKING:
     from parsl.config import Config
@@ -57,25 +57,61 @@ def make_room_for_model(site: SiteSpec, pool_name: str, service_pool: str | None
     return f"{shlex.quote(sys.executable)} -c {shlex.quote('import os; p = os.getppid(); ' + '; '.join(calls))}"
 
 
-def block_worker_init(site: SiteSpec, pool_name: str, service_pool: str | None = None) -> str:
+def packing_lines(site: SiteSpec, pool_name: str, packing: Packing | None) -> list[str]:
+    """The shell lines that let an MPI pool's block run ``packing.per_node`` tasks on each node.
+
+    Parsl's MPI scheduler gives each task whole entries of the block's node list; a node listed
+    ``per_node`` times holds that many tasks at once. The list comes from ``$PBS_NODEFILE`` (PBS,
+    and the local site's own file), or from Slurm's (then ``SLURM_NODELIST`` is unset so that
+    Parsl reads the file; srun finds the allocation through ``SLURM_JOB_ID``). Each node's entries
+    follow the others' (n1 n2 n1 n2): tasks spread over the nodes before they share one. Then the
+    slots' cores and devices for the payload (``payload.SLOT_ENV``) and a folder of slot locks.
+    """
+    pool = site.pool(pool_name)
+    if pool.kind != "mpi" or packing is None:
+        return []
+    per_node, lines = packing.per_node, []
+    if site.scheduler == "local":
+        count = pool.nodes_per_block * per_node
+        lines.append('export PBS_NODEFILE="$(mktemp)"; '
+                     f"printf 'localhost\\n%.0s' $(seq {count}) > \"$PBS_NODEFILE\"")
+    elif per_node > 1:
+        source = {"pbs": "awk '!seen[$0]++' \"$PBS_NODEFILE\"",
+                  "slurm": 'scontrol show hostnames "$SLURM_JOB_NODELIST"'}.get(site.scheduler)
+        if source:
+            lines.append(f'physflow_nodes="$(mktemp)"; for _ in $(seq {per_node}); do {source}; done > '
+                         '"$physflow_nodes"; export PBS_NODEFILE="$physflow_nodes"; unset SLURM_NODELIST')
+    if packing.packed:
+        values = {"PHYSFLOW_SLOTS": str(per_node),
+                  "PHYSFLOW_SLOT_CORES": ";".join(core_list(list(c)) for c in packing.cores),
+                  "PHYSFLOW_SLOT_GPUS": ";".join(packing.gpus), "PHYSFLOW_BIND": packing.bind,
+                  "PHYSFLOW_CORES_PER_RANK": str(pool.cores_per_rank)}
+        lines.append("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in values.items() if v))
+        lines.append('export PHYSFLOW_SLOT_DIR="$(mktemp -d)"')
+    return lines
+
+
+def block_worker_init(site: SiteSpec, pool_name: str, service_pool: str | None = None,
+                      packing: Packing | None = None) -> str:
     """The shell lines each block of ``pool_name`` runs before its workers start.
 
     The site's lines first (module loads), then physflow's own environment first on PATH (so the
     workers run the same Python and Parsl as the submitting process; this is what needs the
     environment on a filesystem the compute nodes see), then the pool's lines. A local MPI pool
     also gets a node file listing this machine, which Parsl's MPI mode requires, and a local pool
-    beside a model server the cores and priority the server leaves it (``make_room_for_model``).
+    beside a model server the cores and priority the server leaves it (``make_room_for_model``);
+    an MPI pool the node list and slots of its ``packing`` (``packing_lines``; None: one task a node).
     """
     pool = site.pool(pool_name)
-    lines = [site.worker_init.strip(), f"export PATH={bin_dir()}:$PATH", pool.worker_init.strip(),
-             make_room_for_model(site, pool_name, service_pool)]
-    if site.scheduler == "local" and pool.kind == "mpi":
-        lines.insert(0, 'export PBS_NODEFILE="$(mktemp)"; '
-                        f"printf 'localhost\\n%.0s' $(seq {pool.nodes_per_block}) > \"$PBS_NODEFILE\"")
+    if site.scheduler == "local" and pool.kind == "mpi" and packing is None:
+        packing = Packing(1)
+    lines = [*packing_lines(site, pool_name, packing), site.worker_init.strip(), f"export PATH={bin_dir()}:$PATH",
+             pool.worker_init.strip(), make_room_for_model(site, pool_name, service_pool)]
     return "\n".join(line for line in lines if line)
 
 
-def build_provider(site: SiteSpec, pool_name: str, service_pool: str | None = None) -> Any:
+def build_provider(site: SiteSpec, pool_name: str, service_pool: str | None = None,
+                   packing: Packing | None = None) -> Any:
     """The Parsl provider (with its launcher) that gets blocks for ``pool_name`` of ``site``.
 
     MPI pools use a ``SimpleLauncher``: one worker pool per block, on its first node, that
@@ -83,11 +119,12 @@ def build_provider(site: SiteSpec, pool_name: str, service_pool: str | None = No
     worker pool per node: ``mpiexec`` on PBS (``--cpu-bind``, as ALCF documents), ``srun`` on
     Slurm, plain processes locally.
     """
-    provider, arguments = provider_arguments(site, pool_name, service_pool)
+    provider, arguments = provider_arguments(site, pool_name, service_pool, packing)
     return provider(**arguments)
 
 
-def provider_arguments(site: SiteSpec, pool_name: str, service_pool: str | None = None) -> tuple[type, dict[str, Any]]:
+def provider_arguments(site: SiteSpec, pool_name: str, service_pool: str | None = None,
+                       packing: Packing | None = None) -> tuple[type, dict[str, Any]]:
     """``build_provider``'s class and constructor arguments. Kept apart because Parsl providers
     rewrite some arguments as they store them (SlurmProvider appends ``#SBATCH`` lines to
     ``scheduler_options``), so a Globus Compute endpoint config needs the arguments themselves."""
@@ -96,7 +133,7 @@ def provider_arguments(site: SiteSpec, pool_name: str, service_pool: str | None 
 
     pool = site.pool(pool_name)
     blocks = dict(init_blocks=pool.init_blocks, min_blocks=0, max_blocks=pool.max_blocks,
-                  worker_init=block_worker_init(site, pool_name, service_pool))
+                  worker_init=block_worker_init(site, pool_name, service_pool, packing))
     queue, walltime = pool.queue or site.queue, pool.walltime or site.walltime
     options = "\n".join(o.strip() for o in (site.scheduler_options, pool.scheduler_options) if o.strip())
     if site.scheduler == "local":
@@ -135,13 +172,16 @@ def _address(site: SiteSpec) -> str | None:
 
 def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes_needed: int = 1,
                        kinds: frozenset[str] = frozenset({"mpi", "htex"}), *,
-                       pools: frozenset[str] | None = None, service_pool: str | None = None) -> Config:
+                       pools: frozenset[str] | None = None, service_pool: str | None = None,
+                       packing: Packing | None = None) -> Config:
     """A Parsl Config for ``site``, writing its files under ``run_dir`` (the run's parsl/ folder).
 
     Only pools of the given ``kinds`` (and, if given, with these names) are started: a campaign
     of MPI simulations holds no idle serial workers, one of Python functions starts no MPI pool,
     and on a site each started pool is a batch job that costs allocation hours. ``service_pool``:
     the pool that serves the model, if physflow serves one (the others make room for it).
+    ``packing``: how the MPI pool's nodes hold the campaign's tasks (``site.pack_mpi``; None: one
+    task a node, Parsl's own way).
 
     Building has no side effect on this process: whoever starts a DataFlowKernel from the config
     calls ``parsl_backend.bin_dir_on_path()`` first (HTEX needs it).
@@ -160,7 +200,7 @@ def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes
             continue
         # Traffic stays on this machine locally; on a cluster it crosses a shared network.
         common = dict(label=name, address=address, encrypted=not local,
-                      provider=build_provider(site, name, service_pool))
+                      provider=build_provider(site, name, service_pool, packing if pool.kind == "mpi" else None))
         if pool.kind == "mpi":
             check_mpi_request(site, name, nodes_needed, max(nodes_needed, 1))
             tasks = max_concurrent if pool.max_tasks == "auto" else pool.max_tasks

@@ -9,15 +9,19 @@ seconds) so that every result carries its provenance.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import os
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from physflow.processes import die_with_parent, end_group
+from physflow.site_configs.site import core_list, parse_cores
 from physflow.vocabulary.task import TaskSpec
 
 STDERR_TAIL_BYTES = 2000
@@ -33,14 +37,86 @@ def _tail(path: Path, nbytes: int = STDERR_TAIL_BYTES) -> str:
         return ""
 
 
+#: What a packed MPI pool's blocks export (``parsl_config.packing_lines``): tasks a node, the
+#: slots' cores and devices (";" between slots), the binding style, cores a rank, and a folder of slot locks.
+SLOT_ENV = ("PHYSFLOW_SLOTS", "PHYSFLOW_SLOT_CORES", "PHYSFLOW_SLOT_GPUS", "PHYSFLOW_BIND", "PHYSFLOW_CORES_PER_RANK",
+            "PHYSFLOW_SLOT_DIR")
+#: The variables a slot's devices are given in: NVIDIA, AMD and Intel (Level Zero) GPUs.
+DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
+
+
+@contextlib.contextmanager
+def take_slot(host: str, slots: int, folder: str) -> Iterator[int]:
+    """Hold one of ``host``'s ``slots`` slots for the block (a lock file each, in ``folder`` on
+    the node where the block's workers run): which cores and devices of the node this task gets.
+
+    Parsl starts at most ``slots`` tasks on a node (the node file lists it that many times), so a
+    free slot exists but may be held for a moment by a task whose result is on its way back: try
+    each, and again after a short wait. The lock is the kernel's (``flock``): a worker killed
+    with its task frees the slot with it.
+    """
+    while True:
+        for index in range(slots):
+            fd = os.open(os.path.join(folder, f"{host}.{index}"), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield index
+            finally:
+                os.close(fd)
+            return
+        time.sleep(0.05)
+
+
+def bind_options(style: str, cores: list[int], ranks_per_node: int, cores_per_rank: int) -> list[str]:
+    """The launcher options that bind a task's ranks on a node to ``cores`` (its slot's):
+    ``cores_per_rank`` consecutive cores a rank. hydra: MPICH's ``-bind-to user:0+1,2+3``; pals:
+    Cray PALS ``--cpu-bind list:0-1:2-3`` (Polaris, Aurora); slurm: ``--exact``, Slurm gives the
+    step its own cores and binds them (the step's cores are Slurm's to choose, not ours)."""
+    if style == "slurm":
+        return ["--exact", f"--cpus-per-task={cores_per_rank}", "--cpu-bind=cores"]
+    chunks = [cores[r * cores_per_rank:(r + 1) * cores_per_rank] for r in range(ranks_per_node)]
+    if style == "hydra":
+        return ["-bind-to", "user:" + ",".join("+".join(map(str, chunk)) for chunk in chunks)]
+    if style == "pals":
+        return ["--cpu-bind", "list:" + ":".join(core_list(chunk) for chunk in chunks)]
+    return []
+
+
+@contextlib.contextmanager
+def packed(spec: TaskSpec, env: dict[str, str]) -> Iterator[list[str]]:
+    """The launcher options of an MPI task in a packed pool (none elsewhere), its slot's devices
+    set in ``env``; the slot is held while the block runs."""
+    cores_text, gpus_text = env.get("PHYSFLOW_SLOT_CORES", ""), env.get("PHYSFLOW_SLOT_GPUS", "")
+    folder, slots, style = env.get("PHYSFLOW_SLOT_DIR"), int(env.get("PHYSFLOW_SLOTS") or 0), env.get("PHYSFLOW_BIND")
+    if not spec.mpi or not folder or slots < 1:
+        yield []
+        return
+    host = (env.get("PARSL_MPI_NODELIST") or "localhost").split(",")[0]
+    with take_slot(host, slots, folder) as index:
+        if gpus_text:
+            env.update(dict.fromkeys(DEVICE_ENV, gpus_text.split(";")[index]))
+        cores = parse_cores(cores_text.split(";")[index]) if cores_text else []
+        yield bind_options(style or "none", cores, -(-spec.ranks // spec.nodes),
+                           int(env.get("PHYSFLOW_CORES_PER_RANK") or 1)) if cores or style == "slurm" else []
+
+
 def _run_argv(spec: TaskSpec, workdir: Path) -> dict[str, Any]:
+    env = dict(os.environ, **spec.env)
+    with packed(spec, env) as options:
+        return _launch(spec, workdir, env, options)
+
+
+def _launch(spec: TaskSpec, workdir: Path, env: dict[str, str], options: list[str]) -> dict[str, Any]:
     argv = list(spec.argv or [])
     if spec.mpi:
         prefix = os.environ.get("PARSL_MPI_PREFIX")
         if not prefix:
             raise RuntimeError("mpi task on an executor without MPI mode: PARSL_MPI_PREFIX is not set")
-        argv = shlex.split(prefix) + argv
-    env = dict(os.environ, **spec.env)
+        argv = shlex.split(prefix) + options + argv
     with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
         # A new session so that a timeout kills the launcher and every rank it started.
         proc = subprocess.Popen(argv, cwd=workdir, stdout=out, stderr=err, env=env, start_new_session=True,

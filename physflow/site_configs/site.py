@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -33,6 +34,16 @@ class PoolSpec(Strict):
     workers_per_node: int | Literal["auto"] = Field(
         "auto", description="htex: workers per node (auto: one per core; with accelerators, one per entry)")
     max_tasks: int | Literal["auto"] = Field("auto", description="mpi: MPI tasks at once per block")
+    tasks_per_node: int | Literal["auto"] = Field(
+        "auto", description="mpi: one-node tasks packed on each node, each bound to its own cores (and "
+                                  "accelerators); auto: as many as the node's cores and accelerators hold")
+    cores_per_rank: int = Field(1, ge=1, description="mpi: cores each rank is bound to when tasks are packed "
+                                                     "(its threads'; 2 for both hardware threads of a core)")
+    bind: Literal["auto", "hydra", "pals", "slurm", "none"] = Field(
+        "auto", description="mpi: how a packed task's ranks are bound: hydra (MPICH's mpiexec -bind-to user:), "
+                            "pals (Cray PALS mpiexec --cpu-bind list:, Polaris and Aurora), slurm (srun --exact: "
+                            "Slurm gives each step its own cores), none (pack without binding); auto: hydra on a "
+                            "local site, pals with mpiexec on PBS, slurm with srun")
     cores_per_node: int | None = Field(None, ge=1, description="pbs: ncpus of -l select; slurm: --cpus-per-task")
     accelerators: list[str] = Field(
         [], description="htex: one worker per entry; the entry becomes the worker's CUDA_VISIBLE_DEVICES / "
@@ -66,8 +77,11 @@ class PoolSpec(Strict):
     def _consistent(self) -> PoolSpec:
         if self.init_blocks > self.max_blocks:
             raise ValueError(f"init_blocks ({self.init_blocks}) exceeds max_blocks ({self.max_blocks})")
-        if self.accelerators and self.kind != "htex":
-            raise ValueError("accelerators belong to htex pools (an MPI task binds its own GPUs)")
+        if isinstance(self.tasks_per_node, int) and self.tasks_per_node < 1:
+            raise ValueError(f"tasks_per_node {self.tasks_per_node} is not a count of tasks (1 or more, or auto)")
+        if self.kind == "mpi" and any("," in a for a in self.accelerators):
+            raise ValueError("an mpi pool's accelerators name a node's devices one an entry ('0', '1', ...); "
+                             "physflow gives each packed task its share")
         workers = self.cpu_affinity.count(":")
         if workers and self.accelerators and workers != len(self.accelerators):
             raise ValueError(f"cpu_affinity lists cores for {workers} workers, accelerators make "
@@ -250,6 +264,132 @@ def check_mpi_request(site: SiteSpec, pool_name: str, nodes: int, ranks: int) ->
         raise SiteError(f"{ranks} ranks on this machine's {cores} cores: a local site starts every rank here "
                         f"(at most {LOCAL_RANKS_PER_CORE * cores}, {LOCAL_RANKS_PER_CORE} a core); run it on a "
                         "cluster site", field="simulation.resources.ranks")
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How the nodes of an MPI pool hold a campaign's tasks (all of one size): ``per_node`` at once
+    on each node; where they are packed (``per_node`` > 1, or GPUs asked), slot ``i`` of a node is
+    bound to ``cores[i]`` and sees devices ``gpus[i]`` (empty: no binding, every device), and
+    ``bind`` says which launcher's options do it.
+
+    Why physflow does this: Parsl's MPIExecutor hands out whole nodes, so a 4-rank simulation
+    takes a 64-core Polaris node alone (Parsl issue #3927), and several MPI jobs on one node
+    would all land on GPU 0 (Parsl issue #2900). Listing each node ``per_node`` times in the
+    block's node file lets Parsl start that many tasks on it; the payload takes a free slot there
+    (``dispatch.payload.take_slot``) and binds its ranks to the slot's cores.
+    """
+
+    per_node: int
+    cores: tuple[tuple[int, ...], ...] = ()
+    gpus: tuple[str, ...] = ()
+    bind: str = "none"
+
+    @property
+    def packed(self) -> bool:
+        """Whether a task takes a slot of its node (bound to its cores, or given its devices)."""
+        return self.bind != "none" or bool(self.gpus)
+
+
+def bind_style(site: SiteSpec, pool: PoolSpec) -> str:
+    """The launcher flavour of ``pool``'s binding options (``PoolSpec.bind``, auto resolved)."""
+    if pool.bind != "auto":
+        return pool.bind
+    if pool.launcher == "srun":
+        return "slurm"
+    if pool.launcher == "mpiexec":
+        return "hydra" if site.scheduler == "local" else "pals" if site.scheduler == "pbs" else "none"
+    return "none"
+
+
+def node_cores(site: SiteSpec, pool: PoolSpec, model_served: bool = False) -> list[int] | None:
+    """The cores a task of ``pool`` may be bound to on one node: on a local site the cores the
+    simulations have (all of this machine's, less the model server's when physflow serves one and
+    ``llm.cores`` pins it), elsewhere 0 to ``cores_per_node`` - 1; None where the site does not say."""
+    if site.scheduler == "local":
+        split = split_cores(site) if model_served else None
+        return split[1] if split else machine_cores()
+    return list(range(pool.cores_per_node)) if pool.cores_per_node else None
+
+
+def pack_mpi(site: SiteSpec, pool_name: str, ranks: int, nodes: int, gpus: int = 0,
+             model_served: bool = False) -> Packing:
+    """How ``pool_name`` packs tasks of ``ranks`` ranks on ``nodes`` nodes that use ``gpus``
+    devices on each node (``Packing``). Tasks over several nodes are never packed (Parsl would
+    hand one task the same node twice); a one-node task is packed as many times as the node's
+    cores (``cores_per_rank`` a rank) and accelerators hold, or ``tasks_per_node`` times. A
+    ``tasks_per_node`` beyond what the cores hold packs without binding (the ranks share cores:
+    the user asked for it). SiteError on field ``simulation.resources.gpus`` for GPUs the pool lacks.
+    """
+    pool = site.pool(pool_name)
+    devices = list(pool.accelerators)
+    if gpus > len(devices):
+        have = f"{len(devices)} ({', '.join(devices)})" if devices else "none"
+        raise SiteError(f"{gpus} GPUs a node asked, but pool {pool_name} of site {site.name} lists {have} in "
+                        "accelerators", field="simulation.resources.gpus")
+    if nodes > 1:
+        return Packing(1, gpus=(",".join(devices[:gpus]),) if gpus else ())
+    need = ranks * pool.cores_per_rank
+    cores = node_cores(site, pool, model_served)
+    fits = [len(cores) // need] if cores else []
+    fits += [len(devices) // gpus] if gpus else []
+    per_node = pool.tasks_per_node if pool.tasks_per_node != "auto" else max(1, min(fits, default=1))
+    style = bind_style(site, pool)
+    # Slurm chooses a step's cores itself (srun --exact); the other launchers are told ours.
+    told = style not in ("slurm", "none") and cores is not None and per_node * need <= len(cores)
+    bound = per_node > 1 and (style == "slurm" or told)
+    slot_cores = tuple(tuple(cores[i * need:(i + 1) * need]) for i in range(per_node)) if bound and told else ()
+    slot_gpus = tuple(",".join(devices[i * gpus:(i + 1) * gpus]) for i in range(per_node)) if gpus else ()
+    return Packing(per_node, slot_cores, slot_gpus, style if bound else "none")
+
+
+def simulation_slots(site: SiteSpec, mpi: bool, nodes: int = 1, packing: Packing | None = None) -> int | None:
+    """Simulations ``site`` runs at once, counted from its pools: an MPI pool's blocks times the
+    tasks a block holds (``nodes``-node tasks, ``packing.per_node`` a node, at most ``max_tasks``),
+    or the serial pool's workers; None where the site leaves it to the nodes (``auto`` workers on
+    a cluster without ``cores_per_node``). What ``budget.max_concurrent`` can get, and what a
+    run's busy fraction divides by."""
+    if mpi:
+        pool = site.pool(site.mpi_pool())
+        per_block = (pool.nodes_per_block // nodes) * (packing.per_node if packing else 1)
+        if pool.max_tasks != "auto":
+            per_block = min(per_block, pool.max_tasks)
+        return per_block * pool.max_blocks
+    pool = site.pool(site.cpu_pool())
+    workers: int | None
+    if pool.workers_per_node != "auto":
+        workers = pool.workers_per_node
+    elif pool.accelerators:
+        workers = len(pool.accelerators)
+    elif site.scheduler == "local":
+        workers = os.cpu_count() or 1
+    else:
+        workers = pool.cores_per_node
+    return None if workers is None else workers * pool.nodes_per_block * pool.max_blocks
+
+
+def concurrency_note(site: SiteSpec, max_concurrent: int, slots: int | None, mpi: bool,
+                     packing: Packing | None = None) -> str | None:
+    """One line when ``budget.max_concurrent`` asks for more simulations at once than ``site``
+    gives (``slots``), saying what limits it and what to change; None when it fits."""
+    if slots is None or max_concurrent <= slots:
+        return None
+    if mpi:
+        name = site.mpi_pool()
+        pool = site.pool(name)
+        per_node = packing.per_node if packing else 1
+        why = (f"pool {name} has {pool.max_blocks} block(s) of {pool.nodes_per_block} node(s), "
+               f"{per_node} simulation(s) a node")
+        change = (f"pools.{name}.nodes_per_block or max_blocks (a cluster), tasks_per_node, or fewer ranks "
+                  "a simulation")
+    else:
+        name = site.cpu_pool()
+        pool = site.pool(name)
+        why = f"pool {name} has {slots} worker(s)"
+        change = f"pools.{name}.workers_per_node or max_blocks"
+    return (f"budget.max_concurrent is {max_concurrent}, but site {site.name} runs at most {slots} simulation(s) "
+            f"at once ({why}): {max_concurrent - slots} would wait; change {change}, or lower max_concurrent. "
+            f"The report's busy fraction counts the {slots} slot(s) that exist")
 
 
 def check_gpus(site: SiteSpec, pool_name: str, gpus: int) -> None:

@@ -68,7 +68,7 @@ def snapshot(run_dir: Path, now: float | None = None) -> dict[str, Any]:
         "best": {"id": best.id, "params": best.params, "value": best.metrics[metric]} if best else None,
         "tokens": st.tokens, "tokens_total": sum(st.tokens.values()),
         "max_tokens_total": spec.get("llm", {}).get("max_tokens_total"),
-        "utilization": busy_fraction(st, int(budget["max_concurrent"])),
+        "utilization": busy_fraction(st, store.slots(spec)),
         "eta_s": eta_seconds(st, int(budget["max_simulations"]), float(budget["wall_time"]), now),
         "parameters": {k: {"min": v["min"], "max": v["max"], "units": v.get("units")}
                        for k, v in spec["simulation"]["parameters"].items()},

@@ -158,6 +158,8 @@ class AgentSpec(WorkflowPart):
 class Resources(WorkflowPart):
     ranks: int = Field(1, ge=1, le=10_000_000)
     nodes: int = Field(1, ge=1, le=1_000_000)
+    gpus: int = Field(0, ge=0, le=1024, description="GPUs the simulation uses on each of its nodes (the MPI "
+                                                    "pool's accelerators; packed tasks get their own)")
 
 
 class OutputsSpec(WorkflowPart):

@@ -126,7 +126,7 @@ def launched(checked: Checked, store: RunStore, approver: Approver | None = None
     with contextlib.ExitStack() as stack:
         dispatcher = open_dispatcher(checked.site, run_dir / "parsl", spec.budget.max_concurrent,
                                      spec.simulation.resources.nodes, checked.adapter.uses_mpi,
-                                     service_pool=serving[1] if serving else None)
+                                     service_pool=serving[1] if serving else None, packing=checked.packing)
         stack.callback(dispatcher.close)  # stops the model server first, then the pools
         base_url, api_key = spec.llm.base_url, None
         if serving:

@@ -472,7 +472,7 @@ def draw_figures(run_dir: Path, state: CampaignState, spec: dict[str, Any], turn
     fig = Figures(run_dir, state, spec)
     drawn = {"objective": fig.objective(), "parameters": fig.parameter_space(),
              **{curve.name: fig.curve(curve) for curve in curve_figures(spec)},
-             "timeline": fig.timeline(turns, int(spec["budget"]["max_concurrent"])), "tokens": fig.tokens()}
+             "timeline": fig.timeline(turns, RunStore(run_dir).slots(spec)), "tokens": fig.tokens()}
     return {name: path for name, path in drawn.items() if path is not None}
 
 
@@ -485,8 +485,7 @@ def write_report(run_dir: Path) -> Path:
     turns = model_turns(run_dir)
     try:
         figures = draw_figures(run_dir, state, spec, turns)
-        text = render(state, spec, spec["objective"]["metric"], int(spec["budget"]["max_concurrent"]), figures,
-                      turns)
+        text = render(state, spec, spec["objective"]["metric"], store.slots(spec), figures, turns)
         path = run_dir / "report.md"
         path.write_text(text)
         (run_dir / "report.html").write_text(render_html(text, run_dir, f"physflow: {state.name}"))

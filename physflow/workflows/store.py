@@ -431,14 +431,30 @@ class RunStore:
             self._lock_fh.close()
             self._lock_fh = None
 
-    def write_run_files(self, workflow: LoadedWorkflow, site: SiteSpec) -> None:
+    def write_run_files(self, workflow: LoadedWorkflow, site: SiteSpec, slots: int | None = None) -> None:
         """Record what runs: the resolved workflow, and in run.json the folder and file it came
-        from (its relative paths and ``{workflow_dir}`` mean the same on resume) and the site as
-        resolved now (placeholders filled at submit need not be set again)."""
+        from (its relative paths and ``{workflow_dir}`` mean the same on resume), the site as
+        resolved now (placeholders filled at submit need not be set again) and ``slots``, the
+        simulations its pools run at once (``validate.Checked.slots``; None: as many as
+        ``budget.max_concurrent``)."""
         text = yaml.safe_dump(workflow.resolved(), sort_keys=False)
         (self.run_dir / WORKFLOW).write_text(text)
-        self._write_info({"workflow_dir": str(workflow.directory), "source": str(workflow.source or workflow.path),
-                          "site": site.model_dump(), "workflow_sha256": hashlib.sha256(text.encode()).hexdigest()})
+        info = {"workflow_dir": str(workflow.directory), "source": str(workflow.source or workflow.path),
+                "site": site.model_dump(), "workflow_sha256": hashlib.sha256(text.encode()).hexdigest()}
+        if slots is not None:
+            info["slots"] = slots
+        self._write_info(info)
+
+    def slots(self, spec: dict[str, Any]) -> int:
+        """Simulations this run could have in flight at once: ``budget.max_concurrent`` of its
+        resolved ``spec``, or fewer where its site's pools held fewer (run.json's ``slots``). What
+        the busy fraction and the workers' timeline count."""
+        asked = int(spec["budget"]["max_concurrent"])
+        try:
+            have = json.loads((self.run_dir / RUN_INFO).read_text(encoding="utf-8")).get("slots")
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
+            have = None
+        return min(asked, have) if isinstance(have, int) and not isinstance(have, bool) and have >= 1 else asked
 
     def record_model_url(self, base_url: str) -> None:
         """Add the model server's URL to run.json (the key is never written anywhere)."""

@@ -18,16 +18,36 @@ from physflow.serving.plans import serving_plan
 from physflow.sim_adapters import get_adapter
 from physflow.sim_adapters.base import Adapter
 from physflow.site_configs.loader import builtin_sites, load_site
-from physflow.site_configs.site import SiteSpec, check_gpus, check_mpi_request
+from physflow.site_configs.site import (
+    Packing,
+    SiteSpec,
+    check_gpus,
+    check_mpi_request,
+    concurrency_note,
+    pack_mpi,
+    simulation_slots,
+)
 from physflow.vocabulary.workflow import LoadedWorkflow, load_workflow, path_kind, real_path, user_path
 from physflow.workflows.store import RunStore
 
 
 @dataclass(frozen=True)
 class Checked:
+    """A workflow as it will run: its adapter, its site, how the site's MPI nodes hold its
+    simulations (``packing``, None for serial ones) and how many run at once (``slots``: at most
+    ``budget.max_concurrent``; None where the site leaves it to its nodes)."""
+
     workflow: LoadedWorkflow
     adapter: Adapter
     site: SiteSpec
+    packing: Packing | None = None
+    slots: int | None = None
+
+    def notes(self) -> list[str]:
+        """What the user should know before it runs (printed by validate and submit, never fatal)."""
+        budget = self.workflow.spec.budget.max_concurrent
+        note = concurrency_note(self.site, budget, self.slots, self.adapter.uses_mpi, self.packing)
+        return [note] if note else []
 
 
 def with_site(workflow: LoadedWorkflow, site: str) -> LoadedWorkflow:
@@ -71,6 +91,19 @@ def check_site(workflow: LoadedWorkflow, adapter: Adapter, values: Mapping[str, 
     return site
 
 
+def plan_slots(workflow: LoadedWorkflow, adapter: Adapter, site: SiteSpec) -> tuple[Packing | None, int | None]:
+    """How ``site``'s nodes hold the workflow's simulations and how many run at once (``Checked``);
+    GPUs the MPI pool lacks are an error located at ``simulation.resources.gpus``."""
+    spec, res = workflow.spec, workflow.spec.simulation.resources
+    try:
+        served = spec.has_team and serving_plan(spec.llm, site) is not None
+        packing = pack_mpi(site, site.mpi_pool(), res.ranks, res.nodes, res.gpus, served) if adapter.uses_mpi \
+            else None
+        return packing, simulation_slots(site, adapter.uses_mpi, res.nodes, packing)
+    except PhysflowError as exc:
+        raise workflow.error(getattr(exc, "field", None) or "site", getattr(exc, "message", str(exc))) from None
+
+
 def check_workflow(workflow: LoadedWorkflow | str | Path, site: str | None = None,
                    values: Mapping[str, str] | None = None, site_spec: SiteSpec | None = None) -> Checked:
     """``workflow``: a loaded workflow or its file; ``site`` overrides its ``site:``; ``values``
@@ -87,7 +120,8 @@ def check_workflow(workflow: LoadedWorkflow | str | Path, site: str | None = Non
         raise workflow.error("objective.metric",
                              f"adapter {adapter.name} does not report {workflow.spec.objective.metric!r} "
                              f"(it reports: {', '.join(sorted(metrics))})")
-    return Checked(workflow, adapter, check_site(workflow, adapter, values, site_spec))
+    site = check_site(workflow, adapter, values, site_spec)
+    return Checked(workflow, adapter, site, *plan_slots(workflow, adapter, site))
 
 
 def check_run_dir(store: RunStore) -> Checked:

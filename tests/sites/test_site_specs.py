@@ -152,7 +152,8 @@ def test_gpu_requests_must_exist_in_one_worker_of_the_pool(heat_workflow):
 @pytest.mark.parametrize("body, message", [
     ("name: x\nscheduler: globus\npools: {mpi: {kind: mpi}}\n", "scheduler globus needs endpoint"),
     ("name: x\nwalltime: 2h\npools: {mpi: {kind: mpi}}\n", "walltime '2h' is not H:MM:SS"),
-    ("name: x\npools: {mpi: {kind: mpi, accelerators: ['0']}}\n", "accelerators belong to htex pools"),
+    ("name: x\npools: {mpi: {kind: mpi, accelerators: ['0,1']}}\n", "accelerators name a node's devices one an entry"),
+    ("name: x\npools: {mpi: {kind: mpi, tasks_per_node: 0}}\n", "tasks_per_node 0 is not a count of tasks"),
     ("name: x\npools: {mpi: {kind: mpi, init_blocks: 2, max_blocks: 1}}\n", "init_blocks (2) exceeds max_blocks"),
     ("name: x\npools: {mpi: {kind: mpi, launcher: srun}}\n", "a local site launches MPI with mpiexec"),
 ])
@@ -162,3 +163,34 @@ def test_site_yaml_mistakes_name_file_and_field(tmp_path, body, message):
     with pytest.raises(SiteError, match=re.escape(message)) as info:
         load_site(str(path))
     assert info.value.file == str(path)
+
+
+def test_validate_says_when_max_concurrent_exceeds_what_the_pools_run_at_once(heat_workflow, tmp_path):
+    (tmp_path / "one.yaml").write_text("name: one\npools: {mpi: {kind: mpi, tasks_per_node: 1}, "
+                                       "cpu: {kind: htex, workers_per_node: 2}}\n")
+    wf = heat_workflow(HEAT.format(site=tmp_path / "one.yaml", llm="{provider: embedded}", ranks=1, nodes=1)
+                       + "budget: {max_concurrent: 3}\n")
+    proc = physflow("validate", str(wf))
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert "warning: budget.max_concurrent is 3, but site one runs at most 1 simulation(s) at once (pool mpi " \
+           "has 1 block(s) of 1 node(s), 1 simulation(s) a node): 2 would wait" in proc.stderr
+    fits = heat_workflow(HEAT.format(site=tmp_path / "one.yaml", llm="{provider: embedded}", ranks=1, nodes=1)
+                         + "budget: {max_concurrent: 1}\n")
+    assert physflow("validate", str(fits)).stderr == ""
+    gpus = heat_workflow(HEAT.format(site="local", llm="{provider: embedded}", ranks=1, nodes=1).replace(
+        "nodes: 1}", "nodes: 1, gpus: 1}"))
+    refused = physflow("validate", str(gpus))
+    assert refused.returncode == 2 and ":8: simulation.resources.gpus: 1 GPUs a node asked, but pool mpi of site " \
+                                      "local lists none in accelerators" in refused.stderr
+
+
+def test_the_serial_pool_counts_its_workers():
+    from physflow.site_configs.site import concurrency_note, simulation_slots
+
+    site = load_site("local").model_copy(deep=True)
+    site.pools["cpu"].workers_per_node = 2
+    assert simulation_slots(site, mpi=False) == 2
+    note = concurrency_note(site, 3, 2, mpi=False)
+    assert note and "site local runs at most 2 simulation(s) at once (pool cpu has 2 worker(s))" in note
+    assert "pools.cpu.workers_per_node" in note
+    assert simulation_slots(load_site("slurm"), mpi=False) is None  # Parsl counts each node's cores there

@@ -8,9 +8,11 @@ workflow then runs on ``site: local``: changing ``site:`` is all a user does.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import EXAMPLES, physflow
@@ -100,3 +102,47 @@ def test_heat2d_example_campaign_finishes_on_slurm(slurm_conf, heat_workflow, tm
     assert status["state"] == "finished" and status["tasks"] == {"finished": 4}
     assert slurm_jobs_of(run, slurm_conf)
     assert json.loads((run / "run.json").read_text())["site"]["scheduler"] == "slurm"
+
+
+PACKED = """\
+physflow: 1
+name: packed
+goal: Do two one-rank simulations share a Slurm node, each on its own core?
+site: slurm
+agents: {planner: {enabled: false}}
+simulation:
+  adapter: executable
+  command: "{python} {workflow_dir}/sim.py {x}"
+  mpi: true
+  resources: {ranks: 1, nodes: 1}
+  parameters: {x: {min: 0, max: 1}}
+objective: {metric: loss}
+budget: {max_simulations: 4, max_concurrent: 2, wall_time: 5m}
+"""
+
+# The rank's cores as Slurm bound them, and when it ran (UNIX s).
+PACKED_SIM = """\
+import json, os, sys, time
+from mpi4py import MPI
+start = time.time(); time.sleep(3)
+cores = sorted(os.sched_getaffinity(0))
+json.dump({"loss": (float(sys.argv[1]) - 0.3) ** 2, "core": cores[0], "cores": len(cores), "start": start,
+           "end": time.time(), "step": int(os.environ.get("SLURM_STEP_ID", -1))}, open("result.json", "w"))
+"""
+
+
+def test_one_rank_simulations_share_a_node_as_steps_on_their_own_cores(slurm_conf, tmp_path):
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores")
+    (tmp_path / "wf.yaml").write_text(PACKED)
+    (tmp_path / "sim.py").write_text(PACKED_SIM)
+    run = tmp_path / "run"
+    proc = physflow("submit", "wf.yaml", "--run-dir", str(run), "--set", "tasks_per_node=2", cwd=tmp_path,
+                    env={"SLURM_CONF": str(slurm_conf)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [r["metrics"] for r in json.loads(physflow("results", str(run), "--json").stdout)]
+    assert len(rows) == 4 and all(m["cores"] == 1 and m["step"] >= 0 for m in rows), rows
+    pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
+             if max(a["start"], b["start"]) < min(a["end"], b["end"])]
+    assert pairs, f"no two simulations ran at once: {rows}"
+    assert all(a["core"] != b["core"] for a, b in pairs), pairs  # at once, never on the same core

@@ -136,3 +136,18 @@ def test_replay_attaches_the_optimizer_s_simulations_to_the_hypothesis_stated_af
     assert st.steering == [{"round": 0, "share": 0.1, "earned": 0, "pick_quality": 0,
                             "picks": [{"place": 0, "shown": 4, "ran": True}]}]
     assert (st.model_turns, st.model_invalid) == (9, 2)
+
+
+def test_slots_are_what_the_site_held_never_more_than_max_concurrent(tmp_path):
+    """The busy fraction divides by the simulations the pools could run at once (run.json's
+    ``slots``, written at submit), not by a ``max_concurrent`` the site never gave."""
+    store = RunStore.create(tmp_path / "run")
+    spec = {"budget": {"max_concurrent": 3}}
+    assert store.slots(spec) == 3  # no run.json: the budget's
+    (store.run_dir / "run.json").write_text(json.dumps({"source": "wf.yaml", "slots": 2}))
+    assert store.slots(spec) == 2
+    (store.run_dir / "run.json").write_text(json.dumps({"source": "wf.yaml", "slots": 8}))
+    assert store.slots(spec) == 3
+    for damaged in ('{"slots": "2"}', '{"slots": 0}', "[]", "{"):
+        (store.run_dir / "run.json").write_text(damaged)
+        assert store.slots(spec) == 3, damaged
