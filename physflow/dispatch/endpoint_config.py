@@ -58,7 +58,7 @@ def tagged_provider(site: SiteSpec, pool_name: str) -> dict[str, Any]:
 
 def _engine_address(site: SiteSpec) -> str | dict[str, str] | None:
     """Where the engine's workers reach its interchange, resolved where the endpoint runs: a
-    named interface (bond0 on Polaris), loopback on a local site, else Parsl's default."""
+    named interface (hsn0 on Polaris and Aurora), loopback on a local site, else Parsl's default."""
     if site.interface:
         return {"type": "address_by_interface", "ifname": site.interface}
     return "127.0.0.1" if site.scheduler == "local" else None

@@ -195,7 +195,7 @@ class SiteSpec(Strict):
     worker_init: str = Field("", description="shell lines every block runs first (module loads)")
     interface: str | None = Field(
         None, description="network interface on which compute nodes reach the submitting machine "
-                          "(bond0 on Polaris); default: 127.0.0.1 locally, every address otherwise")
+                          "(hsn0 on Polaris and Aurora); default: 127.0.0.1 locally, every address otherwise")
     pools: dict[str, PoolSpec]
     llm: SiteLLM = SiteLLM()
     parsl_log_level: Literal["debug", "info", "warning"] = Field(

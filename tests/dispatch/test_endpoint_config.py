@@ -17,9 +17,9 @@ from tests.conftest import physflow
 
 
 def loaded(text: str, here_interface: str = "lo"):
-    """The endpoint's config from ``text``. Polaris's bond0 exists only on Polaris; the loader
+    """The endpoint's config from ``text``. Polaris's hsn0 exists only on Polaris; the loader
     resolves the interface it names, so here it is pointed at this machine's loopback."""
-    return load_config_yaml(text.replace("ifname: bond0", f"ifname: {here_interface}"))
+    return load_config_yaml(text.replace("ifname: hsn0", f"ifname: {here_interface}"))
 
 
 def test_polaris_mpi_endpoint_config_loads_as_a_globus_mpi_engine_on_pbs(tmp_path):
@@ -29,7 +29,7 @@ def test_polaris_mpi_endpoint_config_loads_as_a_globus_mpi_engine_on_pbs(tmp_pat
     assert proc.returncode == 0, proc.stderr
     data = yaml.safe_load(out.read_text())
     assert data["engine"]["type"] == "GlobusMPIEngine"
-    assert data["engine"]["address"] == {"type": "address_by_interface", "ifname": "bond0"}
+    assert data["engine"]["address"] == {"type": "address_by_interface", "ifname": "hsn0"}  # PR #1780
 
     engine = loaded(out.read_text()).engine
     assert type(engine).__name__ == "GlobusMPIEngine" and engine.executor.mpi_launcher == "mpiexec"

@@ -91,3 +91,14 @@ def test_two_one_rank_tasks_run_at_once_each_on_its_own_core(tmp_path):
     seen = [json.loads((tmp_path / f"t{i}" / "stdout.txt").read_text()) for i in range(2)]
     assert all(len(s["cores"]) == 1 for s in seen) and seen[0]["cores"] != seen[1]["cores"], seen
     assert max(s["start"] for s in seen) < min(s["end"] for s in seen), seen  # they overlapped
+
+
+def test_a_polaris_block_packs_sixteen_four_rank_simulations_a_node_with_pals_binding(tmp_path):
+    site = load_site("polaris", values={"account": "p"})
+    packing = pack_mpi(site, "mpi", ranks=4, nodes=1)
+    init = block_worker_init(site, "mpi", packing=packing)
+    assert "for _ in $(seq 16); do awk '!seen[$0]++' \"$PBS_NODEFILE\"; done" in init
+    assert "PHYSFLOW_BIND=pals" in init and "PHYSFLOW_SLOT_CORES='0-3;4-7;" in init
+    assert init.index("PBS_NODEFILE") < init.index("module load conda")
+    assert simulation_slots(site, True, 1, packing) == 32  # 2 nodes a block
+    assert bind_options("pals", list(packing.cores[1]), 4, 1) == ["--cpu-bind", "list:4:5:6:7"]

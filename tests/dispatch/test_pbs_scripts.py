@@ -96,7 +96,8 @@ def test_polaris_and_aurora_build_parsl_configs(tmp_path):
     assert ex["gpu"].available_accelerators == ["0", "1", "2", "3"] and ex["gpu"].cpu_affinity == "block-reverse"
     assert ex["llm"].available_accelerators == ["0,1,2,3"]  # one worker sees all four A100s
 
-    aurora = build_parsl_config(load_site("aurora", values={"account": "a"}), tmp_path / "aurora", 2,
+    aurora = build_parsl_config(load_site("aurora", values={"account": "a", "interface": "lo"}), tmp_path / "aurora",
+                                2,
                                 kinds=frozenset({"htex"}))
     ex = {e.label: e for e in aurora.executors}
     assert list(ex) == ["cpu", "gpu", "llm"]  # only the kinds asked for start
