@@ -126,6 +126,12 @@ def _as_text(messages: Sequence[LLMMessage]) -> list[LLMMessage]:
 class LlamaCppBridgeClient(OpenAIChatCompletionClient):
     """OpenAIChatCompletionClient for a llama.cpp server (see the module docstring)."""
 
+    @staticmethod
+    def response_format(schema: dict[str, Any]) -> dict[str, Any]:
+        """How the server is asked to keep a reply to ``schema``: llama.cpp's ``json_object`` with
+        a schema, which it turns into a grammar."""
+        return {"type": "json_object", "schema": grammar_schema(schema)}
+
     async def create(
         self,
         messages: Sequence[LLMMessage],
@@ -158,7 +164,7 @@ class LlamaCppBridgeClient(OpenAIChatCompletionClient):
         else:
             return await super().create(_as_text(messages), extra_create_args=extra_create_args,
                                         cancellation_token=cancellation_token)
-        args = {**extra_create_args, "response_format": {"type": "json_object", "schema": grammar_schema(schema)}}
+        args = {**extra_create_args, "response_format": self.response_format(schema)}
         result = await super().create(msgs, extra_create_args=args, cancellation_token=cancellation_token)
         if isinstance(result.content, str):
             result = result.model_copy(update={"content": strict_json(result.content)})
@@ -177,6 +183,24 @@ class LlamaCppBridgeClient(OpenAIChatCompletionClient):
             text = value if isinstance(value, str) else json.dumps(value)
             return CreateResult(finish_reason="stop", content=text, usage=result.usage, cached=False)
         return result
+
+
+class VllmGuidedClient(LlamaCppBridgeClient):
+    """The same bridge for a vLLM server: every structured turn (a reply type, or a choice
+    between tools and an answer) is one reply that vLLM's guided decoding keeps to the JSON
+    Schema (OpenAI's ``json_schema`` response format, which vLLM enforces with its structured
+    outputs backend; ``guided_json`` was removed in vLLM 0.12).
+
+    Why not vLLM's own tool calls: they depend on a ``--tool-call-parser`` that matches the
+    model's chat format (vllm issue #11903), and with ``tool_choice: auto`` vLLM may return no
+    tool call at all (vllm issue #21840); a schema-guided reply cannot both call a tool and keep to
+    a reply type. Here the choice is part of the schema, so a small or unfamiliar model still
+    answers in a form physflow can read, whatever parser the server was started with.
+    """
+
+    @staticmethod
+    def response_format(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
 
 
 class OpenAICompatibleClient(OpenAIChatCompletionClient):
@@ -278,11 +302,11 @@ def make_client(llm: LLMSpec, *, base_url: str | None = None, script_dir: Path |
                                     model_info=LOCAL_MODEL_INFO, **common)
     remember(api_key)  # the per-campaign key of a server physflow started
     if llm.provider == "vllm" and api_key:
-        return OpenAICompatibleClient(model=name, base_url=base_url, api_key=api_key,
-                                      model_info=LOCAL_MODEL_INFO, **common)
+        return VllmGuidedClient(model=name, base_url=base_url, api_key=api_key, model_info=LOCAL_MODEL_INFO,
+                                **common)
     key = os.environ.get(llm.api_key_env, "") if llm.api_key_env else "physflow-none"
     if llm.api_key_env and not key:
         raise SpecError(f"environment variable {llm.api_key_env} (llm.api_key_env) is not set")
     remember(key if llm.api_key_env else None)
-    return OpenAICompatibleClient(model=name, base_url=base_url or llm.base_url, api_key=key,
-                                  model_info=LOCAL_MODEL_INFO, **common)
+    kind = VllmGuidedClient if llm.provider == "vllm" else OpenAICompatibleClient
+    return kind(model=name, base_url=base_url or llm.base_url, api_key=key, model_info=LOCAL_MODEL_INFO, **common)

@@ -55,16 +55,47 @@ def llama_cpp_plan(model: str, gguf: Path, threads: int | None = None, n_ctx: in
         "--verbose", "False"])
 
 
+#: vLLM's ``--tool-call-parser`` by model family, first match of a fragment of the lower-cased
+#: model name (vLLM docs, "Tool calling"; vllm issue #11903: a parser that does not match the
+#: model's chat format returns no tool calls). Order matters: specific names before families.
+TOOL_PARSERS: tuple[tuple[str, str], ...] = (
+    ("qwen3-coder", "qwen3_xml"), ("qwen", "hermes"), ("qwq", "hermes"), ("hermes", "hermes"),
+    ("llama-4", "llama4_pythonic"), ("llama4", "llama4_pythonic"), ("llama-3", "llama3_json"),
+    ("llama3", "llama3_json"), ("mistral", "mistral"), ("mixtral", "mistral"), ("ministral", "mistral"),
+    ("gpt-oss", "openai"), ("deepseek-v3.1", "deepseek_v31"), ("deepseek-v3", "deepseek_v3"),
+    ("deepseek-r1", "deepseek_v3"), ("granite-20b-functioncalling", "granite-20b-fc"), ("granite-4", "granite4"),
+    ("granite", "granite"), ("internlm", "internlm"), ("jamba", "jamba"), ("xlam", "xlam"),
+    ("kimi-k2", "kimi_k2"), ("glm-4.7", "glm47"), ("glm-4.5", "glm45"), ("glm-4.6", "glm45"),
+    ("hunyuan-a13b", "hunyuan_a13b"),
+)
+
+
+def tool_parser_for(model: str) -> str | None:
+    """vLLM's tool-call parser for ``model`` (a Hugging Face name or path), or None for a family
+    physflow does not know (then the server starts without automatic tool choice: physflow's own
+    turns never need it, ``agents.models.VllmGuidedClient``)."""
+    name = model.lower()
+    return next((parser for fragment, parser in TOOL_PARSERS if fragment in name), None)
+
+
 def vllm_plan(model: str, tensor_parallel: int = 1, extra_args: Sequence[str] = (),
-              executable: str = "vllm") -> ServerPlan:
-    """``vllm serve`` on a GPU node: tensor parallel over the worker's GPUs, automatic tool
-    choice on (AutoGen sends ``tool_choice: auto``; the parser must match the model's chat
-    format, ``hermes`` unless ``extra_args`` names another), bound to every interface because the
-    orchestrator usually runs on another node. Loading a 70B model takes minutes."""
+              executable: str = "vllm", tool_parser: str | None = None, pipeline_parallel: int = 1) -> ServerPlan:
+    """``vllm serve`` on a GPU node: tensor parallel over the worker's GPUs (and pipeline
+    parallel over ``pipeline_parallel`` nodes, through Ray), bound to every interface because the
+    orchestrator usually runs on another node. Loading a 70B model takes minutes.
+
+    Automatic tool choice is on with the parser ``tool_parser`` names, else the one of the
+    model's family (``tool_parser_for``); ``none``, or a family physflow does not know, leaves it
+    off; ``--tool-call-parser`` in ``extra_args`` wins over both. Structured replies need none of
+    it: physflow asks them through guided decoding.
+    """
     argv = [executable, "serve", model, "--host", "{host}", "--port", "{port}", "--served-model-name", model,
             "--tensor-parallel-size", str(tensor_parallel)]
-    if "--tool-call-parser" not in extra_args:
-        argv += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    if pipeline_parallel > 1:
+        argv += ["--pipeline-parallel-size", str(pipeline_parallel), "--distributed-executor-backend", "ray"]
+    parser = tool_parser or tool_parser_for(model)
+    if "--tool-call-parser" not in extra_args and parser and parser != "none":
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
     return ServerPlan(model=model, key_env="VLLM_API_KEY", bind="0.0.0.0", startup_timeout=1800.0,
                       argv=argv + list(extra_args))
 
@@ -98,6 +129,7 @@ def serving_plan(llm: Any, site: Any, cores: Sequence[int] = ()) -> tuple[Server
                            f"(pools: {', '.join(site.pools)}; set llm.pool or the site's llm.serve_on)")
     if llm.provider == "embedded":
         return embedded_plan(llm.model, cores), name
-    plan = vllm_plan(llm.model, llm.tensor_parallel, llm.serve_args)
+    plan = vllm_plan(llm.model, llm.tensor_parallel, llm.serve_args,
+                     tool_parser=llm.tool_parser or site.llm.tool_parser, pipeline_parallel=llm.pipeline_parallel)
     plan.cores = list(cores)
     return plan, name

@@ -162,6 +162,9 @@ class SiteLLM(Strict):
     """
 
     serve_on: str = "local"
+    tool_parser: str | None = Field(None, pattern=r"^[a-z0-9_-]{1,40}$",
+                                    description="vllm served here: --tool-call-parser for every model (a "
+                                                "workflow's llm.tool_parser wins; default: the model family's)")
     cores: str = Field(
         "none", description="local sites: cores the model server's threads are pinned to ('1', '2-3', '0,2'), "
                             "the simulation pools getting the others; auto: the last quarter of this machine's "
@@ -401,6 +404,22 @@ def check_gpus(site: SiteSpec, pool_name: str, gpus: int) -> None:
             "it has no accelerators"
         raise SiteError(f"{gpus} GPUs asked of pool {pool_name} of site {site.name}, but {hint}",
                         field="llm.tensor_parallel")
+
+
+def check_pipeline(site: SiteSpec, pool_name: str, stages: int) -> None:
+    """Refuse a vLLM model split into ``stages`` pipeline stages (one a node, joined by Ray) on
+    a pool whose block has fewer nodes, or on a local site (Ray over nodes needs a cluster)."""
+    if stages <= 1:
+        return
+    if site.scheduler in ("local", "globus"):
+        raise SiteError(f"pipeline_parallel {stages} splits the model over {stages} nodes; site {site.name} "
+                        f"({site.scheduler}) serves on this machine or an endpoint: use a PBS or Slurm site",
+                        field="llm.pipeline_parallel")
+    nodes = site.pool(pool_name).nodes_per_block
+    if stages > nodes:
+        raise SiteError(f"pipeline_parallel {stages} needs {stages} nodes in one block of pool {pool_name} of site "
+                        f"{site.name}, which has {nodes} (set pools.{pool_name}.nodes_per_block)",
+                        field="llm.pipeline_parallel")
 
 
 def machine_cores() -> list[int]:

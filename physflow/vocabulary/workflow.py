@@ -125,6 +125,12 @@ class LLMSpec(WorkflowPart):
                                                              "(--tensor-parallel-size)")
     serve_args: list[str] = Field([], description="vllm: extra arguments to vllm serve, "
                                                   "e.g. [--max-model-len, '32768']")
+    pipeline_parallel: int = Field(1, ge=1, le=64, description="vllm: nodes the model's layers are split over "
+                                                               "(--pipeline-parallel-size, through Ray; "
+                                                               "docs/sites.md)")
+    tool_parser: str | None = Field(None, pattern=r"^[a-z0-9_-]{1,40}$",
+                                    description="vllm: --tool-call-parser (default: the site's, else the model "
+                                                "family's; none: off)")
     qualify: QualifySpec | None = Field(None, description="qualify the model before a campaign starts "
                                                           "(physflow qualify)")
 

@@ -23,6 +23,7 @@ from physflow.site_configs.site import (
     SiteSpec,
     check_gpus,
     check_mpi_request,
+    check_pipeline,
     concurrency_note,
     pack_mpi,
     simulation_slots,
@@ -82,7 +83,9 @@ def check_site(workflow: LoadedWorkflow, adapter: Adapter, values: Mapping[str, 
         if adapter.uses_mpi:
             check_mpi_request(site, site.mpi_pool(), res.nodes, res.ranks)
         if spec.has_team and spec.llm.provider == "vllm" and not spec.llm.base_url:
-            check_gpus(site, serving_plan(spec.llm, site)[1], spec.llm.tensor_parallel)
+            pool = serving_plan(spec.llm, site)[1]
+            check_gpus(site, pool, spec.llm.tensor_parallel)
+            check_pipeline(site, pool, spec.llm.pipeline_parallel)
     except PhysflowError as exc:
         if getattr(exc, "file", None):  # an error inside the site's own YAML
             raise

@@ -98,7 +98,7 @@ def test_vllm_command_line():
     assert plan.command(8123) == [
         "vllm", "serve", "meta-llama/Llama-3.3-70B-Instruct", "--host", "0.0.0.0", "--port", "8123",
         "--served-model-name", "meta-llama/Llama-3.3-70B-Instruct", "--tensor-parallel-size", "4",
-        "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--max-model-len", "32768"]
+        "--enable-auto-tool-choice", "--tool-call-parser", "llama3_json", "--max-model-len", "32768"]  # #11903
     assert plan.key_env == "VLLM_API_KEY"  # the key goes through the environment, never argv
     own_parser = vllm_plan("m", extra_args=["--tool-call-parser", "llama3_json"]).command(1)
     assert own_parser.count("--tool-call-parser") == 1 and "llama3_json" in own_parser
@@ -114,3 +114,52 @@ def test_serving_plan_picks_the_pool_and_refuses_one_that_cannot_serve():
         serving_plan(LLMSpec(provider="vllm", model="m", pool="mpi"), site)
     plan, pool = serving_plan(LLMSpec(provider="vllm", model="m", pool="cpu", tensor_parallel=2), site)
     assert pool == "cpu" and "--tensor-parallel-size" in plan.argv
+
+
+@pytest.mark.parametrize(("model", "parser"), [
+    ("Qwen/Qwen2.5-72B-Instruct", "hermes"), ("Qwen/Qwen3-Coder-30B-A3B-Instruct", "qwen3_xml"),
+    ("meta-llama/Llama-3.3-70B-Instruct", "llama3_json"), ("meta-llama/Llama-4-Scout-17B-16E-Instruct",
+                                                          "llama4_pythonic"),
+    ("mistralai/Mistral-Large-Instruct-2411", "mistral"), ("openai/gpt-oss-120b", "openai"),
+    ("deepseek-ai/DeepSeek-V3.1", "deepseek_v31"), ("deepseek-ai/DeepSeek-V3-0324", "deepseek_v3"),
+    ("ibm-granite/granite-4.0-h-small", "granite4"), ("/flare/models/my-own-model", None),
+])
+def test_vllm_tool_parser_follows_the_model_family(model, parser):
+    argv = vllm_plan(model).command(1)
+    if parser is None:  # an unknown family starts without automatic tool choice, never with a wrong parser
+        assert "--tool-call-parser" not in argv and "--enable-auto-tool-choice" not in argv
+    else:
+        assert argv[argv.index("--tool-call-parser") + 1] == parser
+
+
+def test_the_workflow_beats_the_site_beats_the_family_and_serve_args_beat_all():
+    site = load_site("polaris", values={"account": "p"})
+    llama = LLMSpec(provider="vllm", model="meta-llama/Llama-3.3-70B-Instruct", tensor_parallel=4)
+
+    def parser(llm, site=site):
+        argv = serving_plan(llm, site)[0].argv
+        return argv[argv.index("--tool-call-parser") + 1] if "--tool-call-parser" in argv else None
+
+    assert parser(llama) == "llama3_json"
+    own = site.model_copy(update={"llm": site.llm.model_copy(update={"tool_parser": "pythonic"})})
+    assert parser(llama, own) == "pythonic"
+    assert parser(llama.model_copy(update={"tool_parser": "hermes"}), own) == "hermes"
+    assert parser(llama.model_copy(update={"tool_parser": "none"})) is None
+    forced = llama.model_copy(update={"serve_args": ["--tool-call-parser", "mistral"]})
+    assert serving_plan(forced, site)[0].argv.count("--tool-call-parser") == 1 and parser(forced) == "mistral"
+
+
+def test_pipeline_parallel_uses_ray_and_must_fit_a_block():
+    from physflow.errors import SiteError
+    from physflow.site_configs.site import check_pipeline
+
+    argv = vllm_plan("meta-llama/Llama-3.1-405B-Instruct", tensor_parallel=8, pipeline_parallel=2).command(1)
+    assert argv[argv.index("--pipeline-parallel-size") + 1] == "2"
+    assert argv[argv.index("--distributed-executor-backend") + 1] == "ray"
+    aurora = load_site("aurora", values={"account": "a"})
+    with pytest.raises(SiteError, match="needs 2 nodes in one block of pool llm of site aurora, which has 1"):
+        check_pipeline(aurora, "llm", 2)
+    aurora.pools["llm"].nodes_per_block = 2
+    check_pipeline(aurora, "llm", 2)
+    with pytest.raises(SiteError, match="use a PBS or Slurm site"):
+        check_pipeline(load_site("local"), "llm", 2)
