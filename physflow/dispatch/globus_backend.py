@@ -29,12 +29,17 @@ SDK, so the endpoint side is tested with Globus Compute's own engines started lo
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
+import os
+import pickle
+import platform
 import shlex
 import sys
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from physflow.dispatch.payload import STDERR_TAIL_BYTES, execute
@@ -44,6 +49,97 @@ from physflow.vocabulary.task import TaskSpec
 
 #: Exit code of a ShellFunction whose walltime ran out (as from timeout(1)).
 SHELL_TIMEOUT = 124
+
+#: Globus Compute refuses a task submission or a result over 10 MB (its docs, "Limits":
+#: TASK_PAYLOAD_TOO_LARGE, MaxResultSizeExceeded). Anything over ``INLINE_BYTES`` travels through
+#: the run directory, which the endpoint's workers share with physflow, never the payload.
+PAYLOAD_LIMIT = 10 * 1024 * 1024
+INLINE_BYTES = 1024 * 1024
+#: Where a serial task's oversized return value waits for the orchestrator, in its task folder.
+VALUE_FILE = "outcome-value.pkl"
+
+#: Seconds the version check waits for the endpoint: its first block may wait in a batch queue.
+ENDPOINT_ANSWER_S = 1800.0
+
+#: The distributions whose versions must agree between physflow and its endpoint.
+VERSIONED = ("parsl", "globus-compute-sdk", "globus-compute-endpoint", "physflow")
+
+
+def environment_report() -> dict[str, str]:
+    """Run on the endpoint (and here): the Python and the versions that must agree (``mismatches``)."""
+    report = {"python": platform.python_version(), "executable": sys.executable}
+    for name in VERSIONED:
+        try:
+            report[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            report[name] = "absent"
+    return report
+
+
+def mismatches(here: dict[str, str], there: dict[str, str]) -> list[str]:
+    """What differs between this environment and the endpoint's, as phrases for one error line.
+
+    The Python minor version must agree (a function pickled on 3.11 and run on 3.12 fails late,
+    as WorkerLost: globus/globus-compute issue #2139); Parsl exactly (the endpoint's workers and
+    interchange refuse each other otherwise, and ALCF pins it: argonne-lcf/user-guides PR #1242);
+    physflow exactly (tasks are its functions, by reference); the Globus Compute SDK by major
+    version. The endpoint needs globus-compute-endpoint, which this side may lack.
+    """
+    out = []
+    minor = ".".join(here.get("python", "").split(".")[:2])
+    if ".".join(there.get("python", "").split(".")[:2]) != minor:
+        out.append(f"Python {there.get('python')} there, {here.get('python')} here")
+    for name in ("parsl", "physflow"):
+        if there.get(name) != here.get(name):
+            out.append(f"{name} {there.get(name)} there, {here.get(name)} here")
+    if there.get("globus-compute-sdk", "").split(".")[0] != here.get("globus-compute-sdk", "").split(".")[0]:
+        out.append(f"globus-compute-sdk {there.get('globus-compute-sdk')} there, {here.get('globus-compute-sdk')} here")
+    if there.get("globus-compute-endpoint", "absent") == "absent":
+        out.append("no globus-compute-endpoint there")
+    return out
+
+
+def execute_spilled(spec_dict: dict[str, Any]) -> dict[str, Any]:
+    """``payload.execute`` on the endpoint, with a return value too large for a Globus result
+    (over ``INLINE_BYTES`` pickled) written to the task's folder instead (``VALUE_FILE``); the
+    orchestrator reads it back in ``outcome_of``."""
+    outcome = execute(spec_dict)
+    if "value" in outcome:
+        data = pickle.dumps(outcome["value"], protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) > INLINE_BYTES:
+            path = Path(spec_dict["workdir"]) / VALUE_FILE
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            del outcome["value"]
+            outcome["value_file"] = str(path)
+    return outcome
+
+
+def unspill(outcome: dict[str, Any]) -> dict[str, Any]:
+    """An outcome whose value waits in its task folder (``execute_spilled``), with the value back.
+    The file is physflow's own, written by its payload into this run's task folder."""
+    path = outcome.pop("value_file", None)
+    if isinstance(path, str):
+        try:
+            outcome["value"] = pickle.loads(Path(path).read_bytes())  # noqa: S301 - physflow's own file
+        except (OSError, pickle.UnpicklingError, EOFError) as exc:
+            return {**outcome, "returncode": outcome.get("returncode") or 1,
+                    "stderr_tail": f"the result left in {path} cannot be read here ({exc}); does the endpoint "
+                                   "share this run directory at the same path?"}
+    return outcome
+
+
+def lighten(spec: TaskSpec) -> TaskSpec:
+    """``spec`` small enough to submit: input files over ``INLINE_BYTES`` in all are written into
+    the task folder here (which the endpoint's workers share) instead of travelling inside it."""
+    if sum(len(text.encode()) for text in spec.files.values()) <= INLINE_BYTES:
+        return spec
+    folder = Path(spec.workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in spec.files.items():
+        (folder / name).write_text(text)
+    return dataclasses.replace(spec, files={})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +178,7 @@ def globus_call(spec: TaskSpec, runner: Any, serial_spec: dict[str, Any] | None 
     if spec.mpi:
         return GlobusCall(runner, (), {"spec": shlex.quote(json.dumps(spec.to_dict()))},
                           spec.resource_specification())
-    return GlobusCall(execute, (spec.to_dict(),), {}, serial_spec)
+    return GlobusCall(execute_spilled, (spec.to_dict(),), {}, serial_spec)
 
 
 def outcome_of(result: Any) -> dict[str, Any]:
@@ -94,7 +190,7 @@ def outcome_of(result: Any) -> dict[str, Any]:
     with the shell's exit code and stderr.
     """
     if isinstance(result, dict):
-        return result
+        return unspill(result)
     lines = (getattr(result, "stdout", "") or "").strip().splitlines()
     if lines:
         try:
@@ -156,9 +252,35 @@ class GlobusDispatcher:
         self.service_pool = service_pool
         self._services = ThreadPoolExecutor(1, thread_name_prefix="physflow-service")
         self._on_close: list[Callable[[], None]] = []
+        try:
+            self.check_endpoint()
+        except BaseException:
+            self.close()
+            raise
+
+    def check_endpoint(self, timeout: float = ENDPOINT_ANSWER_S) -> None:
+        """One small task before the first simulation: the endpoint's Python, Parsl, Globus
+        Compute and physflow against this environment's (``mismatches``), refused in one line
+        rather than failing late as WorkerLost on every simulation."""
+        self.executor.resource_specification = self.serial_spec
+        try:
+            there = self.executor.submit(environment_report).result(timeout=timeout)
+        except TimeoutError:
+            raise SiteError(f"endpoint {self.endpoint} did not answer physflow's version check in {timeout:.0f} s: "
+                            "is it running (globus-compute-endpoint list), or its first block still queued?",
+                            None, None, "endpoint") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the endpoint says, one line
+            raise SiteError(f"endpoint {self.endpoint} could not run physflow's version check ({type(exc).__name__}: "
+                            f"{exc}); install physflow {environment_report()['physflow']} in the endpoint's "
+                            "environment and restart it", None, None, "endpoint") from None
+        wrong = mismatches(environment_report(), there if isinstance(there, dict) else {})
+        if wrong:
+            raise SiteError(f"endpoint {self.endpoint} does not match this environment: {'; '.join(wrong)}. Install "
+                            "the same Python minor version, Parsl and physflow in the endpoint's environment and "
+                            "restart it", None, None, "endpoint")
 
     def submit(self, spec: TaskSpec) -> Future:
-        call = globus_call(spec, self.runner, self.serial_spec)
+        call = globus_call(lighten(spec), self.runner, self.serial_spec)
         # The SDK copies the specification into each task at submit time.
         self.executor.resource_specification = call.resource_specification
         return chained(self.executor.submit(call.function, *call.args, **call.kwargs), outcome_of)

@@ -25,7 +25,19 @@ from globus_compute_endpoint.endpoint.config.utils import get_config
 from globus_compute_endpoint.engines import GCFuture
 from globus_compute_sdk.serialize import ComputeSerializer
 
-from physflow.dispatch.globus_backend import GlobusCall, chained, globus_call, mpi_runner, outcome_of, serial_resources
+from physflow.dispatch.globus_backend import (
+    INLINE_BYTES,
+    VALUE_FILE,
+    GlobusCall,
+    chained,
+    environment_report,
+    globus_call,
+    lighten,
+    mismatches,
+    mpi_runner,
+    outcome_of,
+    serial_resources,
+)
 from physflow.sim_adapters import get_adapter
 from physflow.vocabulary.task import TaskSpec
 from physflow.vocabulary.workflow import load_workflow
@@ -49,6 +61,9 @@ import numpy as np
 
 def run(alpha, beta, scale=1.0):
     return {"loss": scale * (alpha - beta) ** 2, "profile": np.linspace(0, alpha, 4), "pid": float(os.getpid())}
+
+def field(alpha, beta, scale=1.0):  # 24 MB of result: more than Globus Compute carries (10 MB)
+    return {"loss": (alpha - beta) ** 2, "field": np.full(3_000_000, alpha)}
 """
 
 HEAT = """\
@@ -225,3 +240,35 @@ def test_oversized_mpi_request_and_bad_endpoint_are_refused_before_globus_is_ask
     with pytest.raises(SiteError, match="'my-endpoint' is not a UUID") as err:
         GlobusDispatcher(load_site("globus", values={"endpoint": "my-endpoint"}), 2)
     assert err.value.field == "endpoint"
+
+
+def test_a_result_larger_than_globus_carries_comes_back_through_the_run_directory(serial_engine, endpoint, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.syspath_prepend(str(endpoint[1]))
+    (tmp_path / "wf.yaml").write_text(PYTHON.replace("mymodel.run", "mymodel.field"))
+    adapter = get_adapter(load_workflow(tmp_path / "wf.yaml"))
+    spec = adapter.build_task("t0002", {"alpha": 0.5, "beta": 0.25}, tmp_path / "t0002")
+    outcome = submit(serial_engine, globus_call(spec, mpi_runner())).result(timeout=180)
+    assert outcome["returncode"] == 0, outcome
+    assert (tmp_path / "t0002" / VALUE_FILE).stat().st_size > 10 * 1024 * 1024  # never inside the result
+    out = adapter.parse_outputs(tmp_path / "t0002", outcome)
+    assert out.metrics["loss"] == pytest.approx(0.0625) and out.arrays["field"].values.shape == (3_000_000,)
+
+
+def test_large_input_files_are_written_to_the_shared_task_folder_not_submitted(tmp_path):
+    small = TaskSpec("a", str(tmp_path / "a"), argv=["true"], files={"in.txt": "x"})
+    assert lighten(small) is small
+    big = TaskSpec("b", str(tmp_path / "b"), argv=["true"], files={"mesh.txt": "1" * (INLINE_BYTES + 1)})
+    light = lighten(big)
+    assert light.files == {} and (tmp_path / "b" / "mesh.txt").stat().st_size == INLINE_BYTES + 1
+
+
+def test_the_endpoint_reports_its_versions_and_a_mismatch_is_one_line(serial_engine):
+    there = submit(serial_engine, GlobusCall(environment_report, (), {}, None)).result(timeout=120)
+    here = environment_report()
+    assert there["python"] == here["python"] and there["parsl"] == here["parsl"]
+    assert mismatches(here, there) == []  # the engine runs this very environment
+    other = {**there, "python": "3.12.1", "parsl": "2026.02.23", "globus-compute-endpoint": "absent"}
+    wrong = mismatches(here, other)
+    assert wrong[0] == f"Python 3.12.1 there, {here['python']} here"
+    assert f"parsl 2026.02.23 there, {here['parsl']} here" in wrong and "no globus-compute-endpoint there" in wrong
