@@ -256,6 +256,7 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool, de
     """
     from physflow.errors import RunDirError
     from physflow.site_configs.placeholders import parse_assignments
+    from physflow.site_configs.site import check_loop_here
     from physflow.vocabulary.workflow import real_path
     from physflow.workflows.store import RunStore
     from physflow.workflows.validate import check_workflow
@@ -264,6 +265,7 @@ def submit(workflow: Path, site: str | None, run_dir: Path | None, yes: bool, de
     spec = checked.workflow.spec
     for note in checked.notes():
         click.echo(f"{checked.workflow.path}: warning: {note}", err=True)
+    check_loop_here(checked.site)  # before a run directory exists
     if detach:
         from physflow.ui.detach import submit_detached
 

@@ -16,7 +16,7 @@ from typing import Any
 from physflow.dispatch.parsl_config import bin_dir, build_parsl_config
 from physflow.dispatch.payload import execute
 from physflow.processes import start_watchdog, stop_watchdog
-from physflow.site_configs.site import Packing, SiteSpec
+from physflow.site_configs.site import Packing, SiteSpec, check_loop_here
 from physflow.vocabulary.task import TaskSpec
 
 
@@ -45,6 +45,7 @@ class ParslDispatcher:
         from parsl import python_app
         from parsl.dataflow.dflow import DataFlowKernel
 
+        check_loop_here(site)
         kinds = {pool.kind for pool in site.pools.values()}
         wanted = "mpi" if mpi or "htex" not in kinds else "htex"
         started = {site.mpi_pool() if wanted == "mpi" else site.cpu_pool()}

@@ -139,6 +139,13 @@ def provider_arguments(site: SiteSpec, pool_name: str, service_pool: str | None 
     if site.scheduler == "local":
         launcher = SimpleLauncher() if pool.kind == "mpi" else SingleNodeLauncher()
         return LocalProvider, dict(launcher=launcher, nodes_per_block=1, **blocks)
+    if site.loop == "job":
+        # Inside the batch job physflow runs in: one block, started here, never queued. The MPI
+        # pool's tasks reach the job's nodes through its node list (PBS_NODEFILE, SLURM_NODELIST,
+        # which the block inherits); the other pools' workers run on this first node.
+        launcher = SimpleLauncher() if pool.kind == "mpi" else SingleNodeLauncher()
+        return LocalProvider, dict(launcher=launcher, nodes_per_block=1, **{**blocks, "init_blocks": 1,
+                                                                            "max_blocks": 1})
     if site.scheduler == "pbs":
         launcher = SimpleLauncher() if pool.kind == "mpi" else MpiExecLauncher(
             bind_cmd="--cpu-bind", overrides=pool.launch_options or "--ppn 1")
@@ -157,8 +164,11 @@ def provider_arguments(site: SiteSpec, pool_name: str, service_pool: str | None 
 
 
 def _address(site: SiteSpec) -> str | None:
-    """Where workers reach the interchange: loopback locally, the named interface's address on a
-    cluster, else None (Parsl then offers every address of this machine and workers probe them)."""
+    """Where workers reach the interchange: loopback locally and inside the job (``loop: job``:
+    every worker runs on this node), the named interface's address on a cluster, else None (Parsl
+    then offers every address of this machine and workers probe them)."""
+    if site.loop == "job":
+        return "127.0.0.1"
     if site.interface:
         from parsl.addresses import address_by_interface
 

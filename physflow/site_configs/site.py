@@ -200,6 +200,10 @@ class SiteSpec(Strict):
         None, description="network interface on which compute nodes reach the submitting machine "
                           "(hsn0 on Polaris and Aurora); default: 127.0.0.1 locally, every address otherwise")
     pools: dict[str, PoolSpec]
+    loop: Literal["login", "job"] = Field(
+        "login", description="pbs/slurm: where physflow's loop runs. login: on the login node, each pool a "
+                             "batch job it submits; job: inside a batch job you submitted, its pools started "
+                             "in that job (the MPI pool over the job's nodes, the others on its first node)")
     llm: SiteLLM = SiteLLM()
     parsl_log_level: Literal["debug", "info", "warning"] = Field(
         "info", description="level of parsl/parsl.log; info leaves out Parsl's per-task lines (physflow's "
@@ -220,6 +224,8 @@ class SiteSpec(Strict):
     def _scheduler_needs(self) -> SiteSpec:
         if self.scheduler == "globus" and not self.endpoint:
             raise ValueError("scheduler globus needs endpoint (the Globus Compute endpoint's UUID)")
+        if self.loop == "job" and self.scheduler not in ("pbs", "slurm"):
+            raise ValueError(f"loop job runs physflow inside a PBS or Slurm job; scheduler {self.scheduler} has none")
         return self
 
     def mpi_pool(self) -> str:
@@ -244,6 +250,20 @@ class SiteSpec(Strict):
 #: Ranks a local site may start per core of this machine: a few ranks a core is how MPI codes are
 #: tried on a laptop; thousands are a typo that would start thousands of processes here.
 LOCAL_RANKS_PER_CORE = 8
+
+
+#: What tells a process it runs inside a batch job, by scheduler.
+JOB_ID_ENV = {"pbs": "PBS_JOBID", "slurm": "SLURM_JOB_ID"}
+
+
+def check_loop_here(site: SiteSpec, environ: dict[str, str] | None = None) -> None:
+    """Refuse to start a ``loop: job`` site's pools outside a batch job: they would run on the
+    login node (a SiteError on field ``loop`` saying how to run it)."""
+    env = os.environ if environ is None else environ
+    if site.loop == "job" and not env.get(JOB_ID_ENV[site.scheduler]):
+        raise SiteError(f"site {site.name} has loop: job, but this is not inside a {site.scheduler} job "
+                        f"(no ${JOB_ID_ENV[site.scheduler]}): submit a batch script that runs physflow submit, or "
+                        "use loop: login", field="loop")
 
 
 def check_mpi_request(site: SiteSpec, pool_name: str, nodes: int, ranks: int) -> None:

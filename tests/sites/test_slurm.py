@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,34 @@ def test_one_rank_simulations_share_a_node_as_steps_on_their_own_cores(slurm_con
              if max(a["start"], b["start"]) < min(a["end"], b["end"])]
     assert pairs, f"no two simulations ran at once: {rows}"
     assert all(a["core"] != b["core"] for a, b in pairs), pairs  # at once, never on the same core
+
+
+def test_loop_job_runs_the_campaign_inside_the_users_own_batch_job(slurm_conf, tmp_path):
+    """``loop: job``: the user submits one batch job that runs ``physflow submit``; the pools start
+    inside it (no job of their own) and each MPI simulation is a step of that job."""
+    (tmp_path / "wf.yaml").write_text(WHERE.format(site="slurm"))
+    (tmp_path / "sim.py").write_text(SIM)
+    run = tmp_path / "run"
+    script = tmp_path / "campaign.sh"
+    script.write_text(f"#!/bin/bash\ncd {tmp_path}\nexec {sys.executable} -m physflow submit wf.yaml --set loop=job "
+                      f"--run-dir {run}\n")
+    env = {**os.environ, "SLURM_CONF": str(slurm_conf)}
+    sbatch = subprocess.run(["sbatch", "--wait", "--exclusive", "--nodes=1", "-o", str(tmp_path / "job.out"),
+                             str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert sbatch.returncode == 0, (sbatch.stderr, (tmp_path / "job.out").read_text())
+    outer = int(sbatch.stdout.split()[-1])
+    rows = json.loads(physflow("results", str(run), "--json").stdout)
+    assert len(rows) == 4 and all(r["status"] == "finished" for r in rows), rows
+    assert all(int(r["metrics"]["slurm_job"]) == outer and r["metrics"]["slurm_step"] >= 0 for r in rows)
+    assert slurm_jobs_of(run, slurm_conf) == {}  # no block of its own was submitted
+
+
+def test_loop_job_outside_a_batch_job_is_refused_in_one_line(tmp_path):
+    (tmp_path / "wf.yaml").write_text(WHERE.format(site="slurm"))
+    (tmp_path / "sim.py").write_text(SIM)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run([sys.executable, "-m", "physflow", "submit", "wf.yaml", "--set", "loop=job", "--run-dir",
+                           str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "site slurm has loop: job, but this is not inside a slurm job (no $SLURM_JOB_ID)" in proc.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written
