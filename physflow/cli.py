@@ -130,7 +130,11 @@ def sites_show(site: str, assignments: tuple[str, ...]) -> None:
 @set_option
 @click.option("--pool", help="the pool the endpoint serves (default: the site's MPI pool, else its serial pool)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="write here, not to stdout")
-def endpoint_config(site: str, assignments: tuple[str, ...], pool: str | None, output: Path | None) -> None:
+@click.option("--ranks", type=click.IntRange(1, 1_000_000), help="ranks of the one-node MPI simulations the endpoint "
+              "will run: packed on its nodes, each on its own cores (docs/sites.md)")
+@click.option("--gpus", type=click.IntRange(0, 1024), default=0, help="GPUs each of those simulations uses")
+def endpoint_config(site: str, assignments: tuple[str, ...], pool: str | None, output: Path | None,
+                    ranks: int | None, gpus: int) -> None:
     """Write a Globus Compute endpoint config.yaml for a site's pool (GlobusMPIEngine for an MPI
     pool, GlobusComputeEngine otherwise, with the site's batch provider).
 
@@ -142,7 +146,7 @@ def endpoint_config(site: str, assignments: tuple[str, ...], pool: str | None, o
     from physflow.site_configs.placeholders import parse_assignments
     from physflow.vocabulary.workflow import user_path
 
-    text = endpoint_config_yaml(load_site(site, Path.cwd(), parse_assignments(assignments)), pool, site)
+    text = endpoint_config_yaml(load_site(site, Path.cwd(), parse_assignments(assignments)), pool, site, ranks, gpus)
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -16,7 +16,7 @@ from typing import Any
 
 from physflow.dispatch.parsl_config import provider_arguments
 from physflow.site_configs.loader import block_yaml
-from physflow.site_configs.site import SiteSpec
+from physflow.site_configs.site import Packing, SiteSpec, pack_mpi
 
 
 def default_pool(site: SiteSpec) -> str:
@@ -42,13 +42,13 @@ def tagged_launcher(launcher: Any) -> dict[str, Any]:
     return out
 
 
-def tagged_provider(site: SiteSpec, pool_name: str) -> dict[str, Any]:
+def tagged_provider(site: SiteSpec, pool_name: str, packing: Packing | None = None) -> dict[str, Any]:
     """``build_provider(site, pool_name)`` as the type-tagged mapping the endpoint's loader builds
     it from: the very arguments physflow's own pool would be given, not what the provider made of
     them."""
     from parsl.launchers.base import Launcher
 
-    provider, arguments = provider_arguments(site, pool_name)
+    provider, arguments = provider_arguments(site, pool_name, packing=packing)
     out: dict[str, Any] = {"type": provider.__name__}
     for name, value in arguments.items():
         if value is not None:
@@ -64,14 +64,20 @@ def _engine_address(site: SiteSpec) -> str | dict[str, str] | None:
     return "127.0.0.1" if site.scheduler == "local" else None
 
 
-def endpoint_config(site: SiteSpec, pool_name: str | None = None) -> dict[str, Any]:
-    """The endpoint config (as loaded from YAML) whose engine serves ``pool_name`` of ``site``."""
+def endpoint_config(site: SiteSpec, pool_name: str | None = None, ranks: int | None = None,
+                    gpus: int = 0) -> dict[str, Any]:
+    """The endpoint config (as loaded from YAML) whose engine serves ``pool_name`` of ``site``;
+    ``ranks`` (and ``gpus``): the size of one-node MPI simulations it will run, packed on its
+    nodes as physflow's own pool would pack them (``site.pack_mpi``)."""
     name = pool_name or default_pool(site)
     pool = site.pool(name)
     engine: dict[str, Any]
+    packing = pack_mpi(site, name, ranks, 1, gpus) if pool.kind == "mpi" and ranks else None
     if pool.kind == "mpi":
-        # MPI tasks at once per block; with "auto" one per node, the smallest task a block holds.
-        tasks = pool.max_tasks if pool.max_tasks != "auto" else pool.nodes_per_block
+        # MPI tasks at once per block; with "auto" one per node (or the packed count), the
+        # smallest task a block holds.
+        per_node = packing.per_node if packing else 1
+        tasks = pool.max_tasks if pool.max_tasks != "auto" else pool.nodes_per_block * per_node
         engine = {"type": "GlobusMPIEngine", "mpi_launcher": pool.launcher, "max_workers_per_block": tasks}
     else:
         engine = {"type": "GlobusComputeEngine"}
@@ -84,15 +90,16 @@ def endpoint_config(site: SiteSpec, pool_name: str | None = None) -> dict[str, A
     address = _engine_address(site)
     if address is not None:
         engine["address"] = address
-    engine["provider"] = tagged_provider(site, name)
+    engine["provider"] = tagged_provider(site, name, packing)
     return {"display_name": f"physflow-{site.name}-{name}", "engine": engine}
 
 
-def endpoint_config_yaml(site: SiteSpec, pool_name: str | None = None, source: str = "") -> str:
+def endpoint_config_yaml(site: SiteSpec, pool_name: str | None = None, source: str = "", ranks: int | None = None,
+                         gpus: int = 0) -> str:
     """``endpoint_config`` as the text of an endpoint's ``config.yaml``, with a header saying
     where it came from and where it goes."""
     name = pool_name or default_pool(site)
     header = (f"# Globus Compute endpoint config for pool {name} of site {source or site.name}, written by\n"
               "# physflow endpoint-config. Install it as ~/.globus_compute/<endpoint>/config.yaml on the\n"
               "# machine that runs the endpoint, in the environment physflow runs in.\n")
-    return header + block_yaml(endpoint_config(site, name))
+    return header + block_yaml(endpoint_config(site, name, ranks, gpus))

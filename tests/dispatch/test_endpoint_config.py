@@ -93,3 +93,12 @@ def test_missing_placeholder_and_globus_site_are_one_line_errors():
 
     proc = physflow("endpoint-config", "local", "--pool", "gpu")
     assert proc.returncode == 2 and "no pool 'gpu'" in proc.stderr
+
+
+def test_an_endpoint_for_four_rank_simulations_packs_sixteen_on_a_polaris_node():
+    proc = physflow("endpoint-config", "polaris", "--set", "account=MYPROJ", "--ranks", "4")
+    assert proc.returncode == 0, proc.stderr
+    engine = loaded(proc.stdout).engine
+    assert engine.executor.max_workers_per_block == 32  # 2 nodes a block, 16 simulations a node
+    init = engine.executor.provider.worker_init
+    assert "for _ in $(seq 16)" in init and "PHYSFLOW_BIND=pals" in init and "PHYSFLOW_SLOT_CORES='0-3;4-7;" in init
