@@ -48,6 +48,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -166,6 +168,7 @@ class Result:
     busy_turn: Turn
     sims_alone: float  # simulations per minute, model idle
     sims_during: float  # simulations per minute while the model thinks
+    rss_gb: float  # the model server's resident memory after its turns (GB)
     load: tuple[float, float]  # the machine's 1-minute load average before and after (others' work shows here)
 
 
@@ -197,10 +200,12 @@ def measure(name: str, site: SiteSpec, args: argparse.Namespace, folder: Path, r
         busy_turn = turn()
         t2 = time.time()
         sims.stop()
+        server = json.loads((folder / "llm" / "endpoint.json").read_text())["pid"]
+        rss_gb = psutil.Process(server).memory_info().rss / 1e9
     finally:
         dispatcher.close()
     return Result(name, cores, priority, core_list(pinned) if pinned else "all", threads, idle_turn, busy_turn,
-                  sims.per_minute(t0, t1), sims.per_minute(t1, t2), (load_before, os.getloadavg()[0]))
+                  sims.per_minute(t0, t1), sims.per_minute(t1, t2), rss_gb, (load_before, os.getloadavg()[0]))
 
 
 def table(results: list[Result]) -> str:
@@ -211,8 +216,9 @@ def table(results: list[Result]) -> str:
     full = med(r.sims_alone for r in shared) if shared else None
     lines = ["| config | llm.cores / simulation_priority | model cores, threads | turn alone s | turn with sims s | "
              "with / alone | with sims vs shared | first token s (alone / with sims) | gen tok/s (alone / with sims) "
-             "| tokens | sims/min model idle | sims/min model thinking | idle / thinking vs whole machine |",
-             "|" + "---|" * 13]
+             "| tokens | sims/min model idle | sims/min model thinking | idle / thinking vs whole machine "
+             "| server RSS GB |",
+             "|" + "---|" * 14]
     for name in dict.fromkeys(r.name for r in results):
         rows = [r for r in results if r.name == name]
         alone, busy = med(r.idle_turn.seconds for r in rows), med(r.busy_turn.seconds for r in rows)
@@ -222,7 +228,8 @@ def table(results: list[Result]) -> str:
                  f"{med(r.idle_turn.first_token for r in rows):.1f} / {med(r.busy_turn.first_token for r in rows):.1f}",
                  f"{med(r.idle_turn.gen_rate for r in rows):.1f} / {med(r.busy_turn.gen_rate for r in rows):.1f}",
                  "/".join(str(r.busy_turn.tokens) for r in rows), f"{sims_alone:.1f}", f"{sims_during:.1f}",
-                 f"{sims_alone / full:.2f} / {sims_during / full:.2f}" if full else "-"]
+                 f"{sims_alone / full:.2f} / {sims_during / full:.2f}" if full else "-",
+                 f"{med(r.rss_gb for r in rows):.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
