@@ -37,7 +37,7 @@ class PoolSpec(Strict):
     tasks_per_node: int | Literal["auto"] = Field(
         "auto", description="mpi: one-node tasks packed on each node, each bound to its own cores (and "
                                   "accelerators); auto: as many as the node's cores and accelerators hold")
-    cores_per_rank: int = Field(1, ge=1, description="mpi: cores each rank is bound to when tasks are packed "
+    cores_per_rank: int = Field(1, ge=1, le=8192, description="mpi: cores each rank is bound to when tasks are packed "
                                                      "(its threads'; 2 for both hardware threads of a core)")
     bind: Literal["auto", "hydra", "pals", "slurm", "none"] = Field(
         "auto", description="mpi: how a packed task's ranks are bound: hydra (MPICH's mpiexec -bind-to user:), "
@@ -77,8 +77,9 @@ class PoolSpec(Strict):
     def _consistent(self) -> PoolSpec:
         if self.init_blocks > self.max_blocks:
             raise ValueError(f"init_blocks ({self.init_blocks}) exceeds max_blocks ({self.max_blocks})")
-        if isinstance(self.tasks_per_node, int) and self.tasks_per_node < 1:
-            raise ValueError(f"tasks_per_node {self.tasks_per_node} is not a count of tasks (1 or more, or auto)")
+        if isinstance(self.tasks_per_node, int) and not 1 <= self.tasks_per_node <= MAX_CORES:
+            raise ValueError(f"tasks_per_node {self.tasks_per_node} is not a count of tasks on a node (1 to "
+                             f"{MAX_CORES}, or auto)")
         if self.kind == "mpi" and any("," in a for a in self.accelerators):
             raise ValueError("an mpi pool's accelerators name a node's devices one an entry ('0', '1', ...); "
                              "physflow gives each packed task its share")

@@ -153,7 +153,8 @@ def test_gpu_requests_must_exist_in_one_worker_of_the_pool(heat_workflow):
     ("name: x\nscheduler: globus\npools: {mpi: {kind: mpi}}\n", "scheduler globus needs endpoint"),
     ("name: x\nwalltime: 2h\npools: {mpi: {kind: mpi}}\n", "walltime '2h' is not H:MM:SS"),
     ("name: x\npools: {mpi: {kind: mpi, accelerators: ['0,1']}}\n", "accelerators name a node's devices one an entry"),
-    ("name: x\npools: {mpi: {kind: mpi, tasks_per_node: 0}}\n", "tasks_per_node 0 is not a count of tasks"),
+    ("name: x\npools: {mpi: {kind: mpi, tasks_per_node: 0}}\n", "tasks_per_node 0 is not a count of tasks on a node"),
+    ("name: x\npools: {mpi: {kind: mpi, tasks_per_node: 1000000000}}\n", "(1 to 8192, or auto)"),
     ("name: x\npools: {mpi: {kind: mpi, init_blocks: 2, max_blocks: 1}}\n", "init_blocks (2) exceeds max_blocks"),
     ("name: x\npools: {mpi: {kind: mpi, launcher: srun}}\n", "a local site launches MPI with mpiexec"),
 ])
