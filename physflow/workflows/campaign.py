@@ -209,6 +209,7 @@ class Campaign:
         the hypothesis it tests; whatever fails, the loop gets a batch."""
         capacity = max(1, min(self.simulations_left, self.spec.budget.max_concurrent * 2, 8))
         obj, picks, batch, started = self.spec.objective, [], [], False
+        share = self.planner_share()  # the share this round's batch is composed with (journaled as such)
         outcome = ClaimOutcome()
         self.team.stated = None  # this turn's hypothesis, once the planner states it
         try:
@@ -216,7 +217,6 @@ class Campaign:
             # use up start-up points that then never run
             extra = EXTRA_CANDIDATES if len(self.optimizer.observed) >= self.optimizer.startup else 0
             advice = await asyncio.to_thread(self.optimizer.advice, capacity + extra, pending)
-            share = self.planner_share()
             earned = math.floor(share * capacity + self.rng.random())  # unbiased rounding of share x capacity
             if advice.predicted:  # at least one pick a round, run or not: how the share is earned
                 picks = await self.team.pick(advice.candidates, obj.goal, obj.metric, max(1, earned), self.rng)
@@ -233,7 +233,7 @@ class Campaign:
                 advice = Advice.unpredicted(await self.backfill.points_now(self, capacity))
                 batch = [(c, "optimizer") for c in advice.candidates]
         await self._events.put(Event("planned", (round_no, advice, picks, earned if picks else 0, batch, outcome,
-                                                 started)))
+                                                 started, share)))
 
     @handles("batch")
     def on_batch(self, round_no: int, batch: list[tuple[Candidate, str]]) -> None:
@@ -248,7 +248,8 @@ class Campaign:
 
     @handles("planned")
     async def on_planned(self, round_no: int, advice: Advice, picks: list[PickRecord], earned: int,
-                         batch: list[tuple[Candidate, str]], outcome: ClaimOutcome, started: bool = False) -> None:
+                         batch: list[tuple[Candidate, str]], outcome: ClaimOutcome, started: bool = False,
+                         share: float | None = None) -> None:
         hid = f"H{round_no}"
         self.thinking_on, self.awaiting_batch = None, False
         for record in picks:
@@ -273,7 +274,8 @@ class Campaign:
         review = outcome.review
         self._journal_hypothesis(
             h, review=review.model_dump() if review else None,
-            unverified_citations=outcome.unverified_citations, share=self.planner_share(), earned=earned,
+            unverified_citations=outcome.unverified_citations,
+            share=self.planner_share() if share is None else share, earned=earned,
             picks=[{"place": p.place, "shown": p.shown, "ran": i < earned and p.candidate is not None,
                     "error": p.error} for i, p in enumerate(picks)],
             pick_quality=pick_quality(self.pick_scores, self.pick_prior))
