@@ -132,21 +132,34 @@ json.dump({"loss": (float(sys.argv[1]) - 0.3) ** 2, "core": cores[0], "cores": l
 """
 
 
-def test_one_rank_simulations_share_a_node_as_steps_on_their_own_cores(slurm_conf, tmp_path):
+def packed_rows(tmp_path: Path, site: str, *options: str, env: dict | None = None) -> list[dict]:
+    """Run PACKED on ``site``; each simulation's metrics, after checking that two ran at once and
+    that simulations running at once never shared a core."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs 2 cores")
-    (tmp_path / "wf.yaml").write_text(PACKED)
+    (tmp_path / "wf.yaml").write_text(PACKED.replace("site: slurm", f"site: {site}"))
     (tmp_path / "sim.py").write_text(PACKED_SIM)
     run = tmp_path / "run"
-    proc = physflow("submit", "wf.yaml", "--run-dir", str(run), "--set", "tasks_per_node=2", cwd=tmp_path,
-                    env={"SLURM_CONF": str(slurm_conf)}, timeout=300)
+    proc = physflow("submit", "wf.yaml", "--run-dir", str(run), *options, cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr  # two slots exist for max_concurrent 2
     rows = [r["metrics"] for r in json.loads(physflow("results", str(run), "--json").stdout)]
-    assert len(rows) == 4 and all(m["cores"] == 1 and m["step"] >= 0 for m in rows), rows
+    assert len(rows) == 4 and all(m["cores"] == 1 for m in rows), rows
     pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
              if max(a["start"], b["start"]) < min(a["end"], b["end"])]
     assert pairs, f"no two simulations ran at once: {rows}"
     assert all(a["core"] != b["core"] for a, b in pairs), pairs  # at once, never on the same core
+    return rows
+
+
+def test_one_rank_simulations_share_a_node_as_steps_on_their_own_cores(slurm_conf, tmp_path):
+    rows = packed_rows(tmp_path, "slurm", "--set", "tasks_per_node=2", env={"SLURM_CONF": str(slurm_conf)})
+    assert all(m["step"] >= 0 for m in rows)  # each a step of the block's job
+
+
+def test_one_rank_simulations_share_this_machine_each_on_its_own_core(tmp_path):
+    rows = packed_rows(tmp_path, "local")
+    assert all(m["step"] == -1 for m in rows)
 
 
 def test_loop_job_runs_the_campaign_inside_the_users_own_batch_job(slurm_conf, tmp_path):
