@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from physflow.processes import die_with_parent, end_group
-from physflow.site_configs.site import core_list, parse_cores
+from physflow.site_configs.cores import core_list, parse_cores
 from physflow.vocabulary.task import TaskSpec
 
 STDERR_TAIL_BYTES = 2000

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from physflow.errors import SiteError
+from physflow.site_configs.cores import CORE_LIST, MAX_CORES, core_list, parse_cores
 from physflow.vocabulary.workflow import Strict
 
 WALLTIME = re.compile(r"\d+:[0-5]\d:[0-5]\d")
@@ -94,42 +95,8 @@ class PoolSpec(Strict):
         return min((len(a.split(",")) for a in self.accelerators), default=0)
 
 
-#: A set of cores as Linux writes it (``taskset -c``, Cpus_allowed_list): cores and ranges, comma-separated.
-CORE_LIST = r"\d+(-\d+)?(,\d+(-\d+)?)*"
 #: Parsl's cpu_affinity: a strategy, or list: then per worker a core list.
 CPU_AFFINITY = re.compile(rf"none|block|block-reverse|alternating|list(:{CORE_LIST})+")
-
-
-#: Linux numbers at most this many cores (NR_CPUS); a larger number is a typo, and a range to it
-#: would be a list of billions.
-MAX_CORES = 8192
-
-
-def parse_cores(text: str) -> list[int]:
-    """``"0-2,5"`` -> ``[0, 1, 2, 5]`` (sorted, once each); ValueError for anything else."""
-    if not re.fullmatch(CORE_LIST, text):
-        raise ValueError(f"{text!r} is not a list of cores (e.g. 1, 2-3 or 0,2)")
-    cores: set[int] = set()
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        if max(len(first), len(last)) > 5 or int(last or first) >= MAX_CORES:
-            raise ValueError(f"core {last or first} is beyond any machine's (cores are numbered from 0 to "
-                             f"{MAX_CORES - 1} at most)")
-        if last and int(last) < int(first):
-            raise ValueError(f"core range {part!r} runs backwards")
-        cores.update(range(int(first), int(last or first) + 1))
-    return sorted(cores)
-
-
-def core_list(cores: list[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2,5"``: how Linux writes a core set, for messages."""
-    parts: list[str] = []
-    for core in sorted(cores):
-        if parts and core == int(parts[-1].rpartition("-")[2]) + 1:
-            parts[-1] = f"{parts[-1].partition('-')[0]}-{core}"
-        else:
-            parts.append(str(core))
-    return ",".join(parts)
 
 
 def _check_walltime(value: str) -> str:
