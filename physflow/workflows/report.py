@@ -26,6 +26,12 @@ from physflow.workflows.store import CampaignState, RunStore
 PLOTS = "plots"
 #: How many of the best simulations the adapter's array figures compare with the target.
 N_BEST_CURVES = 3
+#: Above this many slots the timeline shows how many simulations ran at once instead of one lane
+#: per slot (a lane each for 10,000 slots would be a figure 4,500 inches tall).
+MAX_LANES = 32
+#: Above this many points the scatter plots bin them (hexagons coloured by the best metric in
+#: each) instead of drawing a marker each: 100,000 markers are a blot, and slow to draw.
+MAX_MARKERS = 3000
 
 
 #: The report's first line when the workflow let model-written code run without kernel walls.
@@ -169,10 +175,12 @@ class Figures:
         values = np.array([t.metrics[self.metric] for t in scored])
         best = np.minimum.accumulate(values) if self.goal == "minimize" else np.maximum.accumulate(values)
         fig, ax = self.plt.subplots(figsize=(6, 3.6))
+        dense = len(scored) > MAX_MARKERS
         for source, marker in (("planner", "o"), ("backfill", "s"), ("optimizer", "^"), ("user", "D")):
             pick = [i for i, t in enumerate(scored) if t.source == source]
-            if pick:
-                ax.scatter(n[pick], values[pick], marker=marker, label=f"{source} proposal", zorder=3)
+            if pick:  # many points: small, translucent and rasterized, so the density shows
+                style = dict(s=2, alpha=0.25, linewidths=0, rasterized=True) if dense else {}
+                ax.scatter(n[pick], values[pick], marker=marker, label=f"{source} proposal", zorder=3, **style)
         ax.step(n, best, where="post", color="black", label="best so far")
         tolerance = self.spec["objective"].get("tolerance")
         if tolerance is not None:
@@ -219,8 +227,13 @@ class Figures:
                     ax.set_visible(False)
                     continue
                 px, py = names[col], names[row + 1]
-                sc = ax.scatter([t.params[px] for t in scored], [t.params[py] for t in scored], c=values,
-                                norm=norm, cmap="viridis_r", edgecolor="k", s=40, zorder=3)
+                xs, ys = [t.params[px] for t in scored], [t.params[py] for t in scored]
+                if len(scored) > MAX_MARKERS:  # binned: each hexagon coloured by the best value in it
+                    best_of = np.min if self.goal == "minimize" else np.max
+                    sc = ax.hexbin(xs, ys, C=values, reduce_C_function=best_of, gridsize=40, norm=norm,
+                                   cmap="viridis_r", mincnt=1, zorder=3)
+                else:
+                    sc = ax.scatter(xs, ys, c=values, norm=norm, cmap="viridis_r", edgecolor="k", s=40, zorder=3)
                 ax.scatter([best.params[px]], [best.params[py]], marker="*", s=300, c="red", edgecolor="k",
                            zorder=4, label=f"best ({best.id})")
                 if px in truth and py in truth:
@@ -269,19 +282,17 @@ class Figures:
         return self._save(fig, figure.name)
 
     def timeline(self, turns: list[ModelTurn], slots: int) -> Path | None:
-        """Each worker slot busy (a simulation) or idle, and the model turns, against campaign time."""
+        """Each worker slot busy (a simulation) or idle, and the model turns, against campaign time;
+        beyond ``MAX_LANES`` slots, how many simulations ran at once against the slots."""
         ran = sorted((t for t in self.state.tasks.values() if t.started and t.finished), key=lambda t: t.started)
         if not ran:
             return None
-        t0 = self.state.started or min(t.started for t in ran)
-        free_at = [t0] * max(slots, 1)  # greedy lanes: a task goes to the slot that fell free first
-        bars: list[list[tuple[float, float]]] = [[] for _ in free_at]
-        failed: list[list[tuple[float, float]]] = [[] for _ in free_at]
-        for t in ran:
-            lane = min(range(len(free_at)), key=lambda i: (free_at[i] > t.started + 1e-6, free_at[i]))
-            (failed if t.status == "failed" else bars)[lane].append((t.started - t0, t.finished - t.started))
-            free_at[lane] = t.finished
+        t0 = self.state.started or ran[0].started
         agents = sorted({turn.agent for turn in turns})
+        end = max([self.state.ended or 0.0] + [t.finished for t in ran] + [turn.end for turn in turns]) - t0
+        if max(slots, 1) > MAX_LANES:
+            return self._running(ran, turns, agents, slots, t0, end)
+        bars, failed = greedy_lanes(ran, max(slots, 1), t0)
         fig, ax = self.plt.subplots(figsize=(7, 1.2 + 0.45 * (len(bars) + len(agents))))
         labels = []
         for i, (lane, bad) in enumerate(zip(bars, failed, strict=True)):
@@ -293,12 +304,41 @@ class Figures:
             ax.broken_barh(spans, (len(bars) + j - 0.4, 0.8), color="tab:orange")
             labels.append(f"model: {agent}")
         ax.set_yticks(range(len(labels)), labels)
-        end = max([self.state.ended or 0.0] + [t.finished for t in ran] + [turn.end for turn in turns]) - t0
         ax.set_xlim(0, end * 1.02)
         ax.set_xlabel("time since the campaign started [s]")
         bf = busy_fraction(self.state, slots)
         ax.set_title(f"workers busy (blue; red: failed) and idle (white); utilization {_fmt(bf)}", fontsize=9)
         ax.grid(axis="y", visible=False)
+        return self._save(fig, "timeline")
+
+    def _running(self, ran: list[TaskRecord], turns: list[ModelTurn], agents: list[str], slots: int, t0: float,
+                 end: float) -> Path:
+        """The timeline of a campaign with more slots than lanes fit: simulations running at each
+        moment (a step curve) under the slots' line, the model turns as bars beneath."""
+        times = np.array([t.started for t in ran] + [t.finished for t in ran]) - t0
+        steps = np.concatenate([np.ones(len(ran)), -np.ones(len(ran))])
+        order = np.argsort(times, kind="stable")
+        running = np.cumsum(steps[order])
+        if agents:
+            fig, (ax, bx) = self.plt.subplots(2, 1, figsize=(7, 3.4 + 0.3 * len(agents)), sharex=True,
+                                              gridspec_kw={"height_ratios": [4, len(agents)]})
+        else:
+            fig, ax = self.plt.subplots(figsize=(7, 3.2))
+            bx = ax
+        ax.step(times[order], running, where="post", color="tab:blue", lw=0.8, label="simulations running")
+        ax.axhline(slots, color="black", ls="--", lw=1, label=f"{slots} slots")
+        ax.set_ylim(0, slots * 1.08)
+        ax.set_ylabel("simulations running")
+        ax.legend(fontsize=8, loc="lower right")
+        for j, agent in enumerate(agents):
+            spans = [(turn.start - t0, max(turn.end - turn.start, 0.05)) for turn in turns if turn.agent == agent]
+            bx.broken_barh(spans, (j - 0.4, 0.8), color="tab:orange")
+        if agents:
+            bx.set_yticks(range(len(agents)), [f"model: {a}" for a in agents])
+        bx.set_xlim(0, end * 1.02)
+        bx.set_xlabel("time since the campaign started [s]")
+        bf = busy_fraction(self.state, slots)
+        ax.set_title(f"simulations running against the {slots} slots; utilization {_fmt(bf)}", fontsize=9)
         return self._save(fig, "timeline")
 
     def tokens(self) -> Path | None:
@@ -310,6 +350,23 @@ class Figures:
         ax.barh(agents, [self.state.tokens[a] for a in agents], color="tab:orange")
         ax.set_xlabel("tokens (prompt + completion)")
         return self._save(fig, "tokens")
+
+
+def greedy_lanes(ran: list[TaskRecord], slots: int, t0: float) -> tuple[list[list[tuple[float, float]]],
+                                                                        list[list[tuple[float, float]]]]:
+    """(finished, failed) bars (start since ``t0``, duration; s) of each of ``slots`` lanes: each
+    task, in order of start, goes to the lane that fell free first (the lowest-numbered among
+    equals). A heap of (falls free at, lane): O(tasks log slots), not a scan of every lane per task."""
+    import heapq
+
+    bars: list[list[tuple[float, float]]] = [[] for _ in range(slots)]
+    failed: list[list[tuple[float, float]]] = [[] for _ in range(slots)]
+    lanes = [(t0, lane) for lane in range(slots)]
+    for t in ran:
+        _, lane = heapq.heappop(lanes)
+        (failed if t.status == "failed" else bars)[lane].append((t.started - t0, t.finished - t.started))
+        heapq.heappush(lanes, (t.finished, lane))
+    return bars, failed
 
 
 def _observed(h_tasks: list[str], state: CampaignState, metric: str, goal: str) -> str:

@@ -84,3 +84,16 @@ def test_a_workflow_with_sandbox_unsafe_says_so_on_the_reports_first_line(tmp_pa
     (run / "workflow.yaml").write_text(yaml.safe_dump({**spec, "sandbox": "unsafe"}))
     assert write_report(run).read_text().splitlines()[0].startswith("**sandbox: unsafe** - this workflow let "
                                                                     "model-written code run")
+
+
+def test_lanes_go_to_the_slot_that_fell_free_first():
+    from physflow.workflows.report import greedy_lanes
+
+    def task(i, start, end, status="finished"):
+        return TaskRecord(id=f"t{i}", params={}, status=status, started=start, finished=end)
+
+    ran = [task(0, 0, 4), task(1, 0, 2), task(2, 2, 3, "failed"), task(3, 3.5, 5), task(4, 4, 6)]
+    bars, failed = greedy_lanes(ran, 2, 0.0)
+    assert bars == [[(0, 4), (4, 2)], [(0, 2), (3.5, 1.5)]] and failed == [[], [(2, 1)]]
+    bars, _ = greedy_lanes(ran, 1, 0.0)  # one slot: everything in it, overlaps and all
+    assert len(bars[0]) == 4
