@@ -251,6 +251,7 @@ def _steering(e: dict[str, Any]) -> dict[str, Any]:
 def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
     """Fold journal events into the campaign's state."""
     st = CampaignState()
+    proposed_under: dict[Any, list[str]] = {}  # hypothesis id -> its tasks so far, in order proposed
     for e in events:
         kind, t = e.get("event"), e.get("t")
         task = st.tasks.get(e.get("task", ""))
@@ -267,7 +268,8 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
             if isinstance(e.get("picks"), list):
                 st.steering.append(_steering(e))
             # the optimizer's simulations started while the planner stated it were proposed under its id
-            h.tasks = [tid for tid, t in st.tasks.items() if t.hypothesis == h.id]
+            # (kept by id as they come: a scan of every task per hypothesis was quadratic in the run)
+            h.tasks = [tid for tid in dict.fromkeys(proposed_under.get(h.id, ())) if st.tasks[tid].hypothesis == h.id]
         elif kind == "verdict" and e["id"] in st.hypotheses:
             h = st.hypotheses[e["id"]]
             h.verdict, h.evidence, h.advice = e["verdict"], e.get("evidence", ""), e.get("advice", "")
@@ -287,6 +289,8 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
             st.round_unanswered = st.round_unanswered and e.get("source") == "backfill"
             st.tasks[e["task"]] = TaskRecord(id=e["task"], params=e["params"], hypothesis=e.get("hypothesis"),
                                              source=e.get("source", "planner"), created=t)
+            if e.get("hypothesis") is not None:
+                proposed_under.setdefault(e["hypothesis"], []).append(e["task"])
             if e.get("hypothesis") in st.hypotheses:
                 st.hypotheses[e["hypothesis"]].tasks.append(e["task"])
         elif task is None:
