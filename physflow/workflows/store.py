@@ -20,7 +20,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,28 +182,38 @@ def _not_an_event(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     return event, ""
 
 
-def scan_journal(path: Path) -> tuple[list[dict[str, Any]], list[Damage]]:
-    """Every event of the journal, and every line that is not one.
+def iter_journal(path: Path, damage: list[Damage]) -> Iterator[dict[str, Any]]:
+    """The journal's events one at a time, appending each line that is not one to ``damage``.
 
     A line that is not an event (garbage, binary, a JSON list, an event missing what replay
     needs) is reported with its number and skipped: the events after it still count. A torn last
     line (no newline: a crash mid-write) is not damage; it is left out and ``heal_journal`` moves it
-    aside.
+    aside. Read line by line, so that replaying a run of 100,000 tasks never holds all its events.
     """
     try:
-        data = path.read_bytes()
+        fh = open(path, "rb")  # noqa: SIM115 - closed below, after the last line is read
     except FileNotFoundError:
         raise RunDirError(f"{path.parent}: not a physflow run directory (no {JOURNAL})") from None
     except OSError as exc:
         raise RunDirError(f"{path}: cannot read the journal: {exc.strerror or exc}") from None
-    events: list[dict[str, Any]] = []
+    with fh:
+        try:
+            for number, raw in enumerate(fh, 1):
+                if not raw.endswith(b"\n"):
+                    return  # the torn last line
+                event, why = _not_an_event(raw[:-1])
+                if event is None:
+                    damage.append(Damage(number, why))
+                else:
+                    yield event
+        except OSError as exc:
+            raise RunDirError(f"{path}: cannot read the journal: {exc.strerror or exc}") from None
+
+
+def scan_journal(path: Path) -> tuple[list[dict[str, Any]], list[Damage]]:
+    """Every event of the journal, and every line that is not one (``iter_journal``)."""
     damage: list[Damage] = []
-    for number, raw in enumerate(data.split(b"\n")[:-1], 1):  # the last piece: empty or torn
-        event, why = _not_an_event(raw)
-        if event is None:
-            damage.append(Damage(number, why))
-        else:
-            events.append(event)
+    events = list(iter_journal(path, damage))
     return events, damage
 
 
@@ -513,8 +523,8 @@ class RunStore:
         return self.run_dir / "tasks" / task_id
 
     def state(self) -> CampaignState:
-        events, damage = scan_journal(self.journal_path)
-        state = replay(events)
+        damage: list[Damage] = []
+        state = replay(iter_journal(self.journal_path, damage))
         state.damage = damage
         return state
 
