@@ -32,6 +32,9 @@ MAX_LANES = 32
 #: Above this many points the scatter plots bin them (hexagons coloured by the best metric in
 #: each) instead of drawing a marker each: 100,000 markers are a blot, and slow to draw.
 MAX_MARKERS = 3000
+#: Rows a report's tables list at most (simulations: the best; hypotheses: the latest; failures: the
+#: first): a report of 100,000 simulations is read, not scrolled; ``physflow results`` lists all.
+MAX_TABLE_ROWS = 500
 
 
 #: The report's first line when the workflow let model-written code run without kernel walls.
@@ -456,7 +459,11 @@ def render(state: CampaignState, spec: dict, metric: str, slots: int,
                 f"**worker busy fraction:** {_fmt(bf)} over {slots} slot(s).", ""]
     out += ["## Hypotheses", "", "| id | hypothesis | predicted | observed | verdict | evidence | by | tasks |",
             "|---|---|---|---|---|---|---|---|"]
-    for h in state.hypotheses.values():
+    hypotheses = list(state.hypotheses.values())
+    if len(hypotheses) > MAX_TABLE_ROWS:
+        out.insert(-2, f"The latest {MAX_TABLE_ROWS} of {len(hypotheses)} hypotheses (all: `physflow dashboard "
+                       "RUN`, the run's journal.jsonl).\n")
+    for h in hypotheses[-MAX_TABLE_ROWS:]:
         evidence = h.evidence + (f" — critic: {h.reasoning}" if h.reasoning else "")
         cells = [h.id, h.statement, h.prediction, _observed(h.tasks, state, metric, goal), h.verdict or "pending",
                  evidence, h.author, ", ".join(h.tasks)]
@@ -472,8 +479,13 @@ def render(state: CampaignState, spec: dict, metric: str, slots: int,
         out += figure(curve.name, curve.caption)
     names = list(spec.get("simulation", {}).get("parameters", {}))
     header = "| task | source | hypothesis | " + " | ".join(names) + f" | {metric} | status | seconds |"
-    out += ["## Simulations", "", header, "|---" * (len(names) + 6) + "|"]
-    for t in tasks:
+    out += ["## Simulations", ""]
+    listed = tasks
+    if len(tasks) > MAX_TABLE_ROWS:  # the best first, then the others in order proposed, up to the cap
+        listed = list({t.id: t for t in [*ranked, *tasks]}.values())[:MAX_TABLE_ROWS]
+        out += [f"The {MAX_TABLE_ROWS} best of {len(tasks)} simulations (all: `physflow results RUN --csv`).", ""]
+    out += [header, "|---" * (len(names) + 6) + "|"]
+    for t in listed:
         secs = t.finished - t.started if t.finished and t.started else None
         out.append(f"| {t.id} | {t.source} | {t.hypothesis or ''} | " + " | ".join(_fmt(t.params.get(n)) for n in names)
                    + f" | {_fmt(t.metrics.get(metric))} | {t.status} | {_fmt(secs)} |")
@@ -481,7 +493,11 @@ def render(state: CampaignState, spec: dict, metric: str, slots: int,
             f"model turns: {len(turns or [])}.", ""]
     out += figure("timeline", "Worker slots busy or idle, and model turns, over the campaign")
     if failures:
-        out += ["## Failures", ""] + [f"- {t.id}: {_cell((t.error or '').strip()[:400])}" for t in failures] + [""]
+        out += ["## Failures", ""] + [f"- {t.id}: {_cell((t.error or '').strip()[:400])}"
+                                      for t in failures[:MAX_TABLE_ROWS]]
+        if len(failures) > MAX_TABLE_ROWS:
+            out.append(f"- ... and {len(failures) - MAX_TABLE_ROWS} more (`physflow results RUN --json`)")
+        out += [""]
     if state.tokens:
         out += ["## Model tokens", "", "| agent | tokens |", "|---|---|"]
         out += [f"| {a} | {n} |" for a, n in sorted(state.tokens.items())]

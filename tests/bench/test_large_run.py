@@ -5,9 +5,10 @@ of parameters) rather than a lane per slot and a marker per simulation."""
 from __future__ import annotations
 
 import json
+import re
 
 from bench.large_run import make_run
-from physflow.workflows.report import MAX_MARKERS
+from physflow.workflows.report import MAX_MARKERS, MAX_TABLE_ROWS
 from tests.conftest import physflow
 
 
@@ -23,4 +24,6 @@ def test_a_run_of_many_tasks_is_listed_checked_and_reported_binned(tmp_path):
     assert report.returncode == 0, report.stderr
     text = (run / "report.md").read_text()
     assert "over 1000 slot(s)" in text  # the budget's max_concurrent: no site said fewer
+    assert f"The {MAX_TABLE_ROWS} best of {tasks} simulations" in text
+    assert len(re.findall(r"^\| t\d+ \|", text, re.MULTILINE)) == MAX_TABLE_ROWS
     assert (run / "plots" / "timeline.png").stat().st_size > 0 and (run / "plots" / "parameters.png").is_file()
