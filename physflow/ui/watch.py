@@ -34,15 +34,21 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+#: Hypotheses the plain line names (the latest); a longer campaign adds ``hypotheses_total=N``.
+LINE_HYPOTHESES = 10
+
+
 def plain_line(snap: dict[str, Any]) -> str:
     """One parseable line: ``time state=... tasks=finished:3,submitted:2 best=... tokens=... eta=...``."""
     counts = ",".join(f"{k}:{v}" for k, v in snap["counts"].items() if v)
     best = snap["best"]
-    verdicts = ",".join(f"{h['id']}:{h['verdict'] or 'pending'}" for h in snap["hypotheses"])
+    hyps = snap["hypotheses"]
+    verdicts = ",".join(f"{h['id']}:{h['verdict'] or 'pending'}" for h in hyps[-LINE_HYPOTHESES:])
+    more = f" hypotheses_total={len(hyps)}" if len(hyps) > LINE_HYPOTHESES else ""
     return (f"{time.strftime('%H:%M:%S', time.localtime(snap['now']))} state={snap['state']} "
             f"tasks={counts or 'none'} "
             f"best={snap['metric']}={_g(best['value']) if best else '-'}{'@' + best['id'] if best else ''} "
-            f"hypotheses={verdicts or 'none'} tokens={snap['tokens_total']} eta={_duration(snap['eta_s'])}")
+            f"hypotheses={verdicts or 'none'} tokens={snap['tokens_total']} eta={_duration(snap['eta_s'])}{more}")
 
 
 def rich_view(snap: dict[str, Any]) -> Any:

@@ -18,6 +18,8 @@ def test_a_run_of_many_tasks_is_listed_checked_and_reported_binned(tmp_path):
     run = tmp_path / "run"
     rows = json.loads(physflow("results", str(run), "--json", cwd=tmp_path).stdout)
     assert len(rows) == tasks and all(r["status"] == "finished" for r in rows)
+    line = physflow("watch", str(run), "--once", cwd=tmp_path).stdout.strip()
+    assert line.endswith(f"hypotheses_total={tasks // 16}") and line.count(":inconclusive") == 10
     fsck = physflow("fsck", str(run), "--json", cwd=tmp_path)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     report = physflow("report", str(run), cwd=tmp_path)
