@@ -69,16 +69,20 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _group_problem(g: h5py.Group, task: TaskRecord) -> str | None:
-    """What is wrong with one task's group, or None."""
-    if "params" not in g or "metrics" not in g or "params_json" not in g.attrs or "status" not in g.attrs:
+    """What is wrong with one task's group, or None. Each name and attribute is read once (an
+    HDF5 lookup costs tens of microseconds: on 100,000 groups every extra one is seconds)."""
+    members = set(g)
+    attrs = g.attrs
+    status = attrs.get("status")
+    if "params" not in members or "metrics" not in members or status is None or "params_json" not in attrs:
         return "half-written group (params, metrics or status missing)"
-    if g.attrs["status"] != task.status:
-        return f"status {g.attrs['status']!r} in campaign.h5 but {task.status!r} in the journal"
+    if status != task.status:
+        return f"status {status!r} in campaign.h5 but {task.status!r} in the journal"
     if not _same(dict(g["params"].attrs), task.params):
         return "params differ from the journal"
     if not _same(dict(g["metrics"].attrs), task.metrics):
         return "metrics differ from the journal"
-    missing = [name for name in task.arrays if name not in g]
+    missing = [name for name in task.arrays if name not in members]
     if missing:
         return f"arrays missing: {', '.join(missing)}"
     return None
@@ -100,12 +104,13 @@ def check(store: RunStore) -> list[Problem]:
     try:
         with h5py.File(store.h5_path, "r") as f:
             groups = f["tasks"] if "tasks" in f else {}
+            names = set(groups)  # one listing, not a lookup per task
             for tid, task in sorted(done.items()):
-                if tid not in groups:
+                if tid not in names:
                     problems.append(Problem(f"{task.status} in the journal, no group in campaign.h5", tid))
                 elif (why := _group_problem(groups[tid], task)) is not None:
                     problems.append(Problem(why, tid))
-            for tid in sorted(set(groups) - set(done)):
+            for tid in sorted(names - set(done)):
                 problems.append(Problem("group in campaign.h5 for a task the journal has not finished", tid,
                                         lost=True))
     except (OSError, KeyError) as exc:
