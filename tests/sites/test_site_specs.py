@@ -97,6 +97,21 @@ def test_sites_show_prints_a_site_yaml_that_loads_back_the_same(tmp_path):
     assert again.returncode == 0 and again.stdout == shown.stdout
 
 
+
+def test_polaris_and_aurora_as_shown_field_by_field():
+    """What a Polaris or Aurora user gets without setting anything but the account."""
+    for name, fs, cores in (("polaris", "home:eagle", 64), ("aurora", "home:flare", 208)):
+        site = yaml.safe_load(physflow("sites", "show", name, "--set", "account=P").stdout)
+        assert site["scheduler"] == "pbs" and site["account"] == "P" and site["queue"] == "debug"
+        assert site["interface"] == "hsn0"  # not bond0: globus/globus-compute PR #1780
+        assert site["loop"] == "login" and site["select_options"] == f"system={name}"
+        assert f"#PBS -l filesystems={fs}" in site["scheduler_options"]
+        mpi = site["pools"]["mpi"]
+        assert (mpi["kind"], mpi["launcher"], mpi["cores_per_node"]) == ("mpi", "mpiexec", cores)
+        assert (mpi["tasks_per_node"], mpi["cores_per_rank"], mpi["bind"]) == ("auto", 1, "auto")
+        assert site["llm"]["serve_on"] == "llm" and site["llm"]["tool_parser"] is None
+
+
 def test_own_site_yaml_path_works_in_the_workflow_and_on_the_command_line(heat_workflow, tmp_path):
     (tmp_path / "sites").mkdir()
     (tmp_path / "sites" / "mine.yaml").write_text("name: mine\npools: {mpi: {kind: mpi}, cpu: {kind: htex}}\n")
