@@ -31,6 +31,39 @@ def die_with_parent() -> None:
         pass
 
 
+def keep_low_priority() -> None:
+    """``preexec_fn`` part for a child started in a new session: keep the parent's low priority
+    against the rest of the machine.
+
+    Linux's autogroup scheduling (on by default on most distributions) shares the CPU between
+    sessions first and applies nice only within a session, so a niced simulation in a session of
+    its own competed with the model server as an equal: a planner turn measured 4.3x slower with
+    two niced simulation ranks running, as slow as with no nice at all. The new session's
+    autogroup gets the process's nice value (19 for SCHED_IDLE), which the kernel lets any process
+    lower its own priority to. Elsewhere, or without /proc, nothing happens.
+    """
+    try:
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        if getattr(os, "SCHED_IDLE", None) is not None and os.sched_getscheduler(0) == os.SCHED_IDLE:
+            nice = 19
+    except (OSError, AttributeError):
+        return
+    if nice <= 0:
+        return
+    try:
+        with open("/proc/self/autogroup", "w") as fh:
+            fh.write(str(nice))
+    except OSError:
+        pass
+
+
+def start_detached() -> None:
+    """``preexec_fn`` of a task's program in its own session: it dies with its parent and keeps
+    its parent's low priority (``die_with_parent``, ``keep_low_priority``)."""
+    die_with_parent()
+    keep_low_priority()
+
+
 def end_group(proc: subprocess.Popen, grace: float) -> None:
     """End ``proc`` and its process group (it was started with ``start_new_session``): SIGTERM,
     then SIGKILL if it has not exited after ``grace`` seconds; returns once it is reaped.

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from physflow.processes import die_with_parent, end_group
+from physflow.processes import end_group, start_detached
 from physflow.site_configs.cores import core_list, parse_cores
 from physflow.vocabulary.task import TaskSpec
 
@@ -120,7 +120,7 @@ def _launch(spec: TaskSpec, workdir: Path, env: dict[str, str], options: list[st
     with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
         # A new session so that a timeout kills the launcher and every rank it started.
         proc = subprocess.Popen(argv, cwd=workdir, stdout=out, stderr=err, env=env, start_new_session=True,
-                                preexec_fn=die_with_parent)
+                                preexec_fn=start_detached)
         try:
             code = proc.wait(timeout=spec.walltime)
             timed_out = False

@@ -148,3 +148,19 @@ def test_the_local_sites_default_shares_the_cores_and_nices_the_simulations():
     """The default BENCHMARKS.md ("Cores for thinking") chose, written out in local.yaml."""
     assert load_site("local").llm == SiteLLM(serve_on="llm", cores="none", simulation_priority="nice")
     assert SiteLLM().simulation_priority == "nice" and SiteLLM().cores == "none"
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroup scheduling here")
+def test_a_niced_task_keeps_its_priority_in_its_own_session(tmp_path):
+    """Autogroup scheduling shares the CPU between sessions before nice counts: a niced simulation
+    in a session of its own would compete with the model as an equal. Its session is niced too."""
+    import subprocess
+    import sys
+
+    script = ("import os, sys, json; os.nice(19); from physflow.dispatch.payload import execute; "
+              "print(json.dumps(execute({'task_id': 't', 'workdir': sys.argv[1], "
+              "'argv': ['cat', '/proc/self/autogroup']})))")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "t")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t" / "stdout.txt").read_text().strip().endswith("nice 19")
