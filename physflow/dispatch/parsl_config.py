@@ -54,7 +54,11 @@ def make_room_for_model(site: SiteSpec, pool_name: str, service_pool: str | None
         calls.append("os.sched_setscheduler(p, os.SCHED_IDLE, os.sched_param(0))")
     if not calls:
         return ""
-    return f"{shlex.quote(sys.executable)} -c {shlex.quote('import os; p = os.getppid(); ' + '; '.join(calls))}"
+    line = f"{shlex.quote(sys.executable)} -c {shlex.quote('import os; p = os.getppid(); ' + '; '.join(calls))}"
+    # Each simulation process in a session of its own (the payload's, and every rank mpiexec
+    # starts) is its own autogroup, which Linux schedules as an equal of the model server's whatever
+    # its nice: the payload gives those sessions this nice value (payload.SESSION_NICE).
+    return line + ("; export PHYSFLOW_SESSION_NICE=19" if priority in ("nice", "idle") else "")
 
 
 def packing_lines(site: SiteSpec, pool_name: str, packing: Packing | None) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from physflow.dispatch.parsl_backend import ParslDispatcher
+from physflow.dispatch.parsl_config import make_room_for_model
 from physflow.errors import SiteError
 from physflow.serving.plans import serving_plan
 from physflow.serving.service import ModelService
@@ -151,16 +152,23 @@ def test_the_local_sites_default_shares_the_cores_and_nices_the_simulations():
 
 
 @pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroup scheduling here")
-def test_a_niced_task_keeps_its_priority_in_its_own_session(tmp_path):
-    """Autogroup scheduling shares the CPU between sessions before nice counts: a niced simulation
-    in a session of its own would compete with the model as an equal. Its session is niced too."""
+def test_niced_simulations_stay_niced_in_their_own_sessions(tmp_path):
+    """Autogroup scheduling shares the CPU between sessions before nice counts, and the payload and
+    mpiexec start each simulation process in a session of its own: each of those sessions is niced
+    as the block asked (PHYSFLOW_SESSION_NICE), or a niced rank competes with the model as an equal."""
     import subprocess
-    import sys
 
+    probe = "print(open('/proc/self/autogroup').read().strip())"
     script = ("import os, sys, json; os.nice(19); from physflow.dispatch.payload import execute; "
-              "print(json.dumps(execute({'task_id': 't', 'workdir': sys.argv[1], "
-              "'argv': ['cat', '/proc/self/autogroup']})))")
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "t")], capture_output=True, text=True,
-                         timeout=60)
+              "execute({'task_id': 't', 'workdir': sys.argv[1], 'argv': ['cat', '/proc/self/autogroup']}); "
+              "execute({'task_id': 'm', 'workdir': sys.argv[2], 'mpi': True, 'ranks': 2, "
+              f"'argv': [sys.executable, '-c', {probe!r}]}})")
+    env = {**os.environ, "PHYSFLOW_SESSION_NICE": "19", "PARSL_MPI_PREFIX": "mpiexec -n 2"}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "t"), str(tmp_path / "m")],
+                         capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "t" / "stdout.txt").read_text().strip().endswith("nice 19")
+    ranks = (tmp_path / "m" / "stdout.txt").read_text().split()
+    assert ranks.count("19") == 2 and len({r for r in ranks if r.startswith("/autogroup-")}) == 2, ranks
+    line = make_room_for_model(load_site("local"), "mpi", "llm")
+    assert line.endswith("export PHYSFLOW_SESSION_NICE=19")
