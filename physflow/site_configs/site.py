@@ -121,12 +121,13 @@ class SiteLLM(Strict):
     the rest of the time. Both apply where physflow serves the model beside its simulations: a
     local site's campaign with an embedded (or local vLLM) model.
 
-    Default ``cores: none`` with ``simulation_priority: nice``: with two simulation ranks running
-    on 2 cores, a planner turn (~1,000 prompt + 150 generated tokens) took 2.67x its time alone
-    when everything shared the cores, 1.35x pinned to its own core, 1.48x with the simulations
-    niced (``bench/thinking_cores.py``, BENCHMARKS.md "Cores for thinking", a loaded machine);
-    pinning protects the turn no better and takes a core from the simulations for the whole
-    campaign, also while the model is idle, which is most of the time.
+    Default ``cores: none`` with ``simulation_priority: nice``: on an idle 2-core machine, with two
+    simulation ranks running, a planner turn (~1,000 prompt + 150 generated tokens) took 4.35x
+    its time alone when everything shared the cores and 1.05x with the simulations niced (every
+    simulation session's autogroup too: ``dispatch.payload.low_priority_sessions``); pinned to
+    one core it took 1.02x of a turn alone that is itself 1.9x slower, and the simulations lose a
+    core for the whole campaign, also while the model is idle, which is most of the time
+    (``bench/thinking_cores.py``, BENCHMARKS.md "Cores for thinking").
     """
 
     serve_on: str = "local"
