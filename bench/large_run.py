@@ -6,7 +6,9 @@ A run directory as a long Aurora campaign leaves it, written through physflow's 
 two-parameter ``python``-adapter workflow (``bench.noop_tasks.sleep_task``), with hypotheses
 every 16 tasks. Then each command a user runs on it, as a separate process, timed with its peak
 resident memory: ``status``, ``results --json`` and ``--csv``, ``watch --once``, ``fsck``,
-``report``, the dashboard's data (``ui.snapshot``, in a fresh process), and ``resume`` of the
+``report``, the dashboard's data (``ui.snapshot``, in a fresh process); the look ``watch`` and
+the dashboard take every second on a live run once 16 more results came in (a journal follower
+reads only those) against a replay of the whole journal; and ``resume`` of the
 same run left as if its orchestrator had been killed with the budget spent (it replays the
 journal, mends campaign.h5, and ends at once). Last, the same run with a torn journal tail and
 campaign.h5 deleted, mended by ``fsck --repair``.
@@ -35,6 +37,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from physflow.site_configs.loader import load_site  # noqa: E402
+from physflow.ui.snapshot import snapshot  # noqa: E402
 from physflow.vocabulary.records import TaskRecord  # noqa: E402
 from physflow.vocabulary.workflow import load_workflow  # noqa: E402
 from physflow.workflows.store import RunStore, _result_event  # noqa: E402
@@ -93,6 +96,34 @@ def make_run(run: Path, tasks: int, group: int, seed: int = 0) -> float:
     return time.perf_counter() - started
 
 
+def later_look(run: Path, new: int = 16) -> tuple[float, float, float]:
+    """What ``physflow watch`` and the dashboard pay each second on a live run: (seconds of the
+    first look, of a later look after ``new`` more results were journaled, of the same look
+    replaying the whole journal as before), each the snapshot the panel shows. In this process."""
+    follower = RunStore(run).follower()
+    started = time.perf_counter()
+    snapshot(run, state=follower.state())
+    first = time.perf_counter() - started
+    state = follower.state()
+    t = (state.ended or time.time()) + 1.0
+    base = len(state.tasks)
+    lines = []
+    for i in range(base, base + new):
+        task = TaskRecord(id=f"t{i:04d}", params={"x": 0.5, "seconds": 0.0}, hypothesis=None, source="optimizer",
+                          created=t, submitted=t, started=t, finished=t, received=t, stored=t, status="finished",
+                          host="node", metrics={"y": 0.04})
+        lines += [{"event": "proposed", "t": t, "task": task.id, "params": task.params, "source": "optimizer",
+                   "hypothesis": None}, {"event": "submitted", "t": t, "task": task.id}, _result_event(task)]
+    with open(run / "journal.jsonl", "a") as fh:
+        fh.write("".join(json.dumps(e) + "\n" for e in lines))
+    started = time.perf_counter()
+    snapshot(run, state=follower.state())
+    later = time.perf_counter() - started
+    started = time.perf_counter()
+    snapshot(run)
+    return first, later, time.perf_counter() - started
+
+
 def timed(argv: list[str], cwd: Path) -> tuple[float, float, int, str]:
     """(seconds, peak resident GB, exit code, last stderr line) of one command."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -139,6 +170,9 @@ def main() -> None:
         seconds, gb, code, last = timed(argv, folder)
         rows.append((name, seconds, gb, code, last))
         print(f"  {name:28s} {seconds:7.2f} s  {gb:5.2f} GB  exit {code}  {last[:100]}", flush=True)
+    first, later, whole = later_look(run)
+    print(f"  watch/dashboard look: first {first:.2f} s, a later one (16 more results) {later:.2f} s, "
+          f"the same replaying the whole journal {whole:.2f} s", flush=True)
     # resume: the orchestrator killed after the last result (no campaign_ended): replays and ends
     seconds, gb, code, last = timed(py + ["resume", str(run), "--yes"], folder)
     rows.append(("resume (budget spent)", seconds, gb, code, last))

@@ -23,7 +23,12 @@ median a lower bound, shown as "> 24"). Strategies, seed k for each run k:
                  scrambled Sobol points
 ``tpe``          the previous optimizer: 4 uniform start-up points, then Optuna multivariate TPE
 ``gp``           physflow's ``Optimizer`` as shipped (GP Bayesian optimisation)
-``gp[k=v,..]``   with class attributes or ``startup`` changed (``--gp startup=6 candidates=4096``)
+``gp[k=v,..]``   with class attributes or ``startup`` changed (``--gp startup=6 candidates=4096``,
+                 ``--gp fantasy_best=false``)
+
+``--rounds K`` replays a campaign whose rounds fix their batch when they start: K points drawn at
+once (``suggest(K, pending=running + queued)``) whenever fewer than 2 wait to start; each then
+waits its turn, so the last of a batch runs several results after it was chosen.
 
 It also times ``suggest`` at 10, 50 and 200 observations.
 
@@ -94,7 +99,11 @@ class PreviousTPE(Optimizer):
 def gp_variant(settings: dict[str, str]) -> Callable[[int], Optimizer]:
     """A factory of ``Optimizer`` with class attributes (or ``startup``) set as in ``settings``."""
     startup = int(settings["startup"]) if "startup" in settings else None
-    attrs = {k: type(getattr(Optimizer, k))(v) for k, v in settings.items() if k != "startup"}
+    def value(key: str, text: str) -> Any:
+        kind = type(getattr(Optimizer, key))
+        return text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+
+    attrs = {k: value(k, v) for k, v in settings.items() if k != "startup"}
     cls = type("Variant", (Optimizer,), attrs)
     return lambda seed: cls(PARAMETERS, "minimize", seed=seed, startup=startup)
 
@@ -117,15 +126,47 @@ def replay(opt: Any, objective: Objective) -> list[float]:
     return values
 
 
+def replay_rounds(opt: Any, objective: Objective, size: int) -> list[float]:
+    """The same, with the points drawn as a physflow round draws its batch when every point is
+    fixed when the round starts: ``size`` at once (``suggest(size, pending=...)``) whenever
+    fewer than ``CONCURRENT`` wait to start, each then waiting its turn in the queue."""
+    values: list[float] = []
+    running: deque[dict[str, float]] = deque()
+    queue: deque[dict[str, float]] = deque()
+    submitted = 0
+
+    def top_up() -> None:
+        nonlocal submitted
+        while len(running) < CONCURRENT and queue:
+            running.append(queue.popleft())
+        if len(queue) < CONCURRENT and submitted < BUDGET:
+            new = opt.suggest(min(size, BUDGET - submitted), pending=[*running, *queue])
+            queue.extend(new)
+            submitted += len(new)
+            while len(running) < CONCURRENT and queue:
+                running.append(queue.popleft())
+
+    top_up()
+    while running:
+        params = running.popleft()
+        value = objective(params)
+        opt.observe(params, value)
+        values.append(value)
+        top_up()
+    return values
+
+
 def to_tolerance(values: list[float]) -> int:
     """Simulations up to the first within tolerance; BUDGET + 1 if none."""
     return next((i + 1 for i, v in enumerate(values) if v <= TOLERANCE), BUDGET + 1)
 
 
-def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int) -> dict[str, float]:
-    """Median and mean simulations to tolerance, fraction reached and seconds per run."""
+def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int, rounds: int = 0) -> dict[str, float]:
+    """Median and mean simulations to tolerance, fraction reached and seconds per run (``rounds``:
+    batches of that size drawn ahead, ``replay_rounds``; 0: one point as each slot frees)."""
     start = time.perf_counter()
-    counts = [to_tolerance(replay(make(seed), objective)) for seed in range(seeds)]
+    counts = [to_tolerance(replay_rounds(make(seed), objective, rounds) if rounds else replay(make(seed), objective))
+              for seed in range(seeds)]
     return {"median": statistics.median(counts), "mean": statistics.fmean(counts),
             "reached": sum(c <= BUDGET for c in counts) / seeds, "s_per_run": (time.perf_counter() - start) / seeds}
 
@@ -157,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="strategies to run (default: random sobol tpe gp)")
     parser.add_argument("--gp", nargs="*", action="append", default=[], metavar="K=V",
                         help="an extra GP row with these settings (repeatable), e.g. --gp startup=6 polish=8")
+    parser.add_argument("--rounds", type=int, default=0, metavar="K",
+                        help="draw K points at once whenever fewer than 2 wait to start (a round whose batch is "
+                             "fixed when it starts), instead of one point as each slot frees")
     parser.add_argument("--no-timing", action="store_true", help="skip the suggest timings")
     args = parser.parse_args(argv)
     objective = stand_in(args.grid)
@@ -170,10 +214,11 @@ def main(argv: list[str] | None = None) -> None:
         pairs = dict(s.split("=", 1) for s in settings)
         strategies[f"gp[{','.join(settings)}]"] = gp_variant(pairs)
     print(f"stand-in {args.grid.name}; {args.seeds} seeds; budget {BUDGET}, {CONCURRENT} in flight, "
-          f"tolerance chi2_hmf <= {TOLERANCE}")
+          f"tolerance chi2_hmf <= {TOLERANCE}; "
+          + (f"rounds of {args.rounds} drawn ahead" if args.rounds else "one point as each slot frees"))
     print(f"{'strategy':<32} {'median':>7} {'mean':>6} {'reached':>8} {'s/run':>6}")
     for name, make in strategies.items():
-        r = evaluate(make, objective, args.seeds)
+        r = evaluate(make, objective, args.seeds, args.rounds)
         median = f"> {BUDGET}" if r["median"] > BUDGET else f"{r['median']:g}"
         print(f"{name:<32} {median:>7} {r['mean']:>6.1f} {r['reached']:>8.0%} {r['s_per_run']:>6.2f}", flush=True)
     if not args.no_timing:

@@ -379,7 +379,11 @@ def _store(run: Path):
 
 def _state(run: Path):
     """The run's state from its journal; each damaged journal line (skipped) is said on stderr."""
-    st = _store(run).state()
+    return _warn_damage(run, _store(run).state())
+
+
+def _warn_damage(run: Path, st):
+    """Say each damaged journal line of ``st`` (skipped by every reader) on stderr; ``st``."""
     for damage in st.damage[:5]:
         click.echo(f"warning: {run}/{damage}; skipped (physflow fsck {run} says what it lost)", err=True)
     if len(st.damage) > 5:
@@ -510,8 +514,9 @@ def watch(run: Path, once: bool, as_json: bool, interval: float) -> None:
     """
     from physflow.ui.watch import watch as follow
 
-    _state(run)  # says which journal lines are damaged (the snapshots skip them)
-    state = follow(run, once, as_json, interval)
+    follower = _store(run).follower()
+    _warn_damage(run, follower.state())  # says which journal lines are damaged (the snapshots skip them)
+    state = follow(run, once, as_json, interval, follower=follower)
     sys.exit(1 if state in ("failed", "cancelled") else 0)
 
 

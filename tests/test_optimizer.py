@@ -77,6 +77,21 @@ def test_a_batch_with_pending_points_spreads_out():
     assert min(gaps) > 1e-3, "a suggestion repeats a result, a pending point or another suggestion"
 
 
+def test_a_batch_drawn_at_once_spreads_along_a_valley_instead_of_lining_up():
+    """Kriging believer: each point of a batch enters the GP as a fantasy at its predicted value
+    before the next is chosen, and a fantasy predicted below the best is the new best to beat.
+    Without the latter the points of a batch lined up within a hair of each other (the mean of the
+    smallest gap in a batch of 4, seeds 0-9 on the tilted valley after 10 results, was 0.008 of the
+    box; with it 0.029)."""
+    gaps = []
+    for seed in range(10):
+        opt = Optimizer(UNIT, seed=seed)
+        campaign(opt, tilted_valley, budget=10)
+        points = [(p["x"], p["y"]) for p in opt.suggest(4, pending=[])]
+        gaps.append(min(max(abs(a[0] - b[0]), abs(a[1] - b[1])) for i, a in enumerate(points) for b in points[:i]))
+    assert sum(gaps) / len(gaps) > 0.015, gaps
+
+
 def tilted_valley(p: Params) -> float:
     """A narrow straight valley across the diagonal (widths 0.03 across, 0.3 along): a degeneracy
     between two parameters. Minimum 0 at (0.7, 0.5)."""

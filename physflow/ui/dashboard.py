@@ -111,6 +111,7 @@ class StateCache:
 
     def __init__(self, run_dir: Path, figures: FigureCache, max_age: float = 1.0) -> None:
         self.run_dir, self.figures, self.max_age = run_dir, figures, max_age
+        self._follower = RunStore(run_dir).follower()
         self._lock = threading.Lock()
         self._made = (-1, -math.inf)  # (journal version, monotonic time)
         self._body = b""
@@ -119,7 +120,7 @@ class StateCache:
         with self._lock:
             version = journal_version(self.run_dir)
             if version != self._made[0] or time.monotonic() - self._made[1] > self.max_age:
-                snap = snapshot(self.run_dir)
+                snap = snapshot(self.run_dir, state=self._follower.state())
                 snap["figures"] = sorted(self.figures.figures(snap["version"]))
                 self._body, self._made = json.dumps(snap).encode(), (version, time.monotonic())
             return self._body

@@ -40,11 +40,13 @@ def eta_seconds(state: CampaignState, max_simulations: int, wall_time: float, no
     return max(0.0, min(by_rate, wall_time - elapsed))
 
 
-def snapshot(run_dir: Path, now: float | None = None) -> dict[str, Any]:
-    """The run as a dict of plain JSON values (times in UNIX seconds, durations in seconds)."""
+def snapshot(run_dir: Path, now: float | None = None, state: CampaignState | None = None) -> dict[str, Any]:
+    """The run as a dict of plain JSON values (times in UNIX seconds, durations in seconds);
+    ``state``: the journal's state as a reader that looks again and again keeps it
+    (``RunStore.follower``), else replayed here."""
     now = time.time() if now is None else now
     store = RunStore(run_dir)
-    st = store.state()
+    st = store.state() if state is None else state
     spec = store.resolved_spec()
     objective, budget = spec["objective"], spec["budget"]
     metric, goal = objective["metric"], objective.get("goal", "minimize")

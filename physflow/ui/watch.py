@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from physflow.ui.snapshot import snapshot
+from physflow.workflows.store import JournalFollower, RunStore
 
 #: States in which the campaign no longer changes.
 ENDED = ("finished", "failed", "cancelled")
@@ -81,17 +82,23 @@ def rich_view(snap: dict[str, Any]) -> Any:
 
 
 def watch(run_dir: Path, once: bool, as_json: bool, interval: float, out: IO[str] | None = None,
-          tty: bool | None = None) -> str:
+          tty: bool | None = None, follower: JournalFollower | None = None) -> str:
     """Show the run until its campaign ends (or once); returns the final state.
 
     ``interval`` is the polling period in seconds. JSON mode prints one snapshot object per line.
+    Each look reads only what the journal gained (``follower``, made here if not given).
     """
     out = out or sys.stdout
+    follower = follower or RunStore(run_dir).follower()
+
+    def snapshot_now() -> dict[str, Any]:
+        return snapshot(run_dir, state=follower.state())
+
     tty = out.isatty() if tty is None else tty
     if once or as_json or not tty:
         last = None
         while True:
-            snap = snapshot(run_dir)
+            snap = snapshot_now()
             text = json.dumps(snap) if as_json else plain_line(snap)
             key = (snap["version"], snap["state"])
             if key != last:  # quiet: a line per change, not per poll
@@ -103,11 +110,11 @@ def watch(run_dir: Path, once: bool, as_json: bool, interval: float, out: IO[str
     from rich.console import Console
     from rich.live import Live
 
-    snap = snapshot(run_dir)
+    snap = snapshot_now()
     with Live(rich_view(snap), console=Console(file=out), refresh_per_second=4) as live:
         while snap["state"] not in ENDED:
             time.sleep(interval)
-            snap = snapshot(run_dir)
+            snap = snapshot_now()
             live.update(rich_view(snap))
     return snap["state"]
 
@@ -132,9 +139,11 @@ def live_progress(run_dir: Path, stream: IO[str] | None = None, interval: float 
     level = logger.level
     logger.setLevel(logging.WARNING)
 
+    follower = RunStore(run_dir).follower()  # in the orchestrator: never the whole journal a second
+
     def view() -> Any:
         try:
-            return rich_view(snapshot(run_dir))
+            return rich_view(snapshot(run_dir, state=follower.state()))
         except Exception as exc:  # noqa: BLE001 - a display must never stop the campaign
             return f"(progress unavailable: {exc})"
 

@@ -49,6 +49,9 @@ class Slots(Protocol):
     thinking_on: str | None  # the hypothesis the planner is stating: the optimizer's points run under it
 
     @property
+    def held_count(self) -> int: ...  # rounds' slots the optimizer fills as they fall free
+
+    @property
     def simulations_left(self) -> int: ...
 
     @property
@@ -57,6 +60,8 @@ class Slots(Protocol):
     def pending(self) -> list[dict[str, float]]: ...
 
     def new_task(self, params: dict[str, float], source: str, hypothesis: str | None) -> TaskRecord: ...
+
+    def draw_round(self) -> str | None: ...
 
     def submit_ready(self) -> None: ...
 
@@ -92,7 +97,10 @@ class Backfill:
         return await asyncio.to_thread(loop.optimizer.suggest, n, loop.pending())
 
     def slots(self, loop: Slots) -> tuple[int, str] | None:
-        """How many free slots the optimizer should fill now, and as what source; None for none."""
+        """How many free slots the optimizer should fill now, and as what source; None for none.
+
+        A round's held slots come first (source ``optimizer``, under the round's hypothesis),
+        then, while the planner thinks, the backfill's (under the hypothesis being stated)."""
         if loop.stop_reason or loop.queue or loop.simulations_left <= 0:
             return None
         free = min(self.budget.max_concurrent - len(loop.in_flight), loop.simulations_left)
@@ -100,9 +108,18 @@ class Backfill:
             return None
         if loop.team is None:
             return free, "optimizer"
+        if loop.held_count:
+            return min(free, loop.held_count), "optimizer"
         if loop.planner_thinking and self.budget.backfill == "optimizer" and loop.approved_once:
             return free, "backfill"
         return None
+
+    def _fill(self, loop: Slots, points: list[dict[str, float]], n: int, source: str) -> None:
+        """Queue ``points[:n]`` as ``source``: a round's held slots under that round, the
+        backfill's under the hypothesis the planner is stating, the optimizer alone's under none."""
+        for params in points[:n]:
+            hypothesis = loop.draw_round() if source == "optimizer" and loop.team is not None else loop.thinking_on
+            loop.new_task(params, source, hypothesis)
 
     def request(self, loop: Slots) -> None:
         """Ask the optimizer for points for the free slots (or a spare), in a worker thread."""
@@ -112,8 +129,7 @@ class Backfill:
         if wanted is not None and self.spares:
             n, source = wanted
             if self.results_count - self.spares_seen <= self.budget.max_concurrent:
-                for params in self.spares[:n]:
-                    loop.new_task(params, source, loop.thinking_on)
+                self._fill(loop, self.spares, n, source)
             self.spares = []
             loop.submit_ready()
             wanted = self.slots(loop)
@@ -128,7 +144,7 @@ class Backfill:
         optimizer fills the next free slot, and a fit takes over ``SPARE_ABOVE`` of a simulation."""
         if self.spares or loop.stop_reason or loop.queue or loop.simulations_left <= 0:
             return False
-        if loop.team is not None and self.budget.backfill != "optimizer":
+        if loop.team is not None and self.budget.backfill != "optimizer" and not loop.held_count:
             return False
         runs = self.recent_runs
         return bool(runs) and self.suggest_seconds > SPARE_ABOVE * statistics.median(runs)
@@ -163,8 +179,7 @@ class Backfill:
         wanted = self.slots(loop)
         if wanted is None:
             return
-        for params in points[:wanted[0]]:
-            loop.new_task(params, source, loop.thinking_on)
+        self._fill(loop, points, wanted[0], wanted[1])
 
     def cancel(self) -> None:
         if self.busy:

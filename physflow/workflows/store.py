@@ -182,14 +182,25 @@ def _not_an_event(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     return event, ""
 
 
-def iter_journal(path: Path, damage: list[Damage]) -> Iterator[dict[str, Any]]:
-    """The journal's events one at a time, appending each line that is not one to ``damage``.
+@dataclass
+class Cursor:
+    """How far a reader has read a journal: bytes and lines, whole lines only."""
+
+    offset: int = 0
+    line: int = 0
+
+
+def iter_journal(path: Path, damage: list[Damage], cursor: Cursor | None = None) -> Iterator[dict[str, Any]]:
+    """The journal's events one at a time (from ``cursor`` on, advancing it), appending each line
+    that is not one to ``damage``.
 
     A line that is not an event (garbage, binary, a JSON list, an event missing what replay
     needs) is reported with its number and skipped: the events after it still count. A torn last
-    line (no newline: a crash mid-write) is not damage; it is left out and ``heal_journal`` moves it
-    aside. Read line by line, so that replaying a run of 100,000 tasks never holds all its events.
+    line (no newline: a crash mid-write, or a line still being written) is not damage; it is left
+    out (the cursor stays before it) and ``heal_journal`` moves it aside. Read line by line, so
+    that replaying a run of 100,000 tasks never holds all its events.
     """
+    cursor = cursor if cursor is not None else Cursor()
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below, after the last line is read
     except FileNotFoundError:
@@ -198,12 +209,15 @@ def iter_journal(path: Path, damage: list[Damage]) -> Iterator[dict[str, Any]]:
         raise RunDirError(f"{path}: cannot read the journal: {exc.strerror or exc}") from None
     with fh:
         try:
-            for number, raw in enumerate(fh, 1):
+            fh.seek(cursor.offset)
+            for raw in fh:
                 if not raw.endswith(b"\n"):
                     return  # the torn last line
+                cursor.offset += len(raw)
+                cursor.line += 1
                 event, why = _not_an_event(raw[:-1])
                 if event is None:
-                    damage.append(Damage(number, why))
+                    damage.append(Damage(cursor.line, why))
                 else:
                     yield event
         except OSError as exc:
@@ -260,9 +274,26 @@ def _steering(e: dict[str, Any]) -> dict[str, Any]:
 
 def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
     """Fold journal events into the campaign's state."""
-    st = CampaignState()
-    proposed_under: dict[Any, list[str]] = {}  # hypothesis id -> its tasks so far, in order proposed
-    for e in events:
+    return Replay().add(events)
+
+
+class Replay:
+    """The fold of journal events into a ``CampaignState``, kept open so that a journal followed
+    as it grows (``JournalFollower``) folds only its new events."""
+
+    def __init__(self) -> None:
+        self.state = CampaignState()
+        self._proposed_under: dict[Any, list[str]] = {}  # hypothesis id -> its tasks so far, in order
+
+    def add(self, events: Iterable[dict[str, Any]]) -> CampaignState:
+        """Fold ``events`` into the state (the same object every time) and return it."""
+        st, proposed_under = self.state, self._proposed_under
+        for e in events:
+            self._add(st, proposed_under, e)
+        return st
+
+    @staticmethod
+    def _add(st: CampaignState, proposed_under: dict[Any, list[str]], e: dict[str, Any]) -> None:
         kind, t = e.get("event"), e.get("t")
         task = st.tasks.get(e.get("task", ""))
         if kind in ("campaign_started", "campaign_resumed"):
@@ -296,7 +327,9 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
         elif kind == "tokens":
             st.tokens[e["agent"]] = st.tokens.get(e["agent"], 0) + e["tokens"]
         elif kind == "proposed":
-            st.round_unanswered = st.round_unanswered and e.get("source") == "backfill"
+            # (an earlier round's held slot drawn meanwhile is no answer from the planner either)
+            st.round_unanswered = st.round_unanswered and (
+                e.get("source") == "backfill" or e.get("hypothesis") != f"H{st.rounds}")
             st.tasks[e["task"]] = TaskRecord(id=e["task"], params=e["params"], hypothesis=e.get("hypothesis"),
                                              source=e.get("source", "planner"), created=t)
             if e.get("hypothesis") is not None:
@@ -304,7 +337,7 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
             if e.get("hypothesis") in st.hypotheses:
                 st.hypotheses[e["hypothesis"]].tasks.append(e["task"])
         elif task is None:
-            continue
+            return
         elif kind == "submitted":
             task.status, task.submitted = "submitted", t
             st.submits[task.id] = st.submits.get(task.id, 0) + 1
@@ -319,7 +352,33 @@ def replay(events: Iterable[dict[str, Any]]) -> CampaignState:
             task.status = "cancelled"
         elif kind == "requeued":
             task.status = "proposed"
-    return st
+
+
+class JournalFollower:
+    """A run's state kept up to date by reading only what its journal gained since the last look:
+    ``physflow watch`` and the dashboard poll a live run every second, and replaying a journal of
+    100,000 tasks from its start took seconds each time. A journal replaced or cut shorter
+    (``fsck --repair``) is read again from its start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._start(None)
+
+    def _start(self, ident: tuple[int, int] | None) -> None:
+        self._ident, self._cursor, self._replay, self.damage = ident, Cursor(), Replay(), []
+
+    def state(self) -> CampaignState:
+        """The state as of the journal's last whole line now (the same object, updated)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            st = None  # iter_journal says why, in one line
+        ident = (st.st_dev, st.st_ino) if st else None
+        if ident != self._ident or (st and st.st_size < self._cursor.offset):
+            self._start(ident)
+        state = self._replay.add(iter_journal(self.path, self.damage, self._cursor))
+        state.damage = self.damage
+        return state
 
 
 def write_task_hdf5(f: h5py.File, task: TaskRecord, arrays: dict[str, Array]) -> None:
@@ -523,10 +582,11 @@ class RunStore:
         return self.run_dir / "tasks" / task_id
 
     def state(self) -> CampaignState:
-        damage: list[Damage] = []
-        state = replay(iter_journal(self.journal_path, damage))
-        state.damage = damage
-        return state
+        return JournalFollower(self.journal_path).state()
+
+    def follower(self) -> JournalFollower:
+        """The run's state, for a reader that looks again and again (``JournalFollower``)."""
+        return JournalFollower(self.journal_path)
 
     def is_live(self) -> bool:
         """True while an orchestrator holds this run's lock."""

@@ -151,3 +151,38 @@ def test_slots_are_what_the_site_held_never_more_than_max_concurrent(tmp_path):
     for damaged in ('{"slots": "2"}', '{"slots": 0}', "[]", "{"):
         (store.run_dir / "run.json").write_text(damaged)
         assert store.slots(spec) == 3, damaged
+
+
+def test_a_follower_reads_only_what_the_journal_gained_and_starts_over_when_it_is_replaced(tmp_path):
+    """``physflow watch`` and the dashboard look at a live run every second: each look folds the
+    lines appended since the last (a line still being written waits for its newline), and it agrees
+    with a replay from the start; a journal cut shorter or replaced is read again from its start."""
+    store = RunStore(tmp_path)
+    journal = tmp_path / "journal.jsonl"
+
+    def line(event: dict) -> bytes:
+        return (json.dumps(event) + "\n").encode()
+
+    journal.write_bytes(line({"event": "campaign_started", "t": 1.0, "name": "f"})
+                        + line({"event": "proposed", "task": "t0001", "params": {"x": 0.1}, "t": 2.0}))
+    follower = store.follower()
+    assert set(follower.state().tasks) == {"t0001"}
+    whole = line({"event": "proposed", "task": "t0002", "params": {"x": 0.2}, "hypothesis": None, "t": 3.0})
+    with open(journal, "ab") as fh:
+        fh.write(whole[:20])  # a line being written
+        fh.flush()
+        assert set(follower.state().tasks) == {"t0001"}
+        fh.write(whole[20:] + b"not an event\n" + line({"event": "finished", "task": "t0002", "t": 4.0,
+                                                        "metrics": {"y": 1.5}}))
+    st = follower.state()
+    assert st.tasks["t0002"].status == "finished" and st.tasks["t0002"].metrics == {"y": 1.5}
+    assert [d.line for d in st.damage] == [4]
+    fresh = store.state()
+    assert {k: v.status for k, v in fresh.tasks.items()} == {k: v.status for k, v in st.tasks.items()}
+    assert [d.line for d in fresh.damage] == [4]
+
+    replaced = tmp_path / "other.jsonl"
+    replaced.write_bytes(line({"event": "campaign_started", "t": 1.0, "name": "g"}))
+    replaced.replace(journal)  # a new file under the journal's name (a repair writes one and renames it)
+    st = follower.state()
+    assert st.name == "g" and not st.tasks and not st.damage
