@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backfill", choices=("none", "optimizer"), default="none",
                         help="budget.backfill of the agents' runs (default none: rounds pace the campaign)")
     parser.add_argument("--keep", type=Path, help="keep the run directories in this folder")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="K",
+                        help="run seeds K, K+1, ... (more seeds into a --keep DIR; --table DIR scores them all)")
     parser.add_argument("--table", type=Path, metavar="DIR", help="run nothing: print the table of the finished "
                         "runs a --keep DIR holds (wall times then from their journals)")
     args = parser.parse_args(argv)
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         make_target(target)
         print(f"target made in {time.perf_counter() - t0:.1f} s: {truth(target)}", flush=True)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for method in methods:  # interleaved, so the machine's noise spreads over every method
                 folder = root / f"{method}-{seed}"
                 folder.mkdir()
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures[(method, seed)] = agent_figures(o.run_dir)
                 print(f"  seed {seed} {method:<18} to tol {o.to_tolerance(args.tolerance) or '>' + str(o.budget):>3} "
                       f"best {o.best_value:.3f}  sources {o.sources}  ({o.reason}; {o.wall_s:.0f} s)", flush=True)
-            if seed < args.seeds - 1:  # the table so far: a run stopped early still has its figures
+            if seed < args.first_seed + args.seeds - 1:  # the table so far: a run stopped early still has its figures
                 print(f"\nafter seed {seed} ({time.perf_counter() - started:.0f} s):\n"
                       f"{table(outcomes, figures, methods, args.tolerance)}\n", flush=True)
     print(f"(total wall time {time.perf_counter() - started:.0f} s; load average {load()})\n")
