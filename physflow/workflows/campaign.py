@@ -289,14 +289,14 @@ class Campaign:
             self.new_task(held.points[0], "optimizer", self.draw_round())
 
     def draw_round(self) -> str | None:
-        """The round whose held slot the optimizer's next point fills (oldest first), taken."""
+        """The round whose held slot the optimizer's next point fills (oldest first), taken. (Its
+        verdict waits for that point's result: ``on_result`` asks for it then.)"""
         if not self.held:
             return None
         hid, held = next(iter(self.held.items()))
         held.points.pop(0)
         if not held.points:
             del self.held[hid]
-            self._judge_if_done(hid)
         return hid
 
     def _release_held(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import X_REPLAY, physflow, submit_folder, write_script
 
 WORKFLOW = """\
@@ -177,13 +179,14 @@ def test_a_corpus_of_malformed_model_outputs_never_runs_a_bad_simulation(tmp_pat
     assert json.loads(physflow("status", str(run), "--json").stdout)["state"] == "finished"
 
 
-ROUNDS_WORKFLOW = X_REPLAY.format(budget="{max_simulations: 16, max_concurrent: 2, max_rounds: 4, wall_time: 5m, "
-                                         "backfill: none}")
+ROUNDS_WORKFLOW = X_REPLAY.format(budget="{max_simulations: 16, max_concurrent: SLOTS, max_rounds: ROUNDS, "
+                                         "wall_time: 5m, backfill: none}")
 SLOW_SIM = ("import json, sys, time\ntime.sleep(0.5)\n"
             "json.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n")
 
 
-def test_a_rounds_optimizer_points_are_drawn_as_slots_free_never_queued_behind_others(tmp_path):
+@pytest.mark.parametrize("slots", [2, 1])
+def test_a_rounds_optimizer_points_are_drawn_as_slots_free_never_queued_behind_others(tmp_path, slots):
     """A round holds the optimizer's candidates and starts each when a slot falls free, as offered
     while no result came in since, else drawn afresh from every result so far: so no simulation of
     the optimizer's ever waits in the queue while others finish (a batch fixed when its round
@@ -191,7 +194,9 @@ def test_a_rounds_optimizer_points_are_drawn_as_slots_free_never_queued_behind_o
     round's hypothesis, and a hypothesis is judged only once its round has run all it held."""
     claim = json.dumps({"hypothesis": "h", "bound": "below", "value": 0.01, "simulations": ["A", "B"]})
     write_script(tmp_path / "planner.jsonl", [{"content": claim}, {"content": '{"choice": "A"}'}] * 12)
-    run, proc = submit_folder(tmp_path, {"wf.yaml": ROUNDS_WORKFLOW, "sim.py": SLOW_SIM})
+    rounds = 4 if slots == 2 else 8  # a round holds twice the slots
+    workflow = ROUNDS_WORKFLOW.replace("SLOTS", str(slots)).replace("ROUNDS", str(rounds))
+    run, proc = submit_folder(tmp_path, {"wf.yaml": workflow, "sim.py": SLOW_SIM})
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
     proposed = {e["task"]: e for e in events if e["event"] == "proposed"}
@@ -206,8 +211,7 @@ def test_a_rounds_optimizer_points_are_drawn_as_slots_free_never_queued_behind_o
         if any(x["event"] in ("finished", "failed") for x in events[i:j]):
             waited.append(tid)
     assert not waited, f"optimizer points queued behind running simulations: {waited}"
-    rounds = [e for e in events if e["event"] == "round"]
-    assert len(rounds) == 4
+    assert len([e for e in events if e["event"] == "round"]) == rounds
     for h in (e for e in events if e["event"] == "verdict"):
         mine = [tid for tid, e in proposed.items() if e["hypothesis"] == h["id"]]
         judged_at = events.index(h)
