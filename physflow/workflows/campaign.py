@@ -273,9 +273,8 @@ class Campaign:
             if source != "optimizer":
                 self.new_task(c.params, source, hid)
         points = [c.params for c, source in batch if source == "optimizer"]
-        if points:
+        if points:  # started by _schedule, which runs after every event
             self.held[hid] = Held(points, seen)
-        self._start_held()
 
     def _start_held(self) -> None:
         """Queue held candidates for the free slots while they are still what the optimizer

@@ -287,13 +287,12 @@ class Replay:
 
     def add(self, events: Iterable[dict[str, Any]]) -> CampaignState:
         """Fold ``events`` into the state (the same object every time) and return it."""
-        st, proposed_under = self.state, self._proposed_under
         for e in events:
-            self._add(st, proposed_under, e)
-        return st
+            self._add(e)
+        return self.state
 
-    @staticmethod
-    def _add(st: CampaignState, proposed_under: dict[Any, list[str]], e: dict[str, Any]) -> None:
+    def _add(self, e: dict[str, Any]) -> None:
+        st, proposed_under = self.state, self._proposed_under
         kind, t = e.get("event"), e.get("t")
         task = st.tasks.get(e.get("task", ""))
         if kind in ("campaign_started", "campaign_resumed"):
@@ -582,7 +581,7 @@ class RunStore:
         return self.run_dir / "tasks" / task_id
 
     def state(self) -> CampaignState:
-        return JournalFollower(self.journal_path).state()
+        return self.follower().state()
 
     def follower(self) -> JournalFollower:
         """The run's state, for a reader that looks again and again (``JournalFollower``)."""
