@@ -138,7 +138,12 @@ def _check_nothing_lost(folder: Path, run: Path, outcome: dict, expected: set[st
                                 and any(p["event"] == "finished" and p["task"] == e["task"] for p in events[:i])]
     assert not lost, f"finished before a kill, lost after resume: {lost}"
     assert not reruns and not resubmitted_after_finish, (reruns, resubmitted_after_finish)
-    assert finished == expected, sorted(expected ^ finished)
+    # An id may be skipped, never reused: a kill after a task's folder was made but before its
+    # "proposed" event was durable leaves a folder the journal does not know (RunStore.next_task_id).
+    skipped = expected - finished
+    assert not skipped & {e.get("task") for e in events}, sorted(expected ^ finished)
+    assert len(finished) == len(expected) and all((run / "tasks" / t).is_dir() for t in skipped), \
+        sorted(expected ^ finished)
     with h5py.File(run / "campaign.h5", "r") as f:
         # a task with a result has its group; one cancelled before it ran (the campaign stopped) has none
         assert sorted(f["tasks"]) == sorted(t for t, r in rows.items() if r["status"] in ("finished", "failed"))
@@ -176,6 +181,7 @@ def _campaign(root: Path, i: int, kind: str, workflow: str, script: list | None,
 
 def test_random_kills_lose_nothing_and_rerun_nothing(tmp_path: Path):
     seed = int(os.environ.get("PHYSFLOW_KILL_SEED", "0")) or random.SystemRandom().randrange(1, 10**6)
+    print(f"PHYSFLOW_KILL_SEED={seed}")  # shown with a failure: the same kills again
     started = time.monotonic()
     menu = ["dispatch", "hdf5", "time"]
     # The campaigns run side by side: most of a resume is waiting for Parsl's worker pool to start.
