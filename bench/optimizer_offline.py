@@ -30,6 +30,13 @@ median a lower bound, shown as "> 24"). Strategies, seed k for each run k:
 once (``suggest(K, pending=running + queued)``) whenever fewer than 2 wait to start; each then
 waits its turn, so the last of a batch runs several results after it was chosen.
 
+``--held K`` replays physflow's rounds as they run now with a planner slower than the round's
+simulations (``Campaign.held``): K points offered at once when every slot is idle (the planner's
+turn ended after the last simulation of the round before), each started as a slot frees, as
+offered while no result came in since (or in the start-up design), else replaced by a fresh
+``suggest(1, pending=running)``. Against the default replay it measures what the rounds' idle
+gaps and pairs started together cost in simulations.
+
 It also times ``suggest`` at 10, 50 and 200 observations.
 
 Run from the repository root: ``python bench/optimizer_offline.py [--seeds 100] [--gp K=V ...]``.
@@ -156,17 +163,47 @@ def replay_rounds(opt: Any, objective: Objective, size: int) -> list[float]:
     return values
 
 
+def replay_held(opt: Any, objective: Objective, size: int) -> list[float]:
+    """The objective values in the order physflow's held rounds store them (``--held``)."""
+    values: list[float] = []
+    running: deque[dict[str, float]] = deque()
+    held: deque[dict[str, float]] = deque()
+    submitted = seen = 0
+    while submitted < BUDGET or running:
+        if not held and not running:  # every slot idle: the next round's batch, offered
+            held.extend(opt.suggest(min(size, BUDGET - submitted), pending=[]))
+            seen = len(values)
+        while len(running) < CONCURRENT and held and submitted < BUDGET:
+            params = held.popleft()
+            if len(values) != seen and len(values) >= getattr(opt, "startup", 0):
+                params = opt.suggest(1, pending=list(running))[0]
+            running.append(params)
+            submitted += 1
+        params = running.popleft()
+        value = objective(params)
+        opt.observe(params, value)
+        values.append(value)
+    return values
+
+
 def to_tolerance(values: list[float]) -> int:
     """Simulations up to the first within tolerance; BUDGET + 1 if none."""
     return next((i + 1 for i, v in enumerate(values) if v <= TOLERANCE), BUDGET + 1)
 
 
-def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int, rounds: int = 0) -> dict[str, float]:
+def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int, rounds: int = 0,
+             held: int = 0) -> dict[str, float]:
     """Median and mean simulations to tolerance, fraction reached and seconds per run (``rounds``:
-    batches of that size drawn ahead, ``replay_rounds``; 0: one point as each slot frees)."""
+    batches of that size drawn ahead, ``replay_rounds``; ``held``: physflow's held rounds,
+    ``replay_held``; neither: one point as each slot frees)."""
     start = time.perf_counter()
-    counts = [to_tolerance(replay_rounds(make(seed), objective, rounds) if rounds else replay(make(seed), objective))
-              for seed in range(seeds)]
+
+    def run(opt: Any) -> list[float]:
+        if rounds:
+            return replay_rounds(opt, objective, rounds)
+        return replay_held(opt, objective, held) if held else replay(opt, objective)
+
+    counts = [to_tolerance(run(make(seed))) for seed in range(seeds)]
     return {"median": statistics.median(counts), "mean": statistics.fmean(counts),
             "reached": sum(c <= BUDGET for c in counts) / seeds, "s_per_run": (time.perf_counter() - start) / seeds}
 
@@ -201,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=0, metavar="K",
                         help="draw K points at once whenever fewer than 2 wait to start (a round whose batch is "
                              "fixed when it starts), instead of one point as each slot frees")
+    parser.add_argument("--held", type=int, default=0, metavar="K",
+                        help="physflow's held rounds of K with idle gaps between them (replay_held)")
     parser.add_argument("--no-timing", action="store_true", help="skip the suggest timings")
     args = parser.parse_args(argv)
     objective = stand_in(args.grid)
@@ -215,10 +254,11 @@ def main(argv: list[str] | None = None) -> None:
         strategies[f"gp[{','.join(settings)}]"] = gp_variant(pairs)
     print(f"stand-in {args.grid.name}; {args.seeds} seeds; budget {BUDGET}, {CONCURRENT} in flight, "
           f"tolerance chi2_hmf <= {TOLERANCE}; "
-          + (f"rounds of {args.rounds} drawn ahead" if args.rounds else "one point as each slot frees"))
+          + (f"rounds of {args.rounds} drawn ahead" if args.rounds else
+             f"held rounds of {args.held}, idle between rounds" if args.held else "one point as each slot frees"))
     print(f"{'strategy':<32} {'median':>7} {'mean':>6} {'reached':>8} {'s/run':>6}")
     for name, make in strategies.items():
-        r = evaluate(make, objective, args.seeds, args.rounds)
+        r = evaluate(make, objective, args.seeds, args.rounds, args.held)
         median = f"> {BUDGET}" if r["median"] > BUDGET else f"{r['median']:g}"
         print(f"{name:<32} {median:>7} {r['mean']:>6.1f} {r['reached']:>8.0%} {r['s_per_run']:>6.2f}", flush=True)
     if not args.no_timing:

@@ -2,7 +2,8 @@
 
 Every event of a campaign (proposed, submitted, finished, failed, hypothesis, verdict, ...) is a
 JSON line in ``journal.jsonl``, written and fsync'd before anything else sees it. Arrays go to
-``campaign.h5`` right after, in the same group commit, by the one writer thread. Readers
+``campaign.h5`` right after, by the committer's HDF5 stage through a writer process of its own
+(``h5writer``: HDF5 holds the GIL, and this interpreter runs the loop). Readers
 (``physflow results``, ``status``) replay the journal, so they never contend with the writer for
 the HDF5 file, and a torn last line from a crash is simply ignored.
 """
@@ -38,6 +39,7 @@ from physflow.vocabulary.steering import Claim
 from physflow.vocabulary.tables import Column, H5Group, Table
 from physflow.vocabulary.task import Array
 from physflow.vocabulary.workflow import LoadedWorkflow, load_workflow, load_yaml_with_lines
+from physflow.workflows import h5writer
 
 JOURNAL = "journal.jsonl"
 HDF5 = "campaign.h5"
@@ -380,31 +382,9 @@ class JournalFollower:
         return state
 
 
-def write_task_hdf5(f: h5py.File, task: TaskRecord, arrays: dict[str, Array]) -> None:
-    """One task's group, replaced whole (a resumed task never leaves a stale half behind)."""
-    name = f"tasks/{task.id}"
-    if name in f:
-        del f[name]
-    g = f.create_group(name)
-    for key in ("status", "hypothesis", "source", "error", "host"):
-        value = getattr(task, key)
-        if value is not None:
-            g.attrs[key] = value
-    for key in ("created", "submitted", "started", "finished", "received", "stored"):
-        value = getattr(task, key)
-        if value is not None:
-            g.attrs[key] = value
-    g.attrs["params_json"] = json.dumps(task.params)
-    g.create_group("params").attrs.update(task.params)
-    g.create_group("metrics").attrs.update(task.metrics)
-    for key, arr in arrays.items():
-        d = g.create_dataset(key, data=arr.values)
-        d.attrs["units"] = arr.units
-
-
 def campaign_tables(root: H5Group) -> list[Table]:
     """A campaign.h5 as ``physflow ask`` shows it: one row per simulation (``<name>/tasks``), its
-    status, parameters and metrics as columns, read back from the groups ``write_task_hdf5``
+    status, parameters and metrics as columns, read back from the groups ``h5writer.write_task_hdf5``
     writes; [] for any other file."""
     tasks = root.file.get("tasks")
     if not isinstance(tasks, h5py.Group):
@@ -456,6 +436,7 @@ class RunStore:
         self.h5_path = run_dir / HDF5
         self._lock_fh = None
         self.journal: Journal | None = None
+        self._h5_writer: h5writer.Hdf5Writer | None = None
 
     @classmethod
     def create(cls, run_dir: Path) -> RunStore:
@@ -477,6 +458,8 @@ class RunStore:
         self.lock()
         heal_journal(self.journal_path)
         self.journal = Journal(self.journal_path)
+        # (started from the thread that opens the store: the process dies with that thread)
+        self._h5_writer = h5writer.Hdf5Writer(self.h5_path)
 
     def lock(self) -> None:
         """Take the run-dir lock (refused while another live orchestrator holds it)."""
@@ -496,6 +479,9 @@ class RunStore:
         self._lock_fh.flush()
 
     def close(self) -> None:
+        if self._h5_writer:
+            self._h5_writer.close()
+            self._h5_writer = None
         if self.journal:
             self.journal.close()
             self.journal = None
@@ -681,28 +667,13 @@ class RunStore:
         self.journal.append(events)
 
     def write_hdf5(self, results: list[tuple[TaskRecord, dict[str, Array]]], remove: Iterable[str] = ()) -> None:
-        """Write finished tasks' groups (and drop the ``remove`` ones) in one atomic replace.
-
-        The batch goes into a copy of campaign.h5 that then takes its name in one rename. HDF5
-        locks a file while it is open, so writing in place would fail whenever a reader (the
-        coder's sandbox, h5py in a notebook, ``physflow ask``) has it open, and a reader opening it
-        mid-write would fail or see half a group. With the rename, a reader keeps the whole file it
-        opened, a new reader gets the last whole file, and a crash mid-write leaves the previous
-        file intact. The copy costs ~1 ms per MB, once per batch.
-        """
-        tmp = self.h5_path.with_name(f"{HDF5}.writing")
-        if self.h5_path.exists():
-            shutil.copyfile(self.h5_path, tmp)
+        """Write finished tasks' groups (and drop the ``remove`` ones) in one atomic replace of
+        campaign.h5 (``h5writer.write_file``): by the writer process while this store is open for
+        writing, so HDF5 never takes the orchestrator's interpreter; else here (fsck, tools)."""
+        if self._h5_writer is not None:
+            self._h5_writer.write(results, remove)
         else:
-            tmp.unlink(missing_ok=True)
-        with h5py.File(tmp, "a") as f:
-            for name in remove:
-                f.pop(f"tasks/{name}", None)
-            for task, arrays in results:
-                write_task_hdf5(f, task, arrays)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.h5_path)
+            h5writer.write_file(self.h5_path, results, remove)
 
 
 #: The HDF5 stage writes once results pause this long (s) ...
@@ -727,9 +698,9 @@ class Committer:
     Two stages, each its own thread. The journal stage parses outputs (``finalize``, off Parsl's
     result thread), appends everything that arrived together with one fsync, and then calls
     ``on_committed`` for each result: from that moment the result is durable and the agents may
-    see it. The HDF5 stage writes the same results' groups behind it, once results pause or at
-    most HDF5_MAX_LAG_S later, so a slow HDF5 write (~2 ms a task, mostly attribute creation) never holds
-    back the journal or the agents. A crash between the two stages loses nothing: resume
+    see it. The HDF5 stage writes the same results' groups behind it (through the writer
+    process), once results pause or at most HDF5_MAX_LAG_S later, so a slow HDF5 write (~2 ms a
+    task, mostly attribute creation) never holds back the journal or the agents. A crash between the two stages loses nothing: resume
     rewrites missing groups from the journal and the task folders (``RunStore.repair_hdf5``).
     """
 

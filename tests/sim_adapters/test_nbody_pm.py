@@ -23,7 +23,7 @@ from physflow.sim_adapters.nbody_pm.cosmology import Cosmology
 from physflow.sim_adapters.nbody_pm.settings import Settings
 from physflow.vocabulary.records import TaskRecord
 from physflow.vocabulary.workflow import load_workflow
-from physflow.workflows.store import write_task_hdf5
+from physflow.workflows.h5writer import write_task_hdf5
 from tests.conftest import EXAMPLES
 
 PLANCK = Cosmology()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import h5py
 import numpy as np
+import psutil
 import pytest
 
 from physflow.errors import RunDirError
@@ -53,6 +58,42 @@ def test_results_are_journaled_then_stored(tmp_path):
         assert g["params"].attrs["x"] == 4.0 and g["metrics"].attrs["loss"] == 0.5
         assert g["profile"].attrs["units"] == "m" and list(g["profile"][...]) == [0.0, 1.0, 2.0]
         assert json.loads(g.attrs["params_json"]) == {"x": 4.0}
+
+
+def test_hdf5_is_written_by_a_process_of_its_own(tmp_path):
+    """HDF5 holds the GIL: campaign.h5 is written by the store's writer process, which answers
+    a failed write with its exception and dies with the orchestrator that started it."""
+    store = RunStore.create(tmp_path / "run")
+    store.open_for_writing()
+    writer = store._h5_writer._proc
+    assert writer.pid != os.getpid() and writer.poll() is None
+    task = TaskRecord(id="t0", params={"x": 1.0}, status="finished", metrics={"loss": 0.5})
+    store.write_hdf5([(task, {"profile": Array(np.arange(3.0), "m")})])
+    with h5py.File(store.h5_path, "r") as f:
+        assert f["tasks/t0/metrics"].attrs["loss"] == 0.5 and list(f["tasks/t0/profile"][...]) == [0, 1, 2]
+    store.h5_path.unlink()
+    store.h5_path.mkdir()  # a write that fails in the writer fails here, and the writer goes on
+    with pytest.raises(OSError):
+        store.write_hdf5([(task, {})])
+    store.h5_path.rmdir()
+    store.write_hdf5([(task, {})])
+    store.close()
+    assert writer.poll() == 0 and h5py.File(store.h5_path, "r")["tasks/t0"].attrs["status"] == "finished"
+
+    # an orchestrator killed with SIGKILL takes its writer along (PR_SET_PDEATHSIG mid-write, else its
+    # closed pipe): it never writes once a resume may hold the run
+    code = ("import sys; from pathlib import Path; from physflow.workflows.store import RunStore\n"
+            f"s = RunStore.create(Path({str(tmp_path / 'run2')!r})); s.open_for_writing()\n"
+            "print(s._h5_writer._proc.pid, flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
 
 
 def test_non_finite_metrics_stay_valid_json(tmp_path):
