@@ -45,6 +45,11 @@ log = logging.getLogger("physflow.campaign")
 EARNED_SHARE_MAX = 0.3
 #: Candidates the optimizer offers beyond the round's batch, so that a pick is a choice.
 EXTRA_CANDIDATES = 3
+#: A round holds twice the slots (so they stay busy while the planner's next turn runs), but at
+#: most this many of its simulations are candidates the planner is shown and its prompt names: a
+#: small model's context and one small decision at a time. The rest of a large round are drawn by
+#: the optimizer as slots free (with 1,000 slots, a round of 8 left 992 idle under ``backfill: none``).
+ROUND_SHOWN = 8
 #: At most this long (s) for the coder's answer to the goal at the end of a campaign.
 CONCLUSION_SECONDS = 300.0
 
@@ -108,7 +113,7 @@ class Campaign:
 
     @property
     def held_count(self) -> int:
-        return sum(len(h.points) for h in self.held.values())
+        return sum(h.count for h in self.held.values())
 
     @property
     def planner_thinking(self) -> bool:
@@ -222,7 +227,8 @@ class Campaign:
     async def _plan(self, round_no: int, pending: list[dict[str, float]]) -> None:
         """The round's batch (the optimizer's candidates, the planner's picks in its share) and
         the hypothesis it tests; whatever fails, the loop gets a batch."""
-        capacity = max(1, min(self.simulations_unplanned, self.spec.budget.max_concurrent * 2, 8))
+        size = max(1, min(self.simulations_unplanned, self.spec.budget.max_concurrent * 2))
+        capacity = min(size, ROUND_SHOWN)
         obj, picks, batch, started = self.spec.objective, [], [], False
         share = self.planner_share()  # the share this round's batch is composed with (journaled as such)
         outcome = ClaimOutcome()
@@ -241,7 +247,7 @@ class Campaign:
             prompt = hypothesis_prompt(self, round_no, advice, [c for c, _ in batch], note, self.last_analysis)
             if self._unasked():  # the batch runs while the planner states what it tests
                 started = True
-                await self._events.put(Event("batch", (round_no, batch, seen)))
+                await self._events.put(Event("batch", (round_no, batch, seen, size - len(batch))))
             outcome = await self.team.hypothesize(prompt, obj.metric, [c.params for c, _ in batch])
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any agent failure
             outcome.errors.append(f"{type(exc).__name__}: {exc}")
@@ -252,7 +258,7 @@ class Campaign:
                                                  started, share)))
 
     @handles("batch")
-    def on_batch(self, round_no: int, batch: list[tuple[Candidate, str]], seen: int = 0) -> None:
+    def on_batch(self, round_no: int, batch: list[tuple[Candidate, str]], seen: int = 0, more: int = 0) -> None:
         """The round's simulations start before their hypothesis is stated, when nobody is asked
         to approve them: the planner's prompt was written before any of their results existed,
         so its prediction stays a prediction, and the slots do not wait for the model's turn.
@@ -263,7 +269,8 @@ class Campaign:
         replaced by a point the optimizer draws then (``draw_round``). A batch fixed when the round
         starts runs its last point several results after choosing it: offline
         (``bench/optimizer_offline.py --rounds 4``, 100 seeds) that took a mean 9.9 simulations
-        to the tolerance where one point drawn as each slot frees took 8.0."""
+        to the tolerance where one point drawn as each slot frees took 8.0. A round larger than
+        ``ROUND_SHOWN`` holds ``more`` slots beyond its batch, each drawn afresh as it starts."""
         self.awaiting_batch = False
         if self.stop_reason:
             return
@@ -273,8 +280,9 @@ class Campaign:
             if source != "optimizer":
                 self.new_task(c.params, source, hid)
         points = [c.params for c, source in batch if source == "optimizer"]
-        if points:  # started by _schedule, which runs after every event
-            self.held[hid] = Held(points, seen)
+        more = max(0, min(more, self.simulations_unplanned - len(points)))
+        if points or more:  # started by _schedule, which runs after every event
+            self.held[hid] = Held(points, seen, more)
 
     def _start_held(self) -> None:
         """Queue held candidates for the free slots while they are still what the optimizer
@@ -283,8 +291,8 @@ class Campaign:
         while self.held and not self.stop_reason and self.simulations_left > 0 \
                 and len(self.queue) + len(self.in_flight) < self.spec.budget.max_concurrent:
             hid, held = next(iter(self.held.items()))
-            if len(opt.observed) != held.seen and len(opt.observed) >= opt.startup:
-                return
+            if not held.points or (len(opt.observed) != held.seen and len(opt.observed) >= opt.startup):
+                return  # the backfill draws it afresh
             self.new_task(held.points[0], "optimizer", self.draw_round())
 
     def draw_round(self) -> str | None:
@@ -293,8 +301,11 @@ class Campaign:
         if not self.held:
             return None
         hid, held = next(iter(self.held.items()))
-        held.points.pop(0)
-        if not held.points:
+        if held.points:
+            held.points.pop(0)
+        else:
+            held.fresh -= 1
+        if not held.count:
             del self.held[hid]
         return hid
 
@@ -630,11 +641,17 @@ class Campaign:
 
 @dataclass
 class Held:
-    """A round's optimizer candidates not started yet, in the optimizer's order, and how many
-    results the optimizer had seen when it offered them."""
+    """A round's optimizer candidates not started yet, in the optimizer's order, how many
+    results the optimizer had seen when it offered them, and the round's slots beyond them
+    (``fresh``: no candidate offered, drawn when each starts)."""
 
     points: list[dict[str, float]]
     seen: int
+    fresh: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.points) + self.fresh
 
 
 def compose_batch(candidates: list[Candidate], picks: list[PickRecord], earned: int,

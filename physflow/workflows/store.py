@@ -700,8 +700,9 @@ class Committer:
     ``on_committed`` for each result: from that moment the result is durable and the agents may
     see it. The HDF5 stage writes the same results' groups behind it (through the writer
     process), once results pause or at most HDF5_MAX_LAG_S later, so a slow HDF5 write (~2 ms a
-    task, mostly attribute creation) never holds back the journal or the agents. A crash between the two stages loses nothing: resume
-    rewrites missing groups from the journal and the task folders (``RunStore.repair_hdf5``).
+    task, mostly attribute creation) never holds back the journal or the agents. A crash between
+    the two stages loses nothing: resume rewrites missing groups from the journal and the task
+    folders (``RunStore.repair_hdf5``).
     """
 
     def __init__(self, store: RunStore, finalize: Finalize,

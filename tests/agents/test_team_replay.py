@@ -185,16 +185,17 @@ SLOW_SIM = ("import json, sys, time\ntime.sleep(0.5)\n"
             "json.dump({'loss': (float(sys.argv[1]) - 0.3) ** 2}, open('result.json', 'w'))\n")
 
 
-@pytest.mark.parametrize("slots", [2, 1])
+@pytest.mark.parametrize("slots", [2, 1, 6])
 def test_a_rounds_optimizer_points_are_drawn_as_slots_free_never_queued_behind_others(tmp_path, slots):
     """A round holds the optimizer's candidates and starts each when a slot falls free, as offered
     while no result came in since, else drawn afresh from every result so far: so no simulation of
     the optimizer's ever waits in the queue while others finish (a batch fixed when its round
     starts ran its last point several results after choosing it). Every simulation is under a
-    round's hypothesis, and a hypothesis is judged only once its round has run all it held."""
+    round's hypothesis, and a hypothesis is judged only once its round has run all it held. A
+    round holds twice the slots even where that is more than the planner is shown (6 slots: 12)."""
     claim = json.dumps({"hypothesis": "h", "bound": "below", "value": 0.01, "simulations": ["A", "B"]})
     write_script(tmp_path / "planner.jsonl", [{"content": claim}, {"content": '{"choice": "A"}'}] * 12)
-    rounds = 4 if slots == 2 else 8  # a round holds twice the slots
+    rounds = {1: 8, 2: 4, 6: 2}[slots]  # a round holds twice the slots (of 16)
     workflow = ROUNDS_WORKFLOW.replace("SLOTS", str(slots)).replace("ROUNDS", str(rounds))
     run, proc = submit_folder(tmp_path, {"wf.yaml": workflow, "sim.py": SLOW_SIM})
     assert proc.returncode == 0, proc.stderr
@@ -212,6 +213,7 @@ def test_a_rounds_optimizer_points_are_drawn_as_slots_free_never_queued_behind_o
             waited.append(tid)
     assert not waited, f"optimizer points queued behind running simulations: {waited}"
     assert len([e for e in events if e["event"] == "round"]) == rounds
+    assert sum(e["hypothesis"] == "H1" for e in proposed.values()) == min(16, 2 * slots)
     for h in (e for e in events if e["event"] == "verdict"):
         mine = [tid for tid, e in proposed.items() if e["hypothesis"] == h["id"]]
         judged_at = events.index(h)
