@@ -63,7 +63,7 @@ pools:
 
 #: Seconds the raw pools may take to run their first tasks (many pools on 2 busy cores start slowly).
 POOL_START_TIMEOUT_S = 600.0
-COUNTS = (10, 30, 100, 300, 1000, 3000, 10000)
+COUNTS = (10, 30, 100, 300, 1000, 3000, 10000, 30000)
 DURATIONS = (1.0, 10.0, 60.0, 600.0)
 
 
