@@ -24,6 +24,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -96,16 +97,19 @@ def _receive(stream: IO[bytes]) -> Any:
 
 class Hdf5Writer:
     """The orchestrator's side: ``write`` blocks until the process wrote the batch (and raises
-    what the write raised, an OSError if the process is gone)."""
+    what the write raised, an OSError if the process is gone). One write at a time: a resume's
+    repair and the committer's HDF5 stage never interleave their batch and answer."""
 
     def __init__(self, h5_path: Path) -> None:
         self._proc = subprocess.Popen([sys.executable, "-m", "physflow.workflows.h5writer", str(h5_path)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        self._lock = threading.Lock()
 
     def write(self, results: list[tuple[TaskRecord, dict[str, Array]]], remove: Iterable[str] = ()) -> None:
         try:
-            _send(self._proc.stdin, (results, list(remove)))  # type: ignore[arg-type]
-            error = _receive(self._proc.stdout)  # type: ignore[arg-type]
+            with self._lock:
+                _send(self._proc.stdin, (results, list(remove)))  # type: ignore[arg-type]
+                error = _receive(self._proc.stdout)  # type: ignore[arg-type]
         except (EOFError, OSError) as exc:
             raise OSError(f"campaign.h5's writer process ended (exit code {self._proc.poll()})") from exc
         if error is not None:
