@@ -35,7 +35,9 @@ simulations (``Campaign.held``): K points offered at once when every slot is idl
 turn ended after the last simulation of the round before), each started as a slot frees, as
 offered while no result came in since (or in the start-up design), else replaced by a fresh
 ``suggest(1, pending=running)``. Against the default replay it measures what the rounds' idle
-gaps and pairs started together cost in simulations.
+gaps and pairs started together cost in simulations. ``--pinned P`` runs the first P points of
+each held round as offered whatever came in since: the simulations a round's hypothesis names,
+which must run for its claim to be tested (``Held.pinned``).
 
 It also times ``suggest`` at 10, 50 and 200 observations.
 
@@ -163,19 +165,21 @@ def replay_rounds(opt: Any, objective: Objective, size: int) -> list[float]:
     return values
 
 
-def replay_held(opt: Any, objective: Objective, size: int) -> list[float]:
-    """The objective values in the order physflow's held rounds store them (``--held``)."""
+def replay_held(opt: Any, objective: Objective, size: int, pinned: int = 0) -> list[float]:
+    """The objective values in the order physflow's held rounds store them (``--held``; the
+    first ``pinned`` of each round run as offered, ``--pinned``)."""
     values: list[float] = []
     running: deque[dict[str, float]] = deque()
     held: deque[dict[str, float]] = deque()
-    submitted = seen = 0
+    submitted = seen = pins = 0
     while submitted < BUDGET or running:
         if not held and not running:  # every slot idle: the next round's batch, offered
             held.extend(opt.suggest(min(size, BUDGET - submitted), pending=[]))
-            seen = len(values)
+            seen, pins = len(values), pinned
         while len(running) < CONCURRENT and held and submitted < BUDGET:
             params = held.popleft()
-            if len(values) != seen and len(values) >= getattr(opt, "startup", 0):
+            pins -= 1
+            if pins < 0 and len(values) != seen and len(values) >= getattr(opt, "startup", 0):
                 params = opt.suggest(1, pending=list(running))[0]
             running.append(params)
             submitted += 1
@@ -192,7 +196,7 @@ def to_tolerance(values: list[float]) -> int:
 
 
 def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int, rounds: int = 0,
-             held: int = 0) -> dict[str, float]:
+             held: int = 0, pinned: int = 0) -> dict[str, float]:
     """Median and mean simulations to tolerance, fraction reached and seconds per run (``rounds``:
     batches of that size drawn ahead, ``replay_rounds``; ``held``: physflow's held rounds,
     ``replay_held``; neither: one point as each slot frees)."""
@@ -201,7 +205,7 @@ def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int, round
     def run(opt: Any) -> list[float]:
         if rounds:
             return replay_rounds(opt, objective, rounds)
-        return replay_held(opt, objective, held) if held else replay(opt, objective)
+        return replay_held(opt, objective, held, pinned) if held else replay(opt, objective)
 
     counts = [to_tolerance(run(make(seed))) for seed in range(seeds)]
     return {"median": statistics.median(counts), "mean": statistics.fmean(counts),
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
                              "fixed when it starts), instead of one point as each slot frees")
     parser.add_argument("--held", type=int, default=0, metavar="K",
                         help="physflow's held rounds of K with idle gaps between them (replay_held)")
+    parser.add_argument("--pinned", type=int, default=0, metavar="P",
+                        help="with --held: the first P points of each round run as offered (a hypothesis's)")
     parser.add_argument("--no-timing", action="store_true", help="skip the suggest timings")
     args = parser.parse_args(argv)
     objective = stand_in(args.grid)
@@ -255,10 +261,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"stand-in {args.grid.name}; {args.seeds} seeds; budget {BUDGET}, {CONCURRENT} in flight, "
           f"tolerance chi2_hmf <= {TOLERANCE}; "
           + (f"rounds of {args.rounds} drawn ahead" if args.rounds else
-             f"held rounds of {args.held}, idle between rounds" if args.held else "one point as each slot frees"))
+             f"held rounds of {args.held} ({args.pinned} pinned), idle between rounds" if args.held
+             else "one point as each slot frees"))
     print(f"{'strategy':<32} {'median':>7} {'mean':>6} {'reached':>8} {'s/run':>6}")
     for name, make in strategies.items():
-        r = evaluate(make, objective, args.seeds, args.rounds, args.held)
+        r = evaluate(make, objective, args.seeds, args.rounds, args.held, args.pinned)
         median = f"> {BUDGET}" if r["median"] > BUDGET else f"{r['median']:g}"
         print(f"{name:<32} {median:>7} {r['mean']:>6.1f} {r['reached']:>8.0%} {r['s_per_run']:>6.2f}", flush=True)
     if not args.no_timing:

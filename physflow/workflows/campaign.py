@@ -17,7 +17,7 @@ import random
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from physflow.agents.prompts import critic_prompt, default_analysis, hypothesis_prompt, resume_summary
@@ -285,26 +285,29 @@ class Campaign:
             self.held[hid] = Held(points, seen, more)
 
     def _start_held(self) -> None:
-        """Queue held candidates for the free slots while they are still what the optimizer
-        would offer (no result since, or still in its start-up design)."""
+        """Queue held candidates for the free slots: those a hypothesis names (pinned) always,
+        the others while they are still what the optimizer would offer (no result since, or
+        still in its start-up design)."""
         opt = self.optimizer
         while self.held and not self.stop_reason and self.simulations_left > 0 \
                 and len(self.queue) + len(self.in_flight) < self.spec.budget.max_concurrent:
             hid, held = next(iter(self.held.items()))
-            if not held.points or (len(opt.observed) != held.seen and len(opt.observed) >= opt.startup):
+            if held.pinned:
+                point = held.pinned[0]
+            elif held.points and (len(opt.observed) == held.seen or len(opt.observed) < opt.startup):
+                point = held.points[0]
+            else:
                 return  # the backfill draws it afresh
-            self.new_task(held.points[0], "optimizer", self.draw_round())
+            self.new_task(point, "optimizer", self.draw_round(point))
 
-    def draw_round(self) -> str | None:
-        """The round whose held slot the optimizer's next point fills (oldest first), taken. (Its
-        verdict waits for that point's result: ``on_result`` asks for it then.)"""
+    def draw_round(self, point: dict[str, float] | None = None) -> str | None:
+        """The round whose held slot ``point`` (a held candidate) or the optimizer's next point
+        fills (oldest first), taken. (Its verdict waits for that point's result: ``on_result``
+        asks for it then.)"""
         if not self.held:
             return None
         hid, held = next(iter(self.held.items()))
-        if held.points:
-            held.points.pop(0)
-        else:
-            held.fresh -= 1
+        held.take(point)
         if not held.count:
             del self.held[hid]
         return hid
@@ -341,9 +344,10 @@ class Campaign:
             h.claim = claim.to_dict() if claim else None
         h.prediction = Claim.from_dict(h.claim).text() if h.claim else "no prediction"
         log.info("round %d: %s %s: %s [%s]", round_no, hid, h.author, h.statement[:100], h.prediction)
+        pinned = self._pin_claimed(hid, outcome.claim, batch) if outcome.ok else 0
         review = outcome.review
         self._journal_hypothesis(
-            h, review=review.model_dump() if review else None,
+            h, review=review.model_dump() if review else None, pinned=pinned,
             unverified_citations=outcome.unverified_citations,
             share=self.planner_share() if share is None else share, earned=earned,
             picks=[{"place": p.place, "shown": p.shown, "ran": i < earned and p.candidate is not None,
@@ -356,6 +360,19 @@ class Campaign:
         for p in approved:  # an edited set is the user's
             self.new_task(p, next((source for c, source in batch if c.params == p), "user"), hid)
         self._judge_if_done(hid)
+
+    def _pin_claimed(self, hid: str, claim: Claim | None, batch: list[tuple[Candidate, str]]) -> int:
+        """The round's candidates the planner's claim is about and that have not started, pinned
+        (``Held.pin``): they run as offered, so the claim has its simulations. (Replaced by fresh
+        points once results came in, they left half the demo's claims with none: "inconclusive".)
+        Offline (``bench/optimizer_offline.py --held 4 --pinned 1``) that costs no simulations to
+        the tolerance. The surrogate's stand-in claim spans the whole batch and pins nothing."""
+        held = self.held.get(hid)
+        if held is None or claim is None:
+            return 0
+        started = [self.tasks[t].params for t in self.hypotheses[hid].tasks]
+        claimed = [c.params for c, _ in batch if claim.contains(c.params) and c.params not in started]
+        return held.pin(claimed)
 
     def _judge_if_done(self, hid: str) -> None:
         """Queue ``hid`` for its verdict once it is stated and every simulation under it ended."""
@@ -643,15 +660,50 @@ class Campaign:
 class Held:
     """A round's optimizer candidates not started yet, in the optimizer's order, how many
     results the optimizer had seen when it offered them, and the round's slots beyond them
-    (``fresh``: no candidate offered, drawn when each starts)."""
+    (``fresh``: no candidate offered, drawn when each starts). ``pinned``: candidates the round's
+    hypothesis names, which start as offered whatever came in since (its claim is about them:
+    replaced, they would leave it with nothing to test)."""
 
     points: list[dict[str, float]]
     seen: int
     fresh: int = 0
+    pinned: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
-        return len(self.points) + self.fresh
+        return len(self.pinned) + len(self.points) + self.fresh
+
+    def take(self, point: dict[str, float] | None = None) -> None:
+        """One slot given up to a point that starts now: ``point`` itself if it was held (pinned
+        or offered), else an offered candidate's slot (the optimizer draws afresh: it replaces
+        it), else a fresh slot; a pinned one only when nothing else is left."""
+        for group in (self.pinned, self.points):
+            if point is not None and point in group:
+                group.remove(point)
+                return
+        if self.points:
+            self.points.pop(0)
+        elif self.fresh:
+            self.fresh -= 1
+        else:
+            self.pinned.pop(0)
+
+    def pin(self, claimed: list[dict[str, float]]) -> int:
+        """Pin the ``claimed`` candidates that have not started: each takes one of the round's
+        slots still held (an offered point's, the last first, else a fresh one's); how many."""
+        pinned = 0
+        for point in claimed:
+            if point in self.pinned or not (self.points or self.fresh):
+                continue
+            if point in self.points:
+                self.points.remove(point)
+            elif self.fresh:
+                self.fresh -= 1
+            else:
+                self.points.pop()
+            self.pinned.append(point)
+            pinned += 1
+        return pinned
 
 
 def compose_batch(candidates: list[Candidate], picks: list[PickRecord], earned: int,
