@@ -8,7 +8,11 @@ arrays) and waits, without the GIL, for its answer: None, or the exception the w
 
 Each batch goes into a copy of campaign.h5 that then takes its name in one rename (``write_file``):
 a reader keeps the whole file it opened, a new reader gets the last whole file, and a crash
-mid-write leaves the previous file intact. The process ends when its pipe closes, and dies with
+mid-write leaves the previous file intact. The same replace keeps ``/index`` (``INDEX``): one row
+per task group, its id and a JSON record of what the group holds, so that a check of 100,000
+tasks reads two datasets instead of 100,000 groups (each group's attributes cost ~0.7 ms in
+h5py); ``campaign.h5.written`` beside it records the size and time of the file the writer put in place, so a file
+changed since is known (``as_written``). The process ends when its pipe closes, and dies with
 the orchestrator (``PR_SET_PDEATHSIG``): it never writes once a resume may hold the run.
 """
 
@@ -59,22 +63,106 @@ def write_task_hdf5(f: h5py.File, task: TaskRecord, arrays: dict[str, Array]) ->
         d.attrs["units"] = arr.units
 
 
+#: ``/index/task`` (ids) and ``/index/record`` (JSON: status, params, metrics, array names), row
+#: by row; a removed task's row is emptied (id ""), a rewritten task's row rewritten in place.
+INDEX = "index"
+
+
+def index_record(task: TaskRecord, arrays: Iterable[str]) -> dict[str, Any]:
+    """What ``/index/record`` says of a task's group (and what a check compares with the journal)."""
+    return {"status": task.status, "params": task.params, "metrics": task.metrics, "arrays": sorted(arrays)}
+
+
+def _group_record(g: h5py.Group) -> dict[str, Any]:
+    """The index record of a group as it is in the file (a file written before the index, or
+    changed since); status None for a half-written group."""
+    whole = {"params", "metrics"} <= set(g) and "params_json" in g.attrs
+    return {"status": g.attrs.get("status") if whole else None,
+            "params": dict(g["params"].attrs) if "params" in g else {},
+            "metrics": dict(g["metrics"].attrs) if "metrics" in g else {},
+            "arrays": sorted(k for k in g if k not in ("params", "metrics"))}
+
+
+def read_index(f: h5py.File) -> dict[str, dict[str, Any]] | None:
+    """Task id -> index record, or None when the file has no index (written before it)."""
+    if INDEX not in f:
+        return None
+    ids = f[INDEX]["task"].asstr()[...]
+    records = f[INDEX]["record"].asstr()[...]
+    return {tid: json.loads(rec) for tid, rec in zip(ids, records, strict=True) if tid}
+
+
+def _update_index(f: h5py.File, rows: dict[str, dict[str, Any]], remove: Iterable[str]) -> None:
+    """Rewrite the index rows of ``rows`` (task id -> record) and empty those of ``remove``."""
+    if INDEX not in f:  # a new file, or one written before the index: every group gets its row
+        kind = h5py.string_dtype()
+        g = f.create_group(INDEX)
+        for name in ("task", "record"):
+            g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=kind)
+        tasks = f.get("tasks", {})
+        rows = {**{tid: _group_record(tasks[tid]) for tid in tasks if tid not in rows}, **rows}
+    ids, records = f[INDEX]["task"], f[INDEX]["record"]
+    where = {tid: i for i, tid in enumerate(ids.asstr()[...]) if tid}
+    for tid in remove:
+        if tid in where:
+            i = where.pop(tid)
+            ids[i] = records[i] = ""
+    new = [tid for tid in rows if tid not in where]
+    for tid in rows.keys() & where.keys():
+        records[where[tid]] = json.dumps(rows[tid])
+    if new:
+        n = ids.shape[0]
+        ids.resize((n + len(new),))
+        records.resize((n + len(new),))
+        ids[n:] = new
+        records[n:] = [json.dumps(rows[tid]) for tid in new]
+
+
+def _identity(h5_path: Path) -> dict[str, int]:
+    st = h5_path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def written_path(h5_path: Path) -> Path:
+    """Where the writer records the identity of the file it last put in place."""
+    return h5_path.with_name(h5_path.name + ".written")
+
+
+def as_written(h5_path: Path) -> bool:
+    """Whether ``h5_path`` is still the file the writer last put in place (same size and
+    modification time; a copy that keeps the time, ``cp -p`` or ``rsync -a``, is the same file):
+    then its index is that of its groups, written in the same replace. A file changed since has
+    to be read group by group."""
+    try:
+        return json.loads(written_path(h5_path).read_text()) == _identity(h5_path)
+    except (OSError, ValueError):
+        return False
+
+
 def write_file(h5_path: Path, results: list[tuple[TaskRecord, dict[str, Array]]], remove: Iterable[str] = ()) -> None:
     """Write finished tasks' groups (and drop the ``remove`` ones) in one atomic replace of
     ``h5_path`` (why a copy and a rename: the module's docstring). The copy costs ~1 ms per MB."""
     tmp = h5_path.with_name(f"{h5_path.name}.writing")
+    trusted = as_written(h5_path)  # else its index may not be its groups': rebuilt from them
     if h5_path.exists():
         shutil.copyfile(h5_path, tmp)
     else:
         tmp.unlink(missing_ok=True)
     with h5py.File(tmp, "a") as f:
+        if not trusted and INDEX in f:
+            del f[INDEX]
+        remove = list(remove)
         for name in remove:
             f.pop(f"tasks/{name}", None)
         for task, arrays in results:
             write_task_hdf5(f, task, arrays)
+        _update_index(f, {task.id: index_record(task, arrays) for task, arrays in results}, remove)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, h5_path)
+    written = written_path(h5_path)  # (a crash before this leaves a mismatch: a check reads every group)
+    written.with_name(written.name + ".tmp").write_text(json.dumps(_identity(h5_path)))
+    os.replace(written.with_name(written.name + ".tmp"), written)
 
 
 def _send(stream: IO[bytes], obj: Any) -> None:

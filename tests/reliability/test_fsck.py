@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from physflow.workflows import h5writer
 from tests.conftest import physflow
 from tests.reliability.campaigns import SIM, WORKFLOW, submit
 
@@ -87,6 +89,28 @@ def test_a_group_the_journal_does_not_know_is_kept_and_no_group_is_rewritten(run
     assert [p["task"] for p in fixed["repaired"]] == ["t0003"]
     with h5py.File(run / "campaign.h5", "r") as f:
         assert {"t0003", "t0099"} <= set(f["tasks"]) and f["tasks/t0006/metrics"].attrs["loss"] == 42.0
+
+
+def test_the_index_stands_in_for_the_groups_only_while_the_file_is_what_physflow_wrote(run: Path):
+    """fsck reads campaign.h5's index (one dataset, not a group per task) while the file is the
+    one physflow put in place; a file changed since is read group by group, and --deep always
+    reads the groups: a change that forges the file's size and time is found only by --deep."""
+    h5 = run / "campaign.h5"
+    assert h5writer.as_written(h5)
+    assert fsck(run) == fsck(run, "--deep") == (0, {"clean": True, "problems": [], "repaired": []})
+    before = h5.stat()
+    with h5py.File(h5, "r+") as f:
+        f["tasks/t0006/metrics"].attrs["loss"] = 42.0
+    found = fsck(run)  # changed since: its groups are read
+    assert found[0] == 1 and [(p["task"], p["what"]) for p in found[1]["problems"]] == [
+        ("t0006", "metrics differ from the journal")]
+    assert h5.stat().st_size == before.st_size
+    os.utime(h5, ns=(before.st_atime_ns, before.st_mtime_ns))  # the change's traces forged away
+    assert h5writer.as_written(h5) and fsck(run)[0] == 0
+    assert fsck(run, "--deep")[1]["problems"] == found[1]["problems"]
+    code, fixed = fsck(run, "--repair", "--deep")
+    assert code == 0 and fixed["clean"] and [p["task"] for p in fixed["repaired"]] == ["t0006"]
+    assert fsck(run) == fsck(run, "--deep") == (0, fixed | {"repaired": []})
 
 
 def test_a_truncated_or_missing_file_is_rebuilt_whole(run: Path):

@@ -18,6 +18,7 @@ import pytest
 from physflow.errors import RunDirError
 from physflow.vocabulary.records import TaskRecord
 from physflow.vocabulary.task import Array
+from physflow.workflows import h5writer
 from physflow.workflows.store import Committer, RunStore, read_journal, replay
 
 
@@ -94,6 +95,40 @@ def test_hdf5_is_written_by_a_process_of_its_own(tmp_path):
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+def test_campaign_h5_index_is_its_groups_through_writes_removals_rewrites_and_a_hand_edit(tmp_path):
+    """``/index`` holds one record per group, the group's own: after new tasks, a rewritten task,
+    a removed one, and (rebuilt from the groups) after the file was changed by hand or written
+    before the index existed. ``as_written`` tells a file physflow put in place from one changed since."""
+    h5 = tmp_path / "campaign.h5"
+
+    def task(i: int, loss: float, status: str = "finished") -> TaskRecord:
+        return TaskRecord(id=f"t{i}", params={"x": float(i)}, status=status, metrics={"loss": loss})
+
+    def groups_as_index() -> dict:
+        with h5py.File(h5, "r") as f:
+            return {tid: h5writer._group_record(g) for tid, g in f["tasks"].items()}
+
+    def index() -> dict:
+        with h5py.File(h5, "r") as f:
+            return h5writer.read_index(f)
+
+    h5writer.write_file(h5, [(task(i, i / 10), {"profile": Array(np.arange(3.0), "m")}) for i in range(5)])
+    h5writer.write_file(h5, [(task(2, float("nan"), "failed"), {}), (task(7, 0.7), {})], remove=["t3"])
+    assert h5writer.as_written(h5)
+    assert set(index()) == {"t0", "t1", "t2", "t4", "t7"}
+    assert index()["t2"]["status"] == "failed" and index()["t0"]["arrays"] == ["profile"]
+    assert index().keys() == groups_as_index().keys()
+    for tid, record in groups_as_index().items():
+        assert json.dumps(record) == json.dumps(index()[tid]), tid  # NaN too
+    with h5py.File(h5, "a") as f:  # changed by hand: no longer what physflow wrote
+        f["tasks/t1/metrics"].attrs["loss"] = 42.0
+        del f["index"]  # (as a file written before the index)
+    assert not h5writer.as_written(h5)
+    h5writer.write_file(h5, [(task(8, 0.8), {})])
+    assert h5writer.as_written(h5) and index()["t1"]["metrics"] == {"loss": 42.0} and "t8" in index()
+    assert index().keys() == groups_as_index().keys()
 
 
 def test_non_finite_metrics_stay_valid_json(tmp_path):
