@@ -24,7 +24,10 @@ the optimizer spends its effort on needing few simulations:
    so parallel suggestions spread out.
 3. From ``GP_MAX_OBSERVATIONS`` results on, Optuna's TPE (multivariate): the exact GP costs
    O(n^3) per fit and a few fits per suggestion; TPE stays cheap, and with hundreds of results
-   the sample efficiency of a GP matters less than the loop's speed.
+   the sample efficiency of a GP matters less than the loop's speed. TPE sees the best results
+   and a sample of the others, at most ``Optimizer.tpe_max_observations``, and a call sees at
+   most ``Optimizer.max_pending`` pending points, so that a call's cost is bounded however many
+   results a campaign has and however many simulations it keeps in flight.
 
 On an offline stand-in of the shipped cosmology problem (``bench/optimizer_offline.py``, 100
 seeds) the GP needs 8 simulations (median) to reach the tolerance where TPE needed 11 and
@@ -392,6 +395,16 @@ class Optimizer:
     fantasy_best: bool = True
     #: Results from which TPE replaces the GP (class attribute so a benchmark may change it).
     gp_max_observations: int = GP_MAX_OBSERVATIONS
+    #: A call sees at most this many pending points, the latest submitted (those the next point
+    #: would crowd first): each is a GP fantasy or a TPE liar trial, and with thousands of
+    #: simulations in flight a call that saw them all would cost seconds (``bench/suggest_cost.py``).
+    max_pending: int = 128
+    #: TPE sees at most ``tpe_max_observations`` results: the best ``tpe_best`` (its "good"
+    #: group is at most the best 25 of what it sees) and a seeded uniform sample of the others,
+    #: so a call's cost (a study rebuilt from every result it sees) stops growing with the campaign.
+    #: Keep it at 250 or more: from there the good group is the best 25 overall, as with every result.
+    tpe_max_observations: int = 1000
+    tpe_best: int = 100
 
     def __init__(self, parameters: dict[str, ParameterSpec], goal: Literal["minimize", "maximize"] = "minimize",
                  seed: int = 0, startup: int | None = None) -> None:
@@ -422,7 +435,7 @@ class Optimizer:
 
         Thread-safe: calls are serialised, and each fits on a copy of the results taken at its
         start, so ``observe`` may go on from another thread meanwhile."""
-        pending = [p for p in (pending or []) if set(p) >= set(self.parameters)]
+        pending = [p for p in (pending or [])[-self.max_pending:] if set(p) >= set(self.parameters)]
         with self._lock:
             self._calls += 1
             observed = list(self.observed)
@@ -431,7 +444,7 @@ class Optimizer:
             if len(observed) < self.startup:
                 return [self._from_unit(u) for u in self._sobol_points(n)]
             if len(observed) >= self.gp_max_observations:
-                return self._suggest_tpe(observed, n, pending)
+                return self._suggest_tpe(self._tpe_sample(observed), n, pending)
             try:
                 return self._suggest_gp(observed, n, pending)
             except (linalg.LinAlgError, ValueError, FloatingPointError):
@@ -561,6 +574,17 @@ class Optimizer:
         return np.clip(np.vstack(cloud), 0.0, 1.0)
 
     # -- TPE path (many results) ---------------------------------------------------------------
+    def _tpe_sample(self, observed: list[tuple[dict[str, float], float]]) -> list[tuple[dict[str, float], float]]:
+        """The results TPE sees (``tpe_max_observations``): all while they are few, else the best
+        ``tpe_best`` and a uniform sample of the others drawn for this call, in their order."""
+        if len(observed) <= self.tpe_max_observations:
+            return observed
+        values = np.array([v for _, v in observed]) * (1.0 if self.goal == "minimize" else -1.0)
+        best = np.argpartition(values, self.tpe_best)[: self.tpe_best]
+        others = np.setdiff1d(np.arange(len(observed)), best)
+        drawn = self._rng(self._calls).choice(others, self.tpe_max_observations - self.tpe_best, replace=False)
+        return [observed[i] for i in np.sort(np.concatenate([best, drawn]))]
+
     def _suggest_tpe(self, observed: list[tuple[dict[str, float], float]], n: int,
                      pending: list[dict[str, float]]) -> list[dict[str, float]]:
         """Optuna's multivariate TPE over the results; running simulations (and earlier points of

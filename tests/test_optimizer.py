@@ -168,6 +168,38 @@ def test_many_results_use_tpe_instead_of_the_gp(monkeypatch):
     assert len(results) == 4 and all(in_bounds(p, VALLEY) for p, _ in results)
 
 
+def test_with_many_results_and_pending_points_a_call_sees_a_bounded_sample(monkeypatch):
+    """TPE sees the best ``tpe_best`` results and a uniform sample of the others, ``tpe_max_observations``
+    in all, in their order; a call sees the latest ``max_pending`` pending points: a call's cost
+    stops growing with the campaign. The sample is the same for the same seed and call."""
+
+    class Bounded(Optimizer):
+        gp_max_observations = 6
+        tpe_max_observations = 40
+        tpe_best = 10
+        max_pending = 5
+
+    rng = random.Random(0)
+    opt = Bounded(VALLEY, seed=3)
+    for _ in range(300):
+        p = {"x": rng.uniform(-2, 2), "y": rng.uniform(-1, 3)}
+        opt.observe(p, rosenbrock(p))
+    seen = []
+    monkeypatch.setattr(opt, "_suggest_tpe", lambda observed, n, pending: seen.append((observed, pending)) or [])
+    pending = [{"x": i / 10, "y": 0.0} for i in range(12)]
+    opt.suggest(3, pending=pending)
+    observed, told = seen[-1]
+    assert told == pending[-5:]
+    assert len(observed) == 40 and len({id(o) for o in observed}) == 40
+    order = {id(o): i for i, o in enumerate(opt.observed)}
+    assert [order[id(o)] for o in observed] == sorted(order[id(o)] for o in observed)  # in their order
+    best10 = sorted(opt.observed, key=lambda o: o[1])[:10]
+    assert all(any(o is b for o in observed) for b in best10)
+    opt._calls -= 1
+    opt.suggest(3, pending=pending)
+    assert [id(o) for o in seen[-1][0]] == [id(o) for o in observed]  # the same call draws the same sample
+
+
 def test_many_results_refit_the_gp_only_as_they_grow(monkeypatch):
     """From ``restart_below`` results on, a suggestion reuses the last fitted hyperparameters until
     the results have grown by ``refit_growth``; fewer results refit every time."""
