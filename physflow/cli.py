@@ -200,7 +200,7 @@ def _say(text: str) -> None:
     click.echo(text, err=True)
 
 
-def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None) -> None:
+def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None, follower: Any = None) -> None:
     """Run (or resume) the campaign through the launcher, print its summary; exits with its code."""
     from physflow.workflows.launcher import run_campaign
 
@@ -224,7 +224,7 @@ def _run_campaign(checked: Any, store: Any, approver: Any, previous: Any = None)
         raise
     # The rich panel only on a terminal, and not while approval prompts need it.
     progress = (lambda: live_progress(store.run_dir)) if approver is None else contextlib.nullcontext
-    outcome = run_campaign(checked, store, approver, previous, progress, _say)
+    outcome = run_campaign(checked, store, approver, previous, progress, _say, follower)
     click.echo(f"campaign {outcome.state}: {outcome.stop_reason}; {outcome.simulations} simulations in "
                f"{outcome.seconds:.1f} s", err=True)
     best = outcome.best
@@ -315,7 +315,8 @@ def resume(run: Path, yes: bool) -> None:
         ended = reap_leftovers(store.run_dir / "parsl")  # what a killed orchestrator left running
         if ended:
             click.echo(f"ended {len(ended)} process(es) left running by the previous orchestrator", err=True)
-        previous = store.state()
+        follower = store.follower()  # the journal is read once: the report reads on from here
+        previous = follower.state()
         lost = store.unaccounted(previous)
         if lost:  # resuming would re-run what the journal forgot and write over its results
             raise RunDirError(f"{run}: resume refused, the journal lost events it had: {lost[0]}"
@@ -335,7 +336,7 @@ def resume(run: Path, yes: bool) -> None:
     except BaseException:
         store.close()
         raise
-    _run_campaign(checked, store, approver, previous)
+    _run_campaign(checked, store, approver, previous, follower)
 
 
 @main.command()

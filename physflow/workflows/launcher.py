@@ -31,7 +31,7 @@ from physflow.vocabulary.records import TaskRecord
 from physflow.vocabulary.workflow import LLMSpec, LoadedWorkflow
 from physflow.workflows.campaign import Approver, Campaign
 from physflow.workflows.qualify_records import load_record, qualify_llm
-from physflow.workflows.store import CampaignState, RunStore
+from physflow.workflows.store import CampaignState, JournalFollower, RunStore
 from physflow.workflows.validate import Checked
 
 #: Where the launcher says what it is doing (the CLI prints it on stderr).
@@ -147,10 +147,11 @@ def launched(checked: Checked, store: RunStore, approver: Approver | None = None
 def run_campaign(checked: Checked, store: RunStore, approver: Approver | None = None,
                  previous: CampaignState | None = None,
                  progress: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-                 say: Say = _quiet) -> Outcome:
+                 say: Say = _quiet, follower: JournalFollower | None = None) -> Outcome:
     """Launch, run (or resume, from ``previous``) and report a campaign; closes the store.
 
-    ``progress()`` is entered while the loop runs (the live panel on a terminal)."""
+    ``progress()`` is entered while the loop runs (the live panel on a terminal); ``follower``:
+    the one ``previous`` came from, so the report reads only what the journal gained since."""
     from physflow.workflows.report import write_report
 
     started = time.time()
@@ -159,8 +160,8 @@ def run_campaign(checked: Checked, store: RunStore, approver: Approver | None = 
             state = asyncio.run(campaign.run(previous))
     finally:
         store.close()
-    return Outcome(state, campaign.stop_reason, len(campaign.tasks), campaign.best(), write_report(store.run_dir),
-                   time.time() - started)
+    report = write_report(store.run_dir, follower)
+    return Outcome(state, campaign.stop_reason, len(campaign.tasks), campaign.best(), report, time.time() - started)
 
 
 def question_client(llm: LLMSpec) -> Any | None:

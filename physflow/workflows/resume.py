@@ -8,6 +8,7 @@ short gives its round back. The loop applies the decision and journals it (``Res
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,6 +41,7 @@ def resumption(previous: CampaignState) -> Resumption:
     """The state to continue from, given the state the journal of the stopped run replays to."""
     r = Resumption(hypotheses={hid: replace(h, tasks=list(h.tasks)) for hid, h in previous.hypotheses.items()})
     for task in sorted(previous.tasks.values(), key=lambda t: t.id):
+        task = copy.copy(task)  # ``previous`` stays what the journal says (its follower goes on reading)
         r.tasks[task.id] = task
         if task.status == "submitted" and previous.submits.get(task.id, 0) >= 2:
             task.status, task.error, task.stored = "failed", LOST_TWICE, time.time()

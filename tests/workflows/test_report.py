@@ -97,3 +97,30 @@ def test_lanes_go_to_the_slot_that_fell_free_first():
     assert bars == [[(0, 4), (4, 2)], [(0, 2), (3.5, 1.5)]] and failed == [[], [(2, 1)]]
     bars, _ = greedy_lanes(ran, 1, 0.0)  # one slot: everything in it, overlaps and all
     assert len(bars[0]) == 4
+
+
+def test_a_report_given_a_follower_reads_only_what_the_journal_gained(tmp_path, monkeypatch):
+    """A resume reads its journal once: the report at its end goes on from the resume's follower
+    (``write_report(run, follower)``), reading only the events added since, not the whole file."""
+    import physflow.workflows.store as store_module
+
+    arrays = {"pk": Array(K, "(Mpc/h)^3")}
+    run = _run(tmp_path, "nbody_pm", arrays)
+    follower = RunStore(run).follower()
+    assert len(follower.state().tasks) == 3
+    with open(run / "journal.jsonl", "a") as fh:  # what the resumed campaign added
+        fh.write(json.dumps({"event": "campaign_ended", "t": 9.0, "state": "finished", "reason": "budget"}) + "\n")
+    read = []
+    real = store_module.iter_journal
+
+    def counting(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            read.append(event["event"])
+            yield event
+
+    monkeypatch.setattr(store_module, "iter_journal", counting)
+    text = write_report(run, follower).read_text()
+    assert read == ["campaign_ended"] and "**State:** finished (budget)" in text
+    read.clear()
+    write_report(run)  # without one: the whole journal
+    assert len(read) == 8
