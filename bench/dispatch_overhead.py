@@ -118,9 +118,11 @@ def warm_up(dfk: Any, submit_one: Callable[[], Future], count: int) -> list[Any]
 
 
 # -- raw Parsl ---------------------------------------------------------------------------------
-def raw_config(run_dir: Path, workers: int | None = None, blocks: int = 1, quiet: bool = False) -> Any:
+def raw_config(run_dir: Path, workers: int | None = None, blocks: int = 1, quiet: bool = False,
+               cores_per_worker: float = 1.0) -> Any:
     """Plain Parsl, mirroring physflow's local ``cpu`` pool (``build_parsl_config``); ``workers``
-    per block (Parsl caps them at one per core), default one per core; ``blocks`` worker pools.
+    per block (Parsl caps them at cores / ``cores_per_worker``), default one per core; ``blocks``
+    worker pools.
     Its parsl.log is Parsl's default (DEBUG), or with ``quiet`` physflow's (INFO without the
     per-task lines, ``physflow.dispatch.parsl_logging``)."""
     from parsl.config import Config
@@ -130,6 +132,7 @@ def raw_config(run_dir: Path, workers: int | None = None, blocks: int = 1, quiet
     bin_dir = str(Path(sys.executable).parent)
     htex = HighThroughputExecutor(
         label="cpu", address="127.0.0.1", max_workers_per_node=workers or os.cpu_count() or 1, encrypted=False,
+        cores_per_worker=cores_per_worker,
         provider=LocalProvider(init_blocks=blocks, min_blocks=0, max_blocks=blocks,
                                worker_init=f"export PATH={bin_dir}:$PATH; "))
     if quiet:

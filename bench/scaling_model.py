@@ -19,12 +19,14 @@ larger cost per task is the bottleneck: it saturates once N / T approaches 1 / c
 
 The test: real campaigns (``physflow submit``, optimizer-steered, no LLM) with N workers running
 6N simulations of T = 0.25 s (sleeps: the machine's 2 cores are not the limit), and raw Parsl with
-the same workers keeping N tasks in flight; measured busy fraction beside the model's U. HTEX
-runs at most one worker per core in a pool, so N workers on this 2-core machine are N/2 pools
-(a site YAML with ``workers_per_node: 2, init_blocks: N/2``); pools start one after another, so
-the busy fraction is also given over the steady part of the run.
+the same workers keeping N tasks in flight; measured busy fraction beside the model's U. The N
+workers are emulated: HTEX pools of up to ``WORKERS_PER_POOL`` workers each with
+``cores_per_worker`` = cores / workers (a sleeping simulation barely uses a core), so a 2-core
+machine holds as many as its memory does (a worker ~40 MB); pools start one after another, so
+the busy fraction is also given over the steady part of the run. ``--seconds`` and the counts
+choose where on the model's curve the tests fall (N / T against the loop's rate).
 
-Run from the repository root: ``python bench/scaling_model.py [--counts 2,8,16,32] [--quick]``.
+Run from the repository root: ``python bench/scaling_model.py [--counts 2,8,16,32] [--seconds 0.25] [--quick]``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import wait
 from pathlib import Path
@@ -58,7 +61,8 @@ description: this machine with {n} Python workers
 scheduler: local
 parsl_log_level: info
 pools:
-  cpu: {{kind: htex, workers_per_node: {workers}, init_blocks: {blocks}, max_blocks: {blocks}}}
+  cpu: {{kind: htex, workers_per_node: {workers}, cores_per_worker: {cores_per_worker}, init_blocks: {blocks},
+        max_blocks: {blocks}}}
 """
 
 #: Seconds the raw pools may take to run their first tasks (many pools on 2 busy cores start slowly).
@@ -67,17 +71,26 @@ COUNTS = (10, 30, 100, 300, 1000, 3000, 10000, 30000)
 DURATIONS = (1.0, 10.0, 60.0, 600.0)
 
 
+#: Workers in one HTEX pool at most (each a Python process of ~40 MB; ``cores_per_worker`` below
+#: 1 lets a pool run more workers than the machine has cores: sleeping simulations barely use one).
+WORKERS_PER_POOL = 64
+
+
 def pools(n: int) -> tuple[int, int]:
-    """(workers per pool, pools) for ``n`` workers: HTEX runs at most one worker per core in a
-    pool (``cores_per_worker`` 1, which physflow's site YAML does not change), so more workers
-    than cores on one machine means more pools (blocks of the LocalProvider)."""
-    per_pool = min(n, os.cpu_count() or 1)
-    return per_pool, -(-n // per_pool)
+    """(workers per pool, pools) for ``n`` emulated workers: at most ``WORKERS_PER_POOL`` a pool
+    (``cores_per_worker`` = cores / workers), as few pools (blocks) as hold them."""
+    blocks = -(-n // WORKERS_PER_POOL)
+    return -(-n // blocks), blocks
+
+
+def cores_per_worker(workers: int) -> float:
+    """Parsl starts cores / cores_per_worker workers a pool: this many fit ``workers``."""
+    return (os.cpu_count() or 1) / workers
 
 
 def site_yaml(n: int) -> str:
     workers, blocks = pools(n)
-    return SITE.format(n=n, workers=workers, blocks=blocks)
+    return SITE.format(n=n, workers=workers, blocks=blocks, cores_per_worker=f"{cores_per_worker(workers):.6g}")
 
 
 def mva(n: int, think: float, costs: list[float]) -> float:
@@ -110,6 +123,34 @@ def steady_busy(intervals: list[tuple[float, float]], n: int) -> float:
     return sum(max(0.0, min(e, b) - max(s, a)) for s, e in intervals) / (n * (b - a))
 
 
+class PeakMemory:
+    """The machine's peak used memory above what was used when the block began, GB (polled
+    every 0.2 s: the whole campaign, its worker pools and interchanges included)."""
+
+    def __enter__(self) -> PeakMemory:
+        import psutil
+
+        self._base = self.peak = psutil.virtual_memory().used
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, psutil.virtual_memory().used)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def gb(self) -> float:
+        return (self.peak - self._base) / 1e9
+
+
 def campaign_busy(base: Path, n: int, seconds: float, per_slot: int) -> tuple[float, float]:
     """(busy fraction over the whole run, over its steady part) of a real campaign on ``n`` workers."""
     run = run_campaign(sleep_workflow(f"scaling-{n}", seconds, per_slot * n, n, site="./site.yaml"), base,
@@ -126,7 +167,8 @@ def raw_busy(base: Path, n: int, seconds: float, per_slot: int) -> tuple[float, 
     from bench.noop_tasks import raw_sleep
 
     workers, blocks = pools(n)
-    dfk = DataFlowKernel(raw_config(base / "parsl", workers=workers, blocks=blocks))
+    dfk = DataFlowKernel(raw_config(base / "parsl", workers=workers, blocks=blocks,
+                                    cores_per_worker=cores_per_worker(workers)))
     try:
         app = python_app(raw_sleep, executors=["cpu"], data_flow_kernel=dfk)
         for f in [app(0.0) for _ in range(n)]:  # pools start one after another: allow minutes
@@ -195,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {load()}", flush=True)
     started = time.perf_counter()
     tests = []
+    gb: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="physflow-bench-scaling-") as tmp:
         base = Path(tmp)
         raw = run_raw(1000, 20, base / "raw", quiet=True)  # parsl.log as physflow writes it
@@ -204,20 +247,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  raw Parsl {raw.rate:.0f} no-op tasks/s; physflow campaign {rate:.1f} zero-second "
               f"simulations/s", flush=True)
         for n in counts:
-            pf, pf_steady = campaign_busy(base / f"campaign-{n}", n, args.seconds, args.per_slot)
+            with PeakMemory() as memory:
+                pf, pf_steady = campaign_busy(base / f"campaign-{n}", n, args.seconds, args.per_slot)
             rb, rb_steady = raw_busy(base / f"raw-{n}", n, args.seconds, args.per_slot)
             tests.append((n, pf, pf_steady, rb, rb_steady, mva(n, args.seconds, [c_loop, c_parsl])))
+            gb[n] = memory.gb
             print(f"  N={n}: physflow busy {pf:.3f} (steady {pf_steady:.3f}), raw Parsl {rb:.3f} "
-                  f"(steady {rb_steady:.3f})", flush=True)
+                  f"(steady {rb_steady:.3f}); the campaign's peak memory {memory.gb:.2f} GB", flush=True)
     path = figure(c_parsl, c_loop, tests, args.seconds)
     print(f"(total wall time {time.perf_counter() - started:.0f} s; load average {load()}; figure {path})\n")
     print(model_table(c_parsl, c_loop))
     print()
     print(f"test with T = {args.seconds:g} s simulations ({args.per_slot}N per run); busy over the whole run / "
           "over its steady part (n-th start to n-th last end):")
-    print(f"{'N':>6} {'physflow':>9} {'steady':>7} {'raw Parsl':>9} {'steady':>7} {'model U':>8}")
+    print(f"{'N':>6} {'physflow':>9} {'steady':>7} {'raw Parsl':>9} {'steady':>7} {'model U':>8} {'peak GB':>8}")
     for n, pf, pfs, rb, rbs, u in tests:
-        print(f"{n:>6} {pf:9.3f} {pfs:7.3f} {rb:9.3f} {rbs:7.3f} {u:8.3f}")
+        print(f"{n:>6} {pf:9.3f} {pfs:7.3f} {rb:9.3f} {rbs:7.3f} {u:8.3f} {gb[n]:8.2f}")
     return 0
 
 

@@ -224,8 +224,8 @@ def build_parsl_config(site: SiteSpec, run_dir: Path, max_concurrent: int, nodes
             if workers == "auto":  # one per core of this machine; on a cluster, Parsl counts each node's
                 workers = (os.cpu_count() or 1) if local else None
             executors.append(HighThroughputExecutor(
-                max_workers_per_node=workers, available_accelerators=pool.accelerators,
-                cpu_affinity=pool.cpu_affinity, **common))
+                max_workers_per_node=workers, cores_per_worker=pool.cores_per_worker,
+                available_accelerators=pool.accelerators, cpu_affinity=pool.cpu_affinity, **common))
     scaling = any(site.pools[e.label].max_blocks > site.pools[e.label].init_blocks for e in executors)
     return Config(executors=executors, run_dir=str(run_dir), strategy="simple" if scaling else "none",
                   retries=TRANSIENT_RETRIES, retry_handler=retry_cost,  # worker loss only, never bad input

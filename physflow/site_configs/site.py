@@ -34,6 +34,9 @@ class PoolSpec(Strict):
     max_blocks: int = Field(1, ge=1, description="blocks at most; more than init_blocks lets Parsl scale out")
     workers_per_node: int | Literal["auto"] = Field(
         "auto", description="htex: workers per node (auto: one per core; with accelerators, one per entry)")
+    cores_per_worker: float = Field(
+        1.0, gt=0, le=MAX_CORES, description="htex: cores each worker counts for (Parsl's cores_per_worker): below 1, "
+                                             "more workers than cores, for tasks that mostly wait")
     max_tasks: int | Literal["auto"] = Field("auto", description="mpi: MPI tasks at once per block")
     tasks_per_node: int | Literal["auto"] = Field(
         "auto", description="mpi: one-node tasks packed on each node, each bound to its own cores (and "

@@ -53,6 +53,24 @@ def test_python_task_runs_on_the_serial_pool_alone(tmp_path, level):
     assert all((line in text) == (level == "debug") for line in per_task), text[-3000:]
 
 
+def test_cores_per_worker_below_one_runs_more_workers_than_cores(tmp_path):
+    """``cores_per_worker`` (htex): Parsl starts cores / it workers a node, so tasks that mostly wait
+    run six at once on a 2-core machine, all of them overlapping (the scale test's emulated workers)."""
+    site = load_site("local")
+    cpu = site.pools["cpu"].model_copy(update={"workers_per_node": 6, "cores_per_worker": (os.cpu_count() or 1) / 6})
+    site = site.model_copy(update={"pools": {**site.pools, "cpu": cpu}})
+    d = ParslDispatcher(site, tmp_path / "parsl", max_concurrent=6, mpi=False)
+    try:
+        futures = [d.submit(TaskSpec(f"t{i}", str(tmp_path / f"t{i}"), function="subprocess.call",
+                                      kwargs={"args": ["sleep", "3"]}))
+                   for i in range(6)]
+        outcomes = [f.result(timeout=120) for f in futures]
+    finally:
+        d.close()
+    assert all(o["returncode"] == 0 for o in outcomes), outcomes
+    assert max(o["started"] for o in outcomes) < min(o["finished"] for o in outcomes)  # all six at once
+
+
 def test_mpi_pool_alone_also_runs_python_tasks_and_reports_failures(dispatcher, tmp_path):
     assert dispatcher.labels == ["mpi"]
     ok = dispatcher.submit(TaskSpec("t1", str(tmp_path / "t1"), function="math.hypot")).result(timeout=60)
