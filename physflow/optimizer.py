@@ -24,7 +24,8 @@ the optimizer spends its effort on needing few simulations:
    so parallel suggestions spread out.
 3. From ``GP_MAX_OBSERVATIONS`` results on, Optuna's TPE (multivariate): the exact GP costs
    O(n^3) per fit and a few fits per suggestion; TPE stays cheap, and with hundreds of results
-   the sample efficiency of a GP matters less than the loop's speed. TPE sees the best results
+   the sample efficiency of a GP matters less than the loop's speed; likewise while
+   ``Optimizer.gp_max_pending`` simulations or more are in flight. TPE sees the best results
    and a sample of the others, at most ``Optimizer.tpe_max_observations``, and a call sees at
    most ``Optimizer.max_pending`` pending points, so that a call's cost is bounded however many
    results a campaign has and however many simulations it keeps in flight.
@@ -395,6 +396,11 @@ class Optimizer:
     fantasy_best: bool = True
     #: Results from which TPE replaces the GP (class attribute so a benchmark may change it).
     gp_max_observations: int = GP_MAX_OBSERVATIONS
+    #: Simulations in flight from which TPE replaces the GP as well: a GP point costs 100-200 ms
+    #: at 100-300 results whatever is pending (``bench/suggest_cost.py``), so a loop that keeps
+    #: hundreds of simulations in flight would get 5-10 points a second while its slots free
+    #: faster (``bench/scaling_model.py``, 256 workers: 0.31 busy); TPE's point costs ~20 ms.
+    gp_max_pending: int = 32
     #: A call sees at most this many pending points, the latest submitted (those the next point
     #: would crowd first): each is a GP fantasy or a TPE liar trial, and with thousands of
     #: simulations in flight a call that saw them all would cost seconds (``bench/suggest_cost.py``).
@@ -443,7 +449,7 @@ class Optimizer:
                 return []
             if len(observed) < self.startup:
                 return [self._from_unit(u) for u in self._sobol_points(n)]
-            if len(observed) >= self.gp_max_observations:
+            if len(observed) >= self.gp_max_observations or len(pending) >= self.gp_max_pending:
                 return self._suggest_tpe(self._tpe_sample(observed), n, pending)
             try:
                 return self._suggest_gp(observed, n, pending)

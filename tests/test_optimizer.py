@@ -168,6 +168,20 @@ def test_many_results_use_tpe_instead_of_the_gp(monkeypatch):
     assert len(results) == 4 and all(in_bounds(p, VALLEY) for p, _ in results)
 
 
+def test_many_simulations_in_flight_hand_over_to_tpe(monkeypatch):
+    """From ``gp_max_pending`` points pending on, TPE suggests (a GP point costs 100-200 ms: with
+    hundreds in flight the slots would wait for it); below, the GP."""
+    opt = Optimizer(VALLEY, seed=0)
+    campaign(opt, rosenbrock, budget=8)
+    paths = []
+    monkeypatch.setattr(opt, "_suggest_gp", lambda observed, n, pending: paths.append("gp") or [])
+    monkeypatch.setattr(opt, "_suggest_tpe", lambda observed, n, pending: paths.append("tpe") or [])
+    many = [{"x": i / 40, "y": 0.0} for i in range(opt.gp_max_pending)]
+    opt.suggest(1, pending=many[:-1])
+    opt.suggest(1, pending=many)
+    assert paths == ["gp", "tpe"]
+
+
 def test_with_many_results_and_pending_points_a_call_sees_a_bounded_sample(monkeypatch):
     """TPE sees the best ``tpe_best`` results and a uniform sample of the others, ``tpe_max_observations``
     in all, in their order; a call sees the latest ``max_pending`` pending points: a call's cost
