@@ -11,8 +11,8 @@ a reader keeps the whole file it opened, a new reader gets the last whole file, 
 mid-write leaves the previous file intact. The same replace keeps ``/index`` (``INDEX``): one row
 per task group, its id and a JSON record of what the group holds, so that a check of 100,000
 tasks reads two datasets instead of 100,000 groups (each group's attributes cost ~0.7 ms in
-h5py); ``campaign.h5.written`` beside it records the size and time of the file the writer put in place, so a file
-changed since is known (``as_written``). The process ends when its pipe closes, and dies with
+h5py); ``campaign.h5.written`` beside it records the size and time of the file the writer put
+in place, so a file changed since is known (``as_written``). The process ends when its pipe closes, and dies with
 the orchestrator (``PR_SET_PDEATHSIG``): it never writes once a resume may hold the run.
 """
 
@@ -73,14 +73,19 @@ def index_record(task: TaskRecord, arrays: Iterable[str]) -> dict[str, Any]:
     return {"status": task.status, "params": task.params, "metrics": task.metrics, "arrays": sorted(arrays)}
 
 
-def _group_record(g: h5py.Group) -> dict[str, Any]:
+def group_record(g: h5py.Group) -> dict[str, Any]:
     """The index record of a group as it is in the file (a file written before the index, or
-    changed since); status None for a half-written group."""
-    whole = {"params", "metrics"} <= set(g) and "params_json" in g.attrs
-    return {"status": g.attrs.get("status") if whole else None,
-            "params": dict(g["params"].attrs) if "params" in g else {},
-            "metrics": dict(g["metrics"].attrs) if "metrics" in g else {},
-            "arrays": sorted(k for k in g if k not in ("params", "metrics"))}
+    changed since; fsck's deep check); status None for a half-written group (params, metrics,
+    status or params_json missing). Each name and attribute is read once: an HDF5 lookup costs
+    tens of microseconds, seconds on 100,000 groups."""
+    members = set(g)
+    attrs = g.attrs
+    status = attrs.get("status")
+    whole = {"params", "metrics"} <= members and "params_json" in attrs
+    return {"status": status if whole else None,
+            "params": dict(g["params"].attrs) if "params" in members else {},
+            "metrics": dict(g["metrics"].attrs) if "metrics" in members else {},
+            "arrays": sorted(members - {"params", "metrics"})}
 
 
 def read_index(f: h5py.File) -> dict[str, dict[str, Any]] | None:
@@ -100,7 +105,7 @@ def _update_index(f: h5py.File, rows: dict[str, dict[str, Any]], remove: Iterabl
         for name in ("task", "record"):
             g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=kind)
         tasks = f.get("tasks", {})
-        rows = {**{tid: _group_record(tasks[tid]) for tid in tasks if tid not in rows}, **rows}
+        rows = {**{tid: group_record(tasks[tid]) for tid in tasks if tid not in rows}, **rows}
     ids, records = f[INDEX]["task"], f[INDEX]["record"]
     where = {tid: i for i, tid in enumerate(ids.asstr()[...]) if tid}
     for tid in remove:
@@ -161,8 +166,9 @@ def write_file(h5_path: Path, results: list[tuple[TaskRecord, dict[str, Array]]]
         os.fsync(fh.fileno())
     os.replace(tmp, h5_path)
     written = written_path(h5_path)  # (a crash before this leaves a mismatch: a check reads every group)
-    written.with_name(written.name + ".tmp").write_text(json.dumps(_identity(h5_path)))
-    os.replace(written.with_name(written.name + ".tmp"), written)
+    staged = written.with_name(written.name + ".tmp")
+    staged.write_text(json.dumps(_identity(h5_path)))
+    os.replace(staged, written)
 
 
 def _send(stream: IO[bytes], obj: Any) -> None:

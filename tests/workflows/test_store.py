@@ -108,7 +108,7 @@ def test_campaign_h5_index_is_its_groups_through_writes_removals_rewrites_and_a_
 
     def groups_as_index() -> dict:
         with h5py.File(h5, "r") as f:
-            return {tid: h5writer._group_record(g) for tid, g in f["tasks"].items()}
+            return {tid: h5writer.group_record(g) for tid, g in f["tasks"].items()}
 
     def index() -> dict:
         with h5py.File(h5, "r") as f:
