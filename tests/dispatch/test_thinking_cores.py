@@ -158,7 +158,9 @@ def test_niced_simulations_stay_niced_in_their_own_sessions(tmp_path):
     as the block asked (PHYSFLOW_SESSION_NICE), or a niced rank competes with the model as an equal."""
     import subprocess
 
-    probe = "print(open('/proc/self/autogroup').read().strip())"
+    # each rank writes a file of its own: mpiexec forwards the ranks' stdout in chunks that may interleave
+    probe = ("import os; open('rank' + os.environ['PMI_RANK'], 'w')"
+             ".write(open('/proc/self/autogroup').read())")
     script = ("import os, sys, json; os.nice(19); from physflow.dispatch.payload import execute; "
               "execute({'task_id': 't', 'workdir': sys.argv[1], 'argv': ['cat', '/proc/self/autogroup']}); "
               "execute({'task_id': 'm', 'workdir': sys.argv[2], 'mpi': True, 'ranks': 2, "
@@ -168,7 +170,7 @@ def test_niced_simulations_stay_niced_in_their_own_sessions(tmp_path):
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "t" / "stdout.txt").read_text().strip().endswith("nice 19")
-    ranks = (tmp_path / "m" / "stdout.txt").read_text().split()
-    assert ranks.count("19") == 2 and len({r for r in ranks if r.startswith("/autogroup-")}) == 2, ranks
+    ranks = [(tmp_path / "m" / f"rank{r}").read_text().split() for r in (0, 1)]
+    assert [nice for _, _, nice in ranks] == ["19", "19"] and len({group for group, _, _ in ranks}) == 2, ranks
     line = make_room_for_model(load_site("local"), "mpi", "llm")
     assert line.endswith("export PHYSFLOW_SESSION_NICE=19")
