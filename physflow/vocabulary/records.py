@@ -57,6 +57,12 @@ class TaskRecord:
         return self.metrics.get(metric) if self.status == "finished" else None
 
 
+def task_order(task_id: str) -> tuple[int, str]:
+    """A key that sorts task ids in the order they were made: t0999 before t1000 before t10000
+    (ids are ``t`` and a number of at least four digits; a plain string sort puts t10000 first)."""
+    return len(task_id), task_id
+
+
 def status_counts(tasks: Iterable[TaskRecord], zeros: Iterable[str] = ()) -> dict[str, int]:
     """How many of ``tasks`` are in each status, in the order the statuses are first met; the
     ``zeros`` come first, counted from 0 even when no task has them (a display's fixed columns)."""

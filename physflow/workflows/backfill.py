@@ -57,7 +57,7 @@ class Slots(Protocol):
     @property
     def planner_thinking(self) -> bool: ...
 
-    def pending(self) -> list[dict[str, float]]: ...
+    def pending(self, latest: int | None = None) -> list[dict[str, float]]: ...
 
     def new_task(self, params: dict[str, float], source: str, hypothesis: str | None) -> TaskRecord: ...
 
@@ -94,7 +94,7 @@ class Backfill:
     async def points_now(self, loop: Slots, n: int) -> list[dict[str, float]]:
         """``n`` of the optimizer's points now (the planner's hints, a round's fallback), fitted in a
         worker thread; the pending parameters are read here, on the loop's thread."""
-        return await asyncio.to_thread(loop.optimizer.suggest, n, loop.pending())
+        return await asyncio.to_thread(loop.optimizer.suggest, n, loop.pending(loop.optimizer.max_pending))
 
     def slots(self, loop: Slots) -> tuple[int, str] | None:
         """How many free slots the optimizer should fill now, and as what source; None for none.
@@ -150,7 +150,8 @@ class Backfill:
         return bool(runs) and self.suggest_seconds > SPARE_ABOVE * statistics.median(runs)
 
     def _suggest(self, loop: Slots, n: int, source: str) -> None:
-        optimizer, pending, seen = loop.optimizer, loop.pending(), self.results_count
+        optimizer, seen = loop.optimizer, self.results_count
+        pending = loop.pending(optimizer.max_pending)
 
         async def work() -> None:
             started = time.perf_counter()

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from physflow.vocabulary.records import Hypothesis, TaskRecord
+from physflow.vocabulary.records import Hypothesis, TaskRecord, task_order
 from physflow.workflows.store import CampaignState
 
 LOST_TWICE = "lost in flight twice (orchestrator stopped while it ran)"
@@ -40,7 +40,7 @@ class Resumption:
 def resumption(previous: CampaignState) -> Resumption:
     """The state to continue from, given the state the journal of the stopped run replays to."""
     r = Resumption(hypotheses={hid: replace(h, tasks=list(h.tasks)) for hid, h in previous.hypotheses.items()})
-    for task in sorted(previous.tasks.values(), key=lambda t: t.id):
+    for task in sorted(previous.tasks.values(), key=lambda t: task_order(t.id)):
         task = copy.copy(task)  # ``previous`` stays what the journal says (its follower goes on reading)
         r.tasks[task.id] = task
         if task.status == "submitted" and previous.submits.get(task.id, 0) >= 2:

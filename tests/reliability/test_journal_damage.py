@@ -101,3 +101,10 @@ def test_a_new_task_never_takes_a_folder_that_exists(tmp_path: Path):
     (store.task_dir("t0002")).mkdir()  # a folder whose task the journal lost
     assert store.next_task_id({"t0000": None, "t0001": None}) == "t0003"
     assert store.next_task_id({"t0000": None, "t0001": None, "t0003": None}) == "t0004"
+
+
+def test_task_ids_sort_in_the_order_they_were_made():
+    from physflow.vocabulary.records import task_order
+
+    ids = ["t10000", "t9999", "t0001", "t123456", "t0000"]
+    assert sorted(ids, key=task_order) == ["t0000", "t0001", "t9999", "t10000", "t123456"]

@@ -122,3 +122,21 @@ def test_a_slow_fit_prepares_a_spare_point_while_every_slot_is_busy(tmp_path: Pa
     spares = [n for n, busy in optimizer.calls if busy]
     assert spares and set(spares) == {1}, optimizer.calls  # one point at a time, asked while all slots ran
     assert len({t.params["x"] for t in tasks}) == 16  # a spare is used once, never twice
+
+
+STEP = """\
+def run(x):
+    return {"y": 1.0 if x > 0.5 else 2.0}
+"""
+
+
+def test_the_best_kept_as_results_arrive_is_the_best_over_every_task(tmp_path: Path, monkeypatch):
+    """The loop keeps its best as results come in, in whatever order they finish: it is the one
+    ``ranking.best`` finds over every task, ties (a step: many equal values) to the earliest task."""
+    from physflow.vocabulary import ranking
+
+    state, campaign, _ = run_campaign(tmp_path, monkeypatch, WORKFLOW, STEP, Optimizer, 3)
+    tasks: list[Any] = list(campaign.tasks.values())
+    assert state == "finished" and len(tasks) == 16
+    assert sum(t.metrics["y"] == 1.0 for t in tasks) >= 2  # a tie to break
+    assert campaign.best() is ranking.best(tasks, lambda t: t.score("y"), "minimize")
