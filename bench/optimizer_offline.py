@@ -21,7 +21,9 @@ median a lower bound, shown as "> 24"). Strategies, seed k for each run k:
 ``random``       independent uniform draws (what random search meant before the GP optimizer)
 ``sobol``        physflow's ``Optimizer`` held in its start-up phase (``startup`` > budget):
                  scrambled Sobol points
-``tpe``          the previous optimizer: 4 uniform start-up points, then Optuna multivariate TPE
+``tpe``          the previous optimizer: 4 uniform start-up points, then TPE throughout
+                 (physflow's ``parzen_batch``, the TPE it hands over to at many results)
+``tpe-optuna``   the same with Optuna's multivariate TPE, which physflow used before
 ``gp``           physflow's ``Optimizer`` as shipped (GP Bayesian optimisation)
 ``gp[k=v,..]``   with class attributes or ``startup`` changed (``--gp startup=6 candidates=4096``,
                  ``--gp fantasy_best=false``)
@@ -103,6 +105,33 @@ class PreviousTPE(Optimizer):
     def _sobol_points(self, n: int) -> np.ndarray:
         rng = random.Random(self.seed * 1_000_003 + self._calls)
         return np.array([[rng.uniform(0.0, 1.0) for _ in self.parameters] for _ in range(n)])
+
+
+class OptunaTPE(PreviousTPE):
+    """The same with Optuna's multivariate TPE, which physflow used until its own ``parzen_batch``
+    (kept here as the reference it is measured against): the study rebuilt from every result for
+    each call, each point of a batch one ask and a liar tell."""
+
+    def _suggest_tpe(self, observed: list[tuple[dict[str, float], float]], n: int,
+                     pending: list[dict[str, float]]) -> list[dict[str, float]]:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        distributions = {name: optuna.distributions.FloatDistribution(p.min, p.max, log=p.log)
+                         for name, p in self.parameters.items()}
+        sampler = optuna.samplers.TPESampler(seed=(self.seed * 1_000_003 + self._calls) % 2**32,
+                                             n_startup_trials=self.startup, multivariate=True)
+        study = optuna.create_study(direction=self.goal, sampler=sampler)
+        liar = max(v for _, v in observed)
+        for params, value in observed + [(p, liar) for p in pending]:
+            inside = {k: min(max(float(params[k]), p.min), p.max) for k, p in self.parameters.items()}
+            study.add_trial(optuna.trial.create_trial(params=inside, distributions=distributions, value=value))
+        out = []
+        for _ in range(n):
+            trial = study.ask(distributions)
+            out.append(dict(trial.params))
+            study.tell(trial, liar)
+        return out
 
 
 def gp_variant(settings: dict[str, str]) -> Callable[[int], Optimizer]:
@@ -247,12 +276,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pinned", type=int, default=0, metavar="P",
                         help="with --held: the first P points of each round run as offered (a hypothesis's)")
     parser.add_argument("--no-timing", action="store_true", help="skip the suggest timings")
+    parser.add_argument("--budget", type=int, default=BUDGET, help=f"simulations a run (default {BUDGET})")
+    parser.add_argument("--concurrent", type=int, default=CONCURRENT, help=f"in flight (default {CONCURRENT})")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help=f"chi2_hmf that counts as solved (default {TOLERANCE})")
     args = parser.parse_args(argv)
+    globals().update(BUDGET=args.budget, CONCURRENT=args.concurrent, TOLERANCE=args.tolerance)
     objective = stand_in(args.grid)
     strategies: dict[str, Callable[[int], Any]] = {
         "random": RandomSearch,
         "sobol": lambda seed: Optimizer(PARAMETERS, seed=seed, startup=10**9),
         "tpe": lambda seed: PreviousTPE(PARAMETERS, seed=seed),
+        "tpe-optuna": lambda seed: OptunaTPE(PARAMETERS, seed=seed),
         "gp": lambda seed: Optimizer(PARAMETERS, seed=seed)}
     strategies = {k: v for k, v in strategies.items() if k in args.only}
     for settings in args.gp:

@@ -271,3 +271,43 @@ def test_suggestions_from_several_threads_while_results_arrive():
     assert errors == []
     assert len(points) == 6
     assert all(-2 <= p["x"] <= 2 and -1 <= p["y"] <= 3 for p in points)
+
+
+def test_tpe_batches_concentrate_where_results_are_good_and_spread_apart():
+    """``parzen_batch``: a batch drawn by one TPE fit lies in the cube, closer to the good results
+    than uniform draws, keeps away from running simulations and from its own earlier points (the
+    liar), and is the same for the same generator."""
+    from physflow.optimizer import parzen_batch
+
+    rng = np.random.default_rng(0)
+    x = rng.random((400, 2))
+    y = ((x - [0.3, 0.7]) ** 2).sum(axis=1)
+    running = np.array([[0.3, 0.7]] * 10)  # the best spot is already being simulated
+    batch = parzen_batch(x, y, running, 200, np.random.default_rng(1))
+    assert batch.shape == (200, 2) and np.all((batch >= 0) & (batch <= 1))
+    distance = np.sqrt(((batch - [0.3, 0.7]) ** 2).sum(axis=1))
+    assert np.median(distance) < 0.5 * np.median(np.sqrt(((rng.random((200, 2)) - [0.3, 0.7]) ** 2).sum(axis=1)))
+    assert len(np.unique(batch.round(6), axis=0)) == 200
+    nearest = np.sqrt(((batch[:, None] - batch[None]) ** 2).sum(axis=2) + np.eye(200)).min(axis=1)
+    assert np.median(nearest) > 0.005  # not stacked on one point
+    np.testing.assert_array_equal(batch, parzen_batch(x, y, running, 200, np.random.default_rng(1)))
+    without = parzen_batch(x, y, np.empty((0, 2)), 200, np.random.default_rng(1))
+    near_running = lambda b: np.mean(np.sqrt(((b - [0.3, 0.7]) ** 2).sum(axis=1)) < 0.02)  # noqa: E731
+    assert near_running(batch) < near_running(without)
+
+
+def test_a_gp_point_that_costs_more_than_the_slots_can_wait_hands_over_to_tpe(monkeypatch):
+    """The campaign says what a point may cost (``point_seconds``, from how fast its slots free);
+    once a GP point has cost more, TPE chooses the points; without a limit the GP goes on."""
+    opt = Optimizer(VALLEY, seed=0)
+    campaign(opt, rosenbrock, budget=8)
+    opt.suggest(1)
+    assert opt.gp_point_seconds > 0
+    paths = []
+    real_tpe = opt._suggest_tpe
+    monkeypatch.setattr(opt, "_suggest_tpe", lambda *a: paths.append("tpe") or real_tpe(*a))
+    opt.point_seconds = 10.0
+    opt.suggest(1)
+    assert paths == []
+    opt.point_seconds = opt.gp_point_seconds / 2
+    assert in_bounds(opt.suggest(1)[0], VALLEY) and paths == ["tpe"]

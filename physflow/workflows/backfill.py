@@ -33,6 +33,11 @@ from physflow.vocabulary.workflow import BudgetSpec
 #: wait, above it an idle slot costs more.
 SPARE_ABOVE = 0.03
 
+#: The optimizer may be busy this share of the time at most: a point may cost this share of the
+#: interval at which the slots free (a typical run time over ``max_concurrent``); where the GP's
+#: points cost more, TPE chooses them (``Optimizer.point_seconds``).
+POINT_SHARE = 0.5
+
 #: Hands a finished suggestion (source, points or the error, results seen) back to the loop.
 Deliver = Callable[[str, list[dict[str, float]] | BaseException, int], Awaitable[None]]
 
@@ -90,6 +95,13 @@ class Backfill:
         self.results_count += 1
         if task.status == "finished" and task.started is not None and task.finished is not None:
             self.recent_runs.append(task.finished - task.started)
+
+    def point_seconds(self) -> float | None:
+        """What an optimizer's point may cost (s) at the rate the slots free, None before a run time
+        is known (see ``POINT_SHARE``)."""
+        if not self.recent_runs:
+            return None
+        return POINT_SHARE * statistics.median(self.recent_runs) / self.budget.max_concurrent
 
     async def points_now(self, loop: Slots, n: int) -> list[dict[str, float]]:
         """``n`` of the optimizer's points now (the planner's hints, a round's fallback), fitted in a

@@ -191,6 +191,7 @@ class Campaign:
         metric = self.spec.objective.metric
         self.in_flight.pop(task.id, None)
         self.backfill.observe(task)
+        self.optimizer.point_seconds = self.backfill.point_seconds()
         if task.status == "finished":
             self.optimizer.observe(task.params, task.metrics[metric])
             self._rank(task)

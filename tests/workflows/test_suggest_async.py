@@ -135,8 +135,26 @@ def test_the_best_kept_as_results_arrive_is_the_best_over_every_task(tmp_path: P
     ``ranking.best`` finds over every task, ties (a step: many equal values) to the earliest task."""
     from physflow.vocabulary import ranking
 
-    state, campaign, _ = run_campaign(tmp_path, monkeypatch, WORKFLOW, STEP, Optimizer, 3)
+    state, campaign, optimizer = run_campaign(tmp_path, monkeypatch, WORKFLOW, STEP, PathOptimizer, 3)
     tasks: list[Any] = list(campaign.tasks.values())
     assert state == "finished" and len(tasks) == 16
     assert sum(t.metrics["y"] == 1.0 for t in tasks) >= 2  # a tie to break
     assert campaign.best() is ranking.best(tasks, lambda t: t.score("y"), "minimize")
+    # zero-second simulations on 4 slots free faster than a GP point is chosen: TPE took over
+    assert optimizer.point_seconds is not None and optimizer.gp_point_seconds > optimizer.point_seconds
+    assert optimizer.calls[:1] == ["gp"] and optimizer.calls[-1] == "tpe", optimizer.calls
+
+
+class PathOptimizer(Optimizer):
+    """Records which model chose each batch after the start-up design: "gp" or "tpe"."""
+
+    campaign: Campaign
+    calls: list[str]
+
+    def _suggest_gp(self, *args: Any) -> list[dict[str, float]]:
+        self.calls.append("gp")
+        return super()._suggest_gp(*args)
+
+    def _suggest_tpe(self, *args: Any) -> list[dict[str, float]]:
+        self.calls.append("tpe")
+        return super()._suggest_tpe(*args)
