@@ -6,7 +6,8 @@ A run directory as a long Aurora campaign leaves it, written through physflow's 
 two-parameter ``python``-adapter workflow (``bench.noop_tasks.sleep_task``), with hypotheses
 every 16 tasks. Then each command a user runs on it, as a separate process, timed with its peak
 resident memory: ``status``, ``results --json`` and ``--csv``, ``watch --once``, ``fsck``,
-``report``, the dashboard's data (``ui.snapshot``, in a fresh process); the look ``watch`` and
+``report``, the dashboard's data (``ui.snapshot``, in a fresh process), the catalog ``physflow
+ask`` reads of campaign.h5 before its agents start (``Catalog.load``, ``describe``); the look ``watch`` and
 the dashboard take every second on a live run once 16 more results came in (a journal follower
 reads only those) against a replay of the whole journal; and ``resume`` of the
 same run left as if its orchestrator had been killed with the budget spent (it replays the
@@ -158,13 +159,19 @@ def main() -> None:
           f"{(run / 'campaign.h5').stat().st_size / 1e6:.1f} MB; load average {os.getloadavg()[0]:.2f}", flush=True)
     snapshot = [sys.executable, "-c", "import sys, json; from physflow.ui.snapshot import snapshot; "
                 "json.dumps(snapshot(__import__('pathlib').Path(sys.argv[1])))", str(run)]
+    catalog = [sys.executable, "-c", "import sys; from physflow.agents.catalog import Catalog; "
+               "from physflow.sim_adapters import catalog_tables; "
+               "from physflow.workflows.store import campaign_tables; "
+               "Catalog.load([sys.argv[1]], group_tables=catalog_tables(), file_tables=[campaign_tables]).describe()",
+               str(run / "campaign.h5")]
     commands = [("status --json", py + ["status", str(run), "--json"]),
                 ("results --json", py + ["results", str(run), "--json"]),
                 ("results --csv", py + ["results", str(run), "--csv"]),
                 ("watch --once", py + ["watch", str(run), "--once"]),
                 ("fsck", py + ["fsck", str(run)]),
                 ("report", py + ["report", str(run)]),
-                ("dashboard data (snapshot)", snapshot)]
+                ("dashboard data (snapshot)", snapshot),
+                ("ask's catalog of campaign.h5", catalog)]
     rows = []
     for name, argv in commands:
         seconds, gb, code, last = timed(argv, folder)

@@ -214,9 +214,10 @@ def _read_hdf5(data: DataFile, group_tables: Sequence[GroupTableReader],
     with h5py.File(data.path, "r") as f:
         data.attributes = {k: float(v) for k, v in f.attrs.items()
                            if np.ndim(v) == 0 and isinstance(v, (int, float, np.integer, np.floating))}
-        groups: list[h5py.Group] = [f]
-        f.visititems(lambda _, obj: groups.append(obj) if isinstance(obj, h5py.Group) else None)
-        for g in groups:
+        root = H5Group(data.name, f, "", {})
+        own = [table for read in file_tables for table in read(root)]  # listed after the generic ones
+        covered = {name.strip("/") for t in own for name in t.covers}
+        for g in _groups(f, covered):
             path = g.name.strip("/")
             by_length: dict[int, dict[str, Column]] = {}
             for key, obj in g.items():
@@ -237,12 +238,28 @@ def _read_hdf5(data: DataFile, group_tables: Sequence[GroupTableReader],
                     arrays.append(ArrayInfo(data.name, location, tuple(obj.shape), str(obj.dtype), _units(obj)))
             for columns in by_length.values():
                 group = H5Group(data.name, f, path, columns)
-                own = next((t for t in (read(group) for read in group_tables) if t is not None), None)
-                tables.append(own if own is not None else _group_table(group, split=len(by_length) > 1))
-        root = H5Group(data.name, f, "", {})
-        for read in file_tables:
-            tables += read(root)
+                layout = next((t for t in (read(group) for read in group_tables) if t is not None), None)
+                tables.append(layout if layout is not None else _group_table(group, split=len(by_length) > 1))
+        tables += own
     return tables, arrays
+
+
+def _groups(f, covered: set[str]) -> Iterator:
+    """The file's groups, root first, depth first in name order, less the ``covered`` subtrees (and
+    a group reached twice through hard links read once)."""
+    import h5py
+
+    seen: set = set()
+    stack = [f]
+    while stack:
+        g = stack.pop()
+        if hash(g.id) in seen:
+            continue
+        seen.add(hash(g.id))
+        yield g
+        children = [obj for key, obj in g.items() if isinstance(obj, h5py.Group)
+                    and f"{g.name.strip('/')}/{key}".strip("/") not in covered]
+        stack.extend(reversed(children))
 
 
 def _group_table(group: H5Group, split: bool) -> Table:

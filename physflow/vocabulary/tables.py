@@ -45,6 +45,9 @@ class Table:
     columns: dict[str, Column]
     read: str
     note: str = ""
+    #: HDF5 paths from the file's root that this table reads whole (a ``FileTableReader``'s):
+    #: the catalog's generic walk skips them (campaign.h5's 100,000 task groups are one table).
+    covers: tuple[str, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -89,5 +92,6 @@ def join_name(*parts: str) -> str:
 #: None, and the catalog makes its generic table of them.
 GroupTableReader = Callable[[H5Group], Table | None]
 #: Reads tables a whole file holds beyond the generic ones (campaign.h5's simulations); called
-#: with the file's root once its groups are read, [] for a file that is not its layout.
+#: with the file's root before its groups are read, [] for a file that is not its layout; the
+#: groups its tables cover (``Table.covers``) are not read again.
 FileTableReader = Callable[[H5Group], list[Table]]

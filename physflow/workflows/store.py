@@ -34,7 +34,7 @@ import yaml
 from physflow.errors import RunDirError, SpecError
 from physflow.site_configs.site import SiteSpec
 from physflow.vocabulary.ranking import finite_or_none
-from physflow.vocabulary.records import Hypothesis, TaskRecord
+from physflow.vocabulary.records import Hypothesis, TaskRecord, task_order
 from physflow.vocabulary.steering import Claim
 from physflow.vocabulary.tables import Column, H5Group, Table
 from physflow.vocabulary.task import Array
@@ -384,33 +384,34 @@ class JournalFollower:
 
 def campaign_tables(root: H5Group) -> list[Table]:
     """A campaign.h5 as ``physflow ask`` shows it: one row per simulation (``<name>/tasks``), its
-    status, parameters and metrics as columns, read back from the groups ``h5writer.write_task_hdf5``
-    writes; [] for any other file."""
-    tasks = root.file.get("tasks")
+    status, parameters and metrics as columns; [] for any other file. Read from ``/index`` while
+    the file is the one the writer put in place (``h5writer.as_written``: 100,000 rows in seconds),
+    else from the groups ``h5writer.write_task_hdf5`` writes; either way the table covers
+    ``tasks`` and ``index``, which the catalog then does not walk group by group."""
+    f = root.file
+    tasks = f.get("tasks")
     if not isinstance(tasks, h5py.Group):
         return []
-    rows = [(tid, g) for tid, g in tasks.items()
-            if isinstance(g, h5py.Group) and ("params" in g or "metrics" in g)]
+    index = h5writer.read_index(f) if h5writer.as_written(Path(f.filename)) else None
+    if index is None:
+        index = {tid: h5writer.group_record(g) for tid, g in tasks.items() if isinstance(g, h5py.Group)}
+    rows = sorted(index.items(), key=lambda row: task_order(row[0]))
     if not rows:
         return []
-    params: list[str] = []
-    metrics: list[str] = []
-    for _, g in rows:
-        for group, names in (("params", params), ("metrics", metrics)):
-            if group in g:
-                names += [k for k in g[group].attrs if k not in names]
     columns = {"task": Column("task", np.array([tid for tid, _ in rows], dtype=str)),
-               "status": Column("status", np.array([str(g.attrs.get("status", "")) for _, g in rows], dtype=str))}
-    for group, names in (("params", params), ("metrics", metrics)):
+               "status": Column("status", np.array([str(r["status"] or "") for _, r in rows], dtype=str))}
+    for group in ("params", "metrics"):
+        names = list(dict.fromkeys(name for _, r in rows for name in r[group]))
         for n in names:
-            if n in columns:
-                continue
-            values = [float(g[group].attrs[n]) if group in g and n in g[group].attrs else np.nan for _, g in rows]
-            columns[n] = Column(n, np.array(values, dtype=float), note=f"from tasks/<id>/{group} attributes")
+            if n not in columns:
+                values = [float(r[group].get(n, np.nan)) for _, r in rows]
+                columns[n] = Column(n, np.array(values, dtype=float), note=f"from tasks/<id>/{group} attributes")
+    arrays = sorted({name for _, r in rows for name in r["arrays"]})
     read = (f"for task, g in h5py.File({root.source})['tasks'].items(): "
             "g.attrs['status'], dict(g['params'].attrs), dict(g['metrics'].attrs)")
-    return [Table(root.table_name("tasks"), root.data, columns, read,
-                  "one row per simulation of the campaign; its parameters and metrics are columns")]
+    note = "one row per simulation of the campaign; its parameters and metrics are columns" + (
+        f"; arrays of a simulation: tasks/<task>/{{{', '.join(arrays[:20])}}}" if arrays else "")
+    return [Table(root.table_name("tasks"), root.data, columns, read, note, covers=("tasks", h5writer.INDEX))]
 
 
 #: Characters a shell treats specially. Parsl's providers put paths under the run directory into

@@ -184,11 +184,18 @@ def test_campaign_h5_is_one_row_per_simulation_for_physflow_ask(tmp_path):
     store.write_hdf5([(TaskRecord(id="t0", params={"x": 1.0}, status="finished", metrics={"loss": 0.5}),
                        {"profile": Array(np.arange(3.0), "m")}),
                       (TaskRecord(id="t1", params={"x": 2.0}, status="failed"), {})])
-    table = Catalog.load([store.h5_path], file_tables=[campaign_tables]).table("campaign/tasks")
-    assert list(table.columns) == ["task", "status", "x", "loss"]
-    assert list(table.columns["status"].values) == ["finished", "failed"]
-    assert list(table.columns["x"].values) == [1.0, 2.0] and table.columns["loss"].values[0] == 0.5
-    assert np.isnan(table.columns["loss"].values[1])
+    for how in ("index", "groups"):
+        if how == "groups":  # a file changed since the writer put it in place: its groups are read
+            h5writer.written_path(store.h5_path).unlink()
+        catalog = Catalog.load([store.h5_path], file_tables=[campaign_tables])
+        table = catalog.table("campaign/tasks")
+        assert list(table.columns) == ["task", "status", "x", "loss"], how
+        assert list(table.columns["status"].values) == ["finished", "failed"]
+        assert list(table.columns["x"].values) == [1.0, 2.0] and table.columns["loss"].values[0] == 0.5
+        assert np.isnan(table.columns["loss"].values[1])
+        assert "tasks/<task>/{profile}" in table.note
+        # the table covers the task groups and the index: neither walked nor listed again
+        assert list(catalog.tables) == ["campaign/tasks"] and catalog.arrays == [], (how, list(catalog.tables))
     assert "campaign/tasks" not in Catalog.load([store.h5_path]).tables  # the store's reader, not the catalog's
 
 
