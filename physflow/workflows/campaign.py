@@ -365,10 +365,10 @@ class Campaign:
             h.claim = claim.to_dict() if claim else None
         h.prediction = Claim.from_dict(h.claim).text() if h.claim else "no prediction"
         log.info("round %d: %s %s: %s [%s]", round_no, hid, h.author, h.statement[:100], h.prediction)
-        pinned = self._pin_claimed(hid, outcome.claim, batch) if outcome.ok else 0
+        pinned = self._pin_claimed(hid, outcome.claim, batch, advice) if outcome.ok else 0
         review = outcome.review
         self._journal_hypothesis(
-            h, review=review.model_dump() if review else None, pinned=pinned,
+            h, review=review.model_dump() if review else None, pinned=pinned, fitted_on=advice.fitted_on,
             unverified_citations=outcome.unverified_citations,
             share=self.planner_share() if share is None else share, earned=earned,
             picks=[{"place": p.place, "shown": p.shown, "ran": i < earned and p.candidate is not None,
@@ -382,14 +382,21 @@ class Campaign:
             self.new_task(p, next((source for c, source in batch if c.params == p), "user"), hid)
         self._judge_if_done(hid)
 
-    def _pin_claimed(self, hid: str, claim: Claim | None, batch: list[tuple[Candidate, str]]) -> int:
+    def _pin_claimed(self, hid: str, claim: Claim | None, batch: list[tuple[Candidate, str]],
+                     advice: Advice) -> int:
         """The round's candidates the planner's claim is about and that have not started, pinned
         (``Held.pin``): they run as offered, so the claim has its simulations. (Replaced by fresh
         points once results came in, they left half the demo's claims with none: "inconclusive".)
         Offline (``bench/optimizer_offline.py --held 4 --pinned 1``) that costs no simulations to
-        the tolerance. The surrogate's stand-in claim spans the whole batch and pins nothing."""
+        the tolerance. The surrogate's stand-in claim spans the whole batch and pins nothing.
+
+        Nor are the optimizer's start-up design points pinned (candidates offered before
+        ``Optimizer.startup`` results were in): a round planned while the design's first results
+        came in offers the design's next points, and pinned they ran after the model had taken
+        over, where the optimizer alone ran its model's points (seed 14 of bench/agent_value.py:
+        two such points, 12 simulations to the tolerance against the optimizer's 10)."""
         held = self.held.get(hid)
-        if held is None or claim is None:
+        if held is None or claim is None or advice.fitted_on < self.optimizer.startup:
             return 0
         started = [self.tasks[t].params for t in self.hypotheses[hid].tasks]
         claimed = [c.params for c, _ in batch if claim.contains(c.params) and c.params not in started]
