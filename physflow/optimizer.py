@@ -48,6 +48,7 @@ import math
 import threading
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -435,14 +436,22 @@ class Optimizer:
         #: suggest_parameters tool may ask from another, and the Sobol sequence is shared state.
         self._lock = threading.Lock()
         #: What a point may cost (s), set by the campaign from how fast its slots free (None: no
-        #: limit), and what the GP's last point cost: once a GP point costs more, TPE takes over.
+        #: limit); what the GP's last calls cost a point (``gp_point_seconds``).
         self.point_seconds: float | None = None
-        self.gp_point_seconds = 0.0
+        self._gp_costs: deque[float] = deque(maxlen=3)
 
     def observe(self, params: dict[str, float], value: float) -> None:
         """Record a finished simulation's objective value (non-finite values are skipped)."""
         if math.isfinite(value) and set(params) >= set(self.parameters):
             self.observed.append(({k: params[k] for k in self.parameters}, value))
+
+    @property
+    def gp_point_seconds(self) -> float:
+        """What a GP point costs (s): the least of the last 3 calls' costs a point, 0 before 2
+        calls. Once it is more than ``point_seconds``, TPE chooses the points; the least, so that
+        one fit slowed by a busy machine (a model's turn on the same cores) does not hand over a
+        campaign whose slots free every few seconds."""
+        return min(self._gp_costs) if len(self._gp_costs) >= 2 else 0.0
 
     def best(self) -> tuple[dict[str, float], float] | None:
         """The best result observed, as (parameters, value); None before the first."""
@@ -469,7 +478,7 @@ class Optimizer:
                 points = self._suggest_gp(observed, n, pending)
             except (linalg.LinAlgError, ValueError, FloatingPointError):
                 return self._suggest_tpe(observed, n, pending)
-            self.gp_point_seconds = (time.perf_counter() - started) / n
+            self._gp_costs.append((time.perf_counter() - started) / n)
             return points
 
     def advice(self, n: int, pending: list[dict[str, float]] | None = None) -> Advice:
