@@ -406,7 +406,7 @@ class Optimizer:
     #: Simulations in flight from which TPE replaces the GP as well: a GP point costs 100-200 ms
     #: at 100-300 results whatever is pending (``bench/suggest_cost.py``), so a loop that keeps
     #: hundreds of simulations in flight would get 5-10 points a second while its slots free
-    #: faster (``bench/scaling_model.py``, 256 workers: 0.31 busy); TPE's point costs ~20 ms.
+    #: faster (``bench/scaling_model.py``, 256 workers: 0.31 busy); a TPE point costs ~1 ms.
     gp_max_pending: int = 32
     #: A call sees at most this many pending points, the latest submitted (those the next point
     #: would crowd first): each is a GP fantasy or a TPE liar trial, and with thousands of
@@ -414,7 +414,7 @@ class Optimizer:
     max_pending: int = 128
     #: TPE sees at most ``tpe_max_observations`` results: the best ``tpe_best`` (its "good"
     #: group is at most the best 25 of what it sees) and a seeded uniform sample of the others,
-    #: so a call's cost (a study rebuilt from every result it sees) stops growing with the campaign.
+    #: so a call's cost (densities over every result it sees) stops growing with the campaign.
     #: Keep it at 250 or more: from there the good group is the best 25 overall, as with every result.
     tpe_max_observations: int = 1000
     tpe_best: int = 100
@@ -649,19 +649,20 @@ class Parzen:
 
     def __init__(self, centres: np.ndarray, m: int | None = None) -> None:
         """``m``: the points the bandwidth is chosen for (default: the centres'), so that points
-        added later (``with_points``) share it."""
+        added later (``parzen_batch``'s liars) share it."""
         d = centres.shape[1]
         self.width = 0.2 * ((m if m is not None else len(centres)) + 1) ** (-1.0 / (d + 4))
         self.centres = np.vstack([centres, np.full((1, d), 0.5)])
-        self.sigma = np.full_like(self.centres, self.width)
-        self.sigma[-1] = 1.0  # the prior: keeps l/g finite far from every point
+        #: One width per component, a column (the prior's 1: keeps l/g finite far from every point).
+        self.sigma = np.full((len(self.centres), 1), self.width)
+        self.sigma[-1] = 1.0
         self._lo = special.ndtr(-self.centres / self.sigma)
         self._mass = special.ndtr((1.0 - self.centres) / self.sigma) - self._lo
 
     def sample(self, k: int, rng: np.random.Generator) -> np.ndarray:
         """``k`` points drawn from the density (a component, then its truncated Gaussian)."""
         which = rng.integers(0, len(self.centres), k)
-        u = self._lo[which] + rng.random(self.centres[which].shape) * self._mass[which]
+        u = self._lo[which] + rng.random((k, self.centres.shape[1])) * self._mass[which]
         return np.clip(self.centres[which] + self.sigma[which] * special.ndtri(u), 0.0, 1.0)
 
     def log_sum(self, xs: np.ndarray) -> np.ndarray:
@@ -671,7 +672,7 @@ class Parzen:
         is at least exp(-d/2) of its peak, so the sum never underflows."""
         norm = np.log(self.sigma * self._mass * math.sqrt(2 * math.pi)).sum(axis=1)
         weight = np.exp(norm.min() - norm)
-        inv2 = 0.5 / self.sigma[:, 0] ** 2  # one width per component
+        inv2 = 0.5 / self.sigma[:, 0] ** 2
         c2 = (self.centres ** 2).sum(axis=1)
         rows = max(1, self.CHUNK // self.centres.size)
         out = np.empty(len(xs))

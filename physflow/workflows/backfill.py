@@ -96,12 +96,15 @@ class Backfill:
         if task.status == "finished" and task.started is not None and task.finished is not None:
             self.recent_runs.append(task.finished - task.started)
 
+    def typical_run(self) -> float | None:
+        """The median run time of the last simulations (s), None before the first."""
+        return statistics.median(self.recent_runs) if self.recent_runs else None
+
     def point_seconds(self) -> float | None:
         """What an optimizer's point may cost (s) at the rate the slots free, None before a run time
         is known (see ``POINT_SHARE``)."""
-        if not self.recent_runs:
-            return None
-        return POINT_SHARE * statistics.median(self.recent_runs) / self.budget.max_concurrent
+        run = self.typical_run()
+        return None if run is None else POINT_SHARE * run / self.budget.max_concurrent
 
     async def points_now(self, loop: Slots, n: int) -> list[dict[str, float]]:
         """``n`` of the optimizer's points now (the planner's hints, a round's fallback), fitted in a
@@ -158,8 +161,8 @@ class Backfill:
             return False
         if loop.team is not None and self.budget.backfill != "optimizer" and not loop.held_count:
             return False
-        runs = self.recent_runs
-        return bool(runs) and self.suggest_seconds > SPARE_ABOVE * statistics.median(runs)
+        run = self.typical_run()
+        return run is not None and self.suggest_seconds > SPARE_ABOVE * run
 
     def _suggest(self, loop: Slots, n: int, source: str) -> None:
         optimizer, seen = loop.optimizer, self.results_count

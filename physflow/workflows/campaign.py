@@ -146,11 +146,8 @@ class Campaign:
         """Let a task that just finished (or was restored) become the best: ``ranking.best``'s rule
         on the best so far and it, ties to the earlier simulation (the lower task id)."""
         obj = self.spec.objective
-        if self._best is not None and task_order(task.id) < task_order(self._best.id):
-            pair = (task, self._best)
-        else:
-            pair = (self._best, task) if self._best is not None else (task,)
-        self._best = ranking.best(pair, lambda t: t.score(obj.metric), obj.goal) or self._best
+        pair = sorted((t for t in (self._best, task) if t is not None), key=lambda t: task_order(t.id))
+        self._best = ranking.best(pair, lambda t: t.score(obj.metric), obj.goal)
 
     def tolerance_reached(self) -> bool:
         obj, best = self.spec.objective, self.best()

@@ -597,9 +597,10 @@ class RunStore:
         result): the run's lock keeps every other campaign out, so a folder made after that is
         one of ``tasks``."""
         if self._folders is None:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 self._folders = {entry.name for entry in os.scandir(self.run_dir / "tasks")}
-            self._folders = self._folders or set()
+            except FileNotFoundError:
+                self._folders = set()
         n = len(tasks)
         while (tid := f"t{n:04d}") in tasks or tid in self._folders:
             n += 1

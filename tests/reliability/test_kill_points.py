@@ -37,6 +37,9 @@ from tests.reliability.campaigns import (
 
 pytestmark = pytest.mark.reliability
 
+OPTIMIZER_SIMS = 32  # why these sizes: at OPTIMIZER below
+AGENT_SIMS = 24
+
 REPLAY = """\
 physflow: 1
 name: resumable-agents
@@ -48,16 +51,14 @@ simulation:
   command: "{python} {workflow_dir}/sim.py {task_id} {x}"
   parameters: {x: {min: 0, max: 1}}
 objective: {metric: loss}
-budget: {max_simulations: 24, max_concurrent: 2, max_rounds: 8, wall_time: 10m, backfill: none}
-"""
+budget: {max_simulations: AGENT_SIMS, max_concurrent: 2, max_rounds: 8, wall_time: 10m, backfill: none}
+""".replace("AGENT_SIMS", str(AGENT_SIMS))
 
 #: The optimizer-only campaign, with room for its kills: an incarnation runs what its resume
 #: requeued and then some before its kill lands (about 3 simulations on 2 slots), so 24 left the
 #: last kills of a campaign no simulation to land in once the optimizer's points cost milliseconds
 #: (19 of 24 kills landed); 32 leaves room for 8. Likewise 24 for the agents' campaign (was 16).
-OPTIMIZER = WORKFLOW.replace("max_simulations: 12", "max_simulations: 32")
-OPTIMIZER_SIMS = 32
-AGENT_SIMS = 24
+OPTIMIZER = WORKFLOW.replace("max_simulations: 12", f"max_simulations: {OPTIMIZER_SIMS}")
 KILLS_PER_CAMPAIGN = 8
 
 
