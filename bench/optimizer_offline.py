@@ -101,9 +101,14 @@ class PreviousTPE(Optimizer):
     """The optimizer before the GP: uniform start-up draws, then TPE throughout."""
 
     gp_max_observations = 0
+    calls = 0  # its draws are keyed by the call, as they were
 
-    def _sobol_points(self, n: int) -> np.ndarray:
-        rng = random.Random(self.seed * 1_000_003 + self._calls)
+    def suggest(self, n: int = 1, pending: Any = None) -> list[dict[str, float]]:
+        self.calls += 1
+        return super().suggest(n, pending)
+
+    def _sobol_points(self, start: int, n: int) -> np.ndarray:
+        rng = random.Random(self.seed * 1_000_003 + self.calls)
         return np.array([[rng.uniform(0.0, 1.0) for _ in self.parameters] for _ in range(n)])
 
 
@@ -113,13 +118,13 @@ class OptunaTPE(PreviousTPE):
     each call, each point of a batch one ask and a liar tell."""
 
     def _suggest_tpe(self, observed: list[tuple[dict[str, float], float]], n: int,
-                     pending: list[dict[str, float]]) -> list[dict[str, float]]:
+                     pending: list[dict[str, float]], rng: np.random.Generator) -> list[dict[str, float]]:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         distributions = {name: optuna.distributions.FloatDistribution(p.min, p.max, log=p.log)
                          for name, p in self.parameters.items()}
-        sampler = optuna.samplers.TPESampler(seed=(self.seed * 1_000_003 + self._calls) % 2**32,
+        sampler = optuna.samplers.TPESampler(seed=(self.seed * 1_000_003 + self.calls) % 2**32,
                                              n_startup_trials=self.startup, multivariate=True)
         study = optuna.create_study(direction=self.goal, sampler=sampler)
         liar = max(v for _, v in observed)

@@ -38,8 +38,12 @@ the optimizer spends its effort on needing few simulations:
 On an offline stand-in of the shipped cosmology problem (``bench/optimizer_offline.py``, 100
 seeds) the GP needs 8 simulations (median) to reach the tolerance where TPE needed 11 and
 uniform random search 15. Without the priors it needed 11-12; with an axis-aligned metric only,
-9 (mean 9.7 against 8.6, 150 seeds). A suggestion is deterministic for a given ``seed``,
-sequence of calls and observations.
+9 (mean 9.7 against 8.6, 150 seeds). A suggestion follows from the ``seed``, the results, the
+pending points and ``n`` alone, not from the calls made before it (below ``restart_below``
+results; from there the GP's hyperparameters are warm-started from its last fit): a planner that
+asks for candidates beside the loop leaves the loop's points as they were, and a resumed campaign
+draws what an uninterrupted one would. The start-up design's points are an exception only in
+that two calls never hand out the same design point.
 """
 
 from __future__ import annotations
@@ -428,12 +432,12 @@ class Optimizer:
         self.seed = seed
         self.startup = startup if startup is not None else max(4, 2 * len(parameters))
         self.observed: list[tuple[dict[str, float], float]] = []
-        self._calls = 0
-        self._sobol = qmc.Sobol(len(parameters), scramble=True, rng=self._rng(0))
+        self._sobol_next = 0  # the start-up design's next point (see suggest)
         self._theta: np.ndarray | None = None  # last fitted hyperparameters: a warm start
         self._fitted_at = 0  # results the last fit saw
         #: One suggestion at a time: the campaign asks from a worker thread while an agent's
-        #: suggest_parameters tool may ask from another, and the Sobol sequence is shared state.
+        #: suggest_parameters tool may ask from another, and the start-up design's next point and
+        #: the GP's last fit are shared state.
         self._lock = threading.Lock()
         #: What a point may cost (s), set by the campaign from how fast its slots free (None: no
         #: limit); what the GP's last calls cost a point (``gp_point_seconds``).
@@ -462,22 +466,25 @@ class Optimizer:
 
         Thread-safe: calls are serialised, and each fits on a copy of the results taken at its
         start, so ``observe`` may go on from another thread meanwhile."""
+        made = len(pending or [])
         pending = [p for p in (pending or [])[-self.max_pending:] if set(p) >= set(self.parameters)]
         with self._lock:
-            self._calls += 1
             observed = list(self.observed)
             if n <= 0:
                 return []
             if len(observed) < self.startup:
-                return [self._from_unit(u) for u in self._sobol_points(n)]
+                start = max(self._sobol_next, len(observed) + made)
+                self._sobol_next = start + n
+                return [self._from_unit(u) for u in self._sobol_points(start, n)]
+            rng = self._rng(1, len(observed), len(pending))
             if len(observed) >= self.gp_max_observations or len(pending) >= self.gp_max_pending or (
                     self.point_seconds is not None and self.gp_point_seconds > self.point_seconds):
-                return self._suggest_tpe(self._tpe_sample(observed), n, pending)
+                return self._suggest_tpe(self._tpe_sample(observed, rng), n, pending, rng)
             started = time.perf_counter()
             try:
-                points = self._suggest_gp(observed, n, pending)
+                points = self._suggest_gp(observed, n, pending, rng)
             except (linalg.LinAlgError, ValueError, FloatingPointError):
-                return self._suggest_tpe(observed, n, pending)
+                return self._suggest_tpe(observed, n, pending, self._rng(1, len(observed), len(pending)))
             self._gp_costs.append((time.perf_counter() - started) / n)
             return points
 
@@ -488,12 +495,14 @@ class Optimizer:
 
         The surrogate is a GP fitted here on a copy of the results (the suggestion's own fit is
         not reused: TPE has none, and sharing it would make suggestions depend on whether the
-        planner asked), on at most ``ADVICE_MAX_OBSERVATIONS`` of them, warm-started from the
-        last fit. It needs 3 results; before, the candidates carry NaN predictions.
+        planner asked), on at most ``ADVICE_MAX_OBSERVATIONS`` of them, started as a suggestion's
+        fit is (``_hyper_starts``). It needs 3 results; before, the candidates carry NaN predictions.
         """
         points = self.suggest(n, pending)
         with self._lock:
-            observed, theta = list(self.observed), self._theta
+            observed = list(self.observed)
+            # started as a suggestion's fit is, so that the same results give the planner the same numbers
+            starts = self._hyper_starts(len(observed), self._rng(2))
         if len(observed) > ADVICE_MAX_OBSERVATIONS:
             half = ADVICE_MAX_OBSERVATIONS // 2
             order = sorted(range(len(observed)), key=lambda i: (1 if self.goal == "minimize" else -1) * observed[i][1])
@@ -505,10 +514,8 @@ class Optimizer:
         values = np.array([v for _, v in observed])
         shape = Warp.of(values, self.goal)
         y = shape.apply(values)
-        kernel = self._kernel
-        start = theta if theta is not None and len(theta) == len(kernel.default()) else kernel.default()
         try:
-            gp = GaussianProcess(x, y, fit_hyper(x, y, kernel, [start]))
+            gp = GaussianProcess(x, y, fit_hyper(x, y, self._kernel, starts))
             mean, sd = gp.predict(np.array([self._to_unit(p) for p in points])) if points else (np.array([]),) * 2
         except (linalg.LinAlgError, ValueError, FloatingPointError):
             return Advice.unpredicted(points, len(observed))
@@ -520,9 +527,11 @@ class Optimizer:
                       lengths, float(spread[0]), len(observed))
 
     # -- unit cube -----------------------------------------------------------------------------
-    def _rng(self, stream: int) -> np.random.Generator:
-        """A generator for this seed and ``stream`` (the call number: reproducible per call)."""
-        return np.random.default_rng([self.seed % 2**64, stream])
+    def _rng(self, *key: int) -> np.random.Generator:
+        """A generator for this seed and ``key``: (0,) scrambles the start-up design, (1, results,
+        pending points) draws a suggestion's candidates, restarts and samples, so that a call's
+        randomness follows from the data it sees, not from the calls before it."""
+        return np.random.default_rng([self.seed % 2**64, *key])
 
     def _to_unit(self, params: dict[str, float]) -> np.ndarray:
         """Parameters as a point of [0, 1]^d (log parameters on a log scale)."""
@@ -544,11 +553,14 @@ class Optimizer:
             out[name] = min(max(value, p.min), p.max)
         return out
 
-    def _sobol_points(self, n: int) -> np.ndarray:
-        """The next n points (n, d) of this optimizer's scrambled Sobol sequence."""
+    def _sobol_points(self, start: int, n: int) -> np.ndarray:
+        """Points ``start`` to ``start + n - 1`` (n, d) of this optimizer's scrambled Sobol sequence."""
+        sobol = qmc.Sobol(len(self.parameters), scramble=True, rng=self._rng(0))
+        if start:  # (scipy refuses to skip 0 points)
+            sobol.fast_forward(start)
         with warnings.catch_warnings():  # balance warnings for n not a power of 2: irrelevant here
             warnings.simplefilter("ignore", UserWarning)
-            return self._sobol.random(n)
+            return sobol.random(n)
 
     # -- GP path -------------------------------------------------------------------------------
     @property
@@ -557,9 +569,8 @@ class Optimizer:
         return Kernel(d, full=d <= self.max_rotated)
 
     def _suggest_gp(self, observed: list[tuple[dict[str, float], float]], n: int,
-                    pending: list[dict[str, float]]) -> list[dict[str, float]]:
+                    pending: list[dict[str, float]], rng: np.random.Generator) -> list[dict[str, float]]:
         """n points of largest log EI, each added as a kriging-believer fantasy before the next."""
-        rng = self._rng(self._calls)
         x = np.array([self._to_unit(p) for p, _ in observed])
         y = warp(np.array([v for _, v in observed]), self.goal)
         if self._theta is not None and self.restart_below <= len(observed) < self._fitted_at * (1 + self.refit_growth):
@@ -583,12 +594,19 @@ class Optimizer:
         return out
 
     def _hyper_starts(self, n_observed: int, rng: np.random.Generator) -> list[np.ndarray]:
-        """Starts of the hyperparameter fit: the previous fit, the prior's centre and, while there
-        are few results (a multimodal likelihood), ``restarts`` draws from the prior."""
+        """Starts of the hyperparameter fit: the prior's centre and, while there are few results (a
+        multimodal likelihood), ``restarts`` draws from the prior; from ``restart_below`` results
+        on, the previous fit and the centre.
+
+        The previous fit is no start below ``restart_below``: with a handful of results the fit
+        it lands in decides the next point, and a start carried over from the calls before (a
+        planner's round asks for candidates beside the loop's own calls) made two campaigns with
+        the same results draw different points (``bench/agent_value.py``, seeds 12-14: parted at the
+        7th simulation)."""
         centre, width = self._kernel.prior()
-        draws = self.restarts if n_observed < self.restart_below else 0
-        starts = [centre] + [centre + width * rng.standard_normal(centre.size) for _ in range(draws)]
-        return ([self._theta] if self._theta is not None else []) + starts
+        if n_observed >= self.restart_below:
+            return ([self._theta] if self._theta is not None else []) + [centre]
+        return [centre] + [centre + width * rng.standard_normal(centre.size) for _ in range(self.restarts)]
 
     def _candidates(self, x: np.ndarray, y: np.ndarray, hyper: Hyper, rng: np.random.Generator) -> np.ndarray:
         """Acquisition candidates: scrambled Sobol points over the cube, plus Gaussian clouds
@@ -605,7 +623,8 @@ class Optimizer:
         return np.clip(np.vstack(cloud), 0.0, 1.0)
 
     # -- TPE path (many results) ---------------------------------------------------------------
-    def _tpe_sample(self, observed: list[tuple[dict[str, float], float]]) -> list[tuple[dict[str, float], float]]:
+    def _tpe_sample(self, observed: list[tuple[dict[str, float], float]],
+                    rng: np.random.Generator) -> list[tuple[dict[str, float], float]]:
         """The results TPE sees (``tpe_max_observations``): all while they are few, else the best
         ``tpe_best`` and a uniform sample of the others drawn for this call, in their order."""
         if len(observed) <= self.tpe_max_observations:
@@ -613,17 +632,17 @@ class Optimizer:
         values = np.array([v for _, v in observed]) * (1.0 if self.goal == "minimize" else -1.0)
         best = np.argpartition(values, self.tpe_best)[: self.tpe_best]
         others = np.setdiff1d(np.arange(len(observed)), best)
-        drawn = self._rng(self._calls).choice(others, self.tpe_max_observations - self.tpe_best, replace=False)
+        drawn = rng.choice(others, self.tpe_max_observations - self.tpe_best, replace=False)
         return [observed[i] for i in np.sort(np.concatenate([best, drawn]))]
 
     def _suggest_tpe(self, observed: list[tuple[dict[str, float], float]], n: int,
-                     pending: list[dict[str, float]]) -> list[dict[str, float]]:
+                     pending: list[dict[str, float]], rng: np.random.Generator) -> list[dict[str, float]]:
         """Multivariate TPE over the results (``parzen_batch``); running simulations (and earlier
         points of the batch) count as the worst value so far (a pessimistic constant liar)."""
         x = np.array([self._to_unit(p) for p, _ in observed])
         y = np.array([v for _, v in observed]) * (1.0 if self.goal == "minimize" else -1.0)
         held = np.array([self._to_unit(p) for p in pending]).reshape(len(pending), len(self.parameters))
-        points = parzen_batch(x, y, held, n, self._rng(self._calls), self.tpe_candidates)
+        points = parzen_batch(x, y, held, n, rng, self.tpe_candidates)
         return [self._from_unit(u) for u in points]
 
 

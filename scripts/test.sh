@@ -12,4 +12,4 @@ fi
 . .venv/bin/activate
 ruff check .
 lint-imports  # the floors of docs/architecture.md (contracts in setup.cfg)
-exec python -m pytest -q "$@"
+exec python -m pytest -q --durations=30 "$@"
