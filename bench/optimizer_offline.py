@@ -41,6 +41,12 @@ gaps and pairs started together cost in simulations. ``--pinned P`` runs the fir
 each held round as offered whatever came in since: the simulations a round's hypothesis names,
 which must run for its claim to be tested (``Held.pinned``).
 
+``--spare`` replays the backfill's spare points (``workflows.backfill``, used where a fit takes
+over ``SPARE_ABOVE`` of a simulation): while every slot is busy the optimizer draws a spare, and
+the slot that frees next starts it at once, so each point misses the result that freed its slot.
+Against the default replay it measures what a spare costs in simulations, the price of not
+waiting for a fresh fit.
+
 It also times ``suggest`` at 10, 50 and 200 observations.
 
 Run from the repository root: ``python bench/optimizer_offline.py [--seeds 100] [--gp K=V ...]``.
@@ -224,13 +230,32 @@ def replay_held(opt: Any, objective: Objective, size: int, pinned: int = 0) -> l
     return values
 
 
+def replay_spare(opt: Any, objective: Objective) -> list[float]:
+    """The objective values in the order a campaign with spare points stores them (``--spare``):
+    each point is drawn while every slot is busy, before the result that frees its slot."""
+    values: list[float] = []
+    in_flight = deque(opt.suggest(min(CONCURRENT, BUDGET), pending=[]))
+    submitted = len(in_flight)
+    spare = opt.suggest(1, pending=list(in_flight)) if submitted < BUDGET else []
+    while in_flight:
+        params = in_flight.popleft()
+        value = objective(params)
+        opt.observe(params, value)
+        values.append(value)
+        if submitted < BUDGET:
+            in_flight.append(spare[0])
+            submitted += 1
+            spare = opt.suggest(1, pending=list(in_flight)) if submitted < BUDGET else []
+    return values
+
+
 def to_tolerance(values: list[float]) -> int:
     """Simulations up to the first within tolerance; BUDGET + 1 if none."""
     return next((i + 1 for i, v in enumerate(values) if v <= TOLERANCE), BUDGET + 1)
 
 
 def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int, rounds: int = 0,
-             held: int = 0, pinned: int = 0) -> dict[str, float]:
+             held: int = 0, pinned: int = 0, spare: bool = False) -> dict[str, float]:
     """Median and mean simulations to tolerance, fraction reached and seconds per run (``rounds``:
     batches of that size drawn ahead, ``replay_rounds``; ``held``: physflow's held rounds,
     ``replay_held``; neither: one point as each slot frees)."""
@@ -239,6 +264,8 @@ def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int, round
     def run(opt: Any) -> list[float]:
         if rounds:
             return replay_rounds(opt, objective, rounds)
+        if spare:
+            return replay_spare(opt, objective)
         return replay_held(opt, objective, held, pinned) if held else replay(opt, objective)
 
     counts = [to_tolerance(run(make(seed))) for seed in range(seeds)]
@@ -280,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="physflow's held rounds of K with idle gaps between them (replay_held)")
     parser.add_argument("--pinned", type=int, default=0, metavar="P",
                         help="with --held: the first P points of each round run as offered (a hypothesis's)")
+    parser.add_argument("--spare", action="store_true",
+                        help="each point drawn as a spare while every slot is busy, before the result that "
+                             "frees its slot (replay_spare)")
     parser.add_argument("--no-timing", action="store_true", help="skip the suggest timings")
     parser.add_argument("--budget", type=int, default=BUDGET, help=f"simulations a run (default {BUDGET})")
     parser.add_argument("--concurrent", type=int, default=CONCURRENT, help=f"in flight (default {CONCURRENT})")
@@ -302,10 +332,11 @@ def main(argv: list[str] | None = None) -> None:
           f"tolerance chi2_hmf <= {TOLERANCE}; "
           + (f"rounds of {args.rounds} drawn ahead" if args.rounds else
              f"held rounds of {args.held} ({args.pinned} pinned), idle between rounds" if args.held
+             else "spare points, drawn before the result that frees their slot" if args.spare
              else "one point as each slot frees"))
     print(f"{'strategy':<32} {'median':>7} {'mean':>6} {'reached':>8} {'s/run':>6}")
     for name, make in strategies.items():
-        r = evaluate(make, objective, args.seeds, args.rounds, args.held, args.pinned)
+        r = evaluate(make, objective, args.seeds, args.rounds, args.held, args.pinned, args.spare)
         median = f"> {BUDGET}" if r["median"] > BUDGET else f"{r['median']:g}"
         print(f"{name:<32} {median:>7} {r['mean']:>6.1f} {r['reached']:>8.0%} {r['s_per_run']:>6.2f}", flush=True)
     if not args.no_timing:

@@ -30,8 +30,14 @@ from physflow.vocabulary.workflow import BudgetSpec
 
 #: The optimizer prepares a spare point while every slot is busy once a suggestion takes more
 #: than this fraction of a typical simulation's run time: below it a fresh fit is worth its
-#: wait, above it an idle slot costs more.
-SPARE_ABOVE = 0.03
+#: wait, above it an idle slot costs more. A spare misses the result that frees its slot, and
+#: that costs simulations: offline (``bench/optimizer_offline.py --spare``, 100 seeds, 2 in
+#: flight) 9 / 8.7 simulations to the tolerance (median / mean) against 8 / 8.2 with a fresh
+#: point, 6-12 % more. Waiting a fit of f seconds costs f / T of a simulation of T seconds, so a
+#: spare pays only from about 0.1. (At 0.03 the optimizer alone took spares on the cosmology
+#: campaign's 4-s simulations and drew other points than physflow's rounds on the same data:
+#: ``bench/agent_value.py`` seed 1, 13 simulations against 12.)
+SPARE_ABOVE = 0.1
 
 #: The optimizer may be busy this share of the time at most: a point may cost this share of the
 #: interval at which the slots free (a typical run time over ``max_concurrent``); where the GP's
