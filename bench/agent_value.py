@@ -21,11 +21,12 @@ llama.cpp as physflow serves it); they differ only in who chooses the simulation
 ``physflow-1.5b-0.5`` ... forced to 0.5
 
 Seed k seeds the optimizer (or the random sampler) and the order in which the planner sees the
-candidates, in every method: common random numbers. One difference stays, and it is physflow's,
-not the benchmark's: with a planner, its first round's advice (asked at the start, beside the
-backfill) draws the optimizer's first scrambled-Sobol points as its candidates, so the backfill's
-start-up points are later ones of the same sequence and the first simulations differ from the
-optimizer alone's. Methods run interleaved seed by seed, so the machine's noise spreads over all.
+candidates, in every method: common random numbers. An optimizer's point follows from its seed
+and the data it sees (results and pending points), so a physflow run whose planner earns no
+share runs the optimizer alone's points wherever their schedules meet (the same results in, the
+same simulations running); where a round's timing differs (a slot that waits for the planner's
+pick sees another result first), the runs part. Methods run interleaved seed by seed, so the
+machine's noise spreads over all.
 
 Reported per method, from the runs' journals and transcripts (``bench.campaign_runs``):
 

@@ -45,7 +45,8 @@ which must run for its claim to be tested (``Held.pinned``).
 over ``SPARE_ABOVE`` of a simulation): while every slot is busy the optimizer draws a spare, and
 the slot that frees next starts it at once, so each point misses the result that freed its slot.
 Against the default replay it measures what a spare costs in simulations, the price of not
-waiting for a fresh fit.
+waiting for a fresh fit. ``--spare unless-best`` draws the point afresh where the result that
+frees the slot is a new best (where a spare is most out of date).
 
 It also times ``suggest`` at 10, 50 and 200 observations.
 
@@ -55,6 +56,7 @@ Run from the repository root: ``python bench/optimizer_offline.py [--seeds 100] 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import sys
@@ -230,9 +232,10 @@ def replay_held(opt: Any, objective: Objective, size: int, pinned: int = 0) -> l
     return values
 
 
-def replay_spare(opt: Any, objective: Objective) -> list[float]:
+def replay_spare(opt: Any, objective: Objective, unless_best: bool = False) -> list[float]:
     """The objective values in the order a campaign with spare points stores them (``--spare``):
-    each point is drawn while every slot is busy, before the result that frees its slot."""
+    each point is drawn while every slot is busy, before the result that frees its slot
+    (``unless_best``: a result better than every one before it has the slot's point drawn afresh)."""
     values: list[float] = []
     in_flight = deque(opt.suggest(min(CONCURRENT, BUDGET), pending=[]))
     submitted = len(in_flight)
@@ -243,6 +246,8 @@ def replay_spare(opt: Any, objective: Objective) -> list[float]:
         opt.observe(params, value)
         values.append(value)
         if submitted < BUDGET:
+            if unless_best and value < min(values[:-1], default=math.inf):
+                spare = opt.suggest(1, pending=list(in_flight))
             in_flight.append(spare[0])
             submitted += 1
             spare = opt.suggest(1, pending=list(in_flight)) if submitted < BUDGET else []
@@ -255,7 +260,7 @@ def to_tolerance(values: list[float]) -> int:
 
 
 def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int, rounds: int = 0,
-             held: int = 0, pinned: int = 0, spare: bool = False) -> dict[str, float]:
+             held: int = 0, pinned: int = 0, spare: str = "") -> dict[str, float]:
     """Median and mean simulations to tolerance, fraction reached and seconds per run (``rounds``:
     batches of that size drawn ahead, ``replay_rounds``; ``held``: physflow's held rounds,
     ``replay_held``; neither: one point as each slot frees)."""
@@ -265,7 +270,7 @@ def evaluate(make: Callable[[int], Any], objective: Objective, seeds: int, round
         if rounds:
             return replay_rounds(opt, objective, rounds)
         if spare:
-            return replay_spare(opt, objective)
+            return replay_spare(opt, objective, spare == "unless-best")
         return replay_held(opt, objective, held, pinned) if held else replay(opt, objective)
 
     counts = [to_tolerance(run(make(seed))) for seed in range(seeds)]
@@ -307,9 +312,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="physflow's held rounds of K with idle gaps between them (replay_held)")
     parser.add_argument("--pinned", type=int, default=0, metavar="P",
                         help="with --held: the first P points of each round run as offered (a hypothesis's)")
-    parser.add_argument("--spare", action="store_true",
+    parser.add_argument("--spare", nargs="?", const="always", default="", choices=["always", "unless-best"],
                         help="each point drawn as a spare while every slot is busy, before the result that "
-                             "frees its slot (replay_spare)")
+                             "frees its slot (replay_spare); unless-best: not after a new best result")
     parser.add_argument("--no-timing", action="store_true", help="skip the suggest timings")
     parser.add_argument("--budget", type=int, default=BUDGET, help=f"simulations a run (default {BUDGET})")
     parser.add_argument("--concurrent", type=int, default=CONCURRENT, help=f"in flight (default {CONCURRENT})")
@@ -332,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
           f"tolerance chi2_hmf <= {TOLERANCE}; "
           + (f"rounds of {args.rounds} drawn ahead" if args.rounds else
              f"held rounds of {args.held} ({args.pinned} pinned), idle between rounds" if args.held
-             else "spare points, drawn before the result that frees their slot" if args.spare
+             else f"spare points ({args.spare}), drawn before the result that frees their slot" if args.spare
              else "one point as each slot frees"))
     print(f"{'strategy':<32} {'median':>7} {'mean':>6} {'reached':>8} {'s/run':>6}")
     for name, make in strategies.items():

@@ -78,8 +78,11 @@ class Verdict(BaseModel):
     verdict: Literal["supported", "refuted", "inconclusive"]
     evidence: str = Field(description="the numbers from the results that decide the verdict", max_length=1500)
     advice: str = Field("", description="what the planner should try next", max_length=1000)
-    analysis: str = Field("", description="an analysis of the results the coder should run, only if one is "
-                                          "needed to decide what to test next; else empty", max_length=300)
+    # 1000 as ``advice``: at 300 the 1.5B critic's request to the coder ran over in 2 of 49 model
+    # turns (bench/agent_value.py seeds 0-3, both in seed 0), each a reply sent back and a turn again
+    analysis: str = Field("", description="in a sentence or two, an analysis of the results the coder should "
+                                          "run, only if one is needed to decide what to test next; else empty",
+                          max_length=1000)
 
 
 class AnalysisCode(BaseModel):
