@@ -12,7 +12,8 @@ arrive as a "suggested" event.
 A freed slot still waits for its fit. Where that wait is a noticeable part of a simulation
 (``SPARE_ABOVE``), the optimizer prepares a spare point while every slot is busy, and a freed
 slot starts on it at once; the spare has not seen the results that came in meanwhile, and is
-dropped once more than ``max_concurrent`` of them have.
+dropped once more than ``max_concurrent`` of them have, or once one of them was a new best (the
+point is then drawn afresh: the search is about to move, and a spare is most out of date).
 """
 
 from __future__ import annotations
@@ -30,14 +31,12 @@ from physflow.vocabulary.workflow import BudgetSpec
 
 #: The optimizer prepares a spare point while every slot is busy once a suggestion takes more
 #: than this fraction of a typical simulation's run time: below it a fresh fit is worth its
-#: wait, above it an idle slot costs more. A spare misses the result that frees its slot, and
-#: that costs simulations: offline (``bench/optimizer_offline.py --spare``, 100 seeds, 2 in
-#: flight) 9 / 8.7 simulations to the tolerance (median / mean) against 8 / 8.2 with a fresh
-#: point, 6-12 % more. Waiting a fit of f seconds costs f / T of a simulation of T seconds, so a
-#: spare pays only from about 0.1. (At 0.03 the optimizer alone took spares on the cosmology
-#: campaign's 4-s simulations and drew other points than physflow's rounds on the same data:
-#: ``bench/agent_value.py`` seed 1, 13 simulations against 12.)
-SPARE_ABOVE = 0.1
+#: wait, above it an idle slot costs more. A spare misses the result that frees its slot: used
+#: after every result it cost simulations, offline (``bench/optimizer_offline.py --spare``, 100
+#: seeds, 2 in flight) 9 / 8.7 to the tolerance (median / mean) against 8 / 8.2 with fresh points;
+#: dropped after a new best (``--spare unless-best``) 8 / 7.9, as fresh points. Hence the drop,
+#: and a spare from 3 % of a simulation (0.1 while spares were used after every result).
+SPARE_ABOVE = 0.03
 
 #: The optimizer may be busy this share of the time at most: a point may cost this share of the
 #: interval at which the slots free (a typical run time over ``max_concurrent``); where the GP's
@@ -90,15 +89,19 @@ class Backfill:
         self.spares_seen = 0
         self.suggest_seconds = 0.0
         self.results_count = 0
+        self.best_at = 0  # results_count when the campaign's best last changed
         self.recent_runs: deque[float] = deque(maxlen=20)  # run times of the last simulations, s
 
     @property
     def busy(self) -> bool:
         return self.task is not None and not self.task.done()
 
-    def observe(self, task: TaskRecord) -> None:
-        """A result arrived: count it, and keep its run time for the spare-point rule."""
+    def observe(self, task: TaskRecord, new_best: bool = False) -> None:
+        """A result arrived (``new_best``: it became the campaign's best): count it, and keep its
+        run time for the spare-point rule."""
         self.results_count += 1
+        if new_best:
+            self.best_at = self.results_count
         if task.status == "finished" and task.started is not None and task.finished is not None:
             self.recent_runs.append(task.finished - task.started)
 
@@ -142,6 +145,11 @@ class Backfill:
             hypothesis = loop.draw_round() if source == "optimizer" and loop.team is not None else loop.thinking_on
             loop.new_task(params, source, hypothesis)
 
+    def spare_usable(self) -> bool:
+        """Whether the spare may still start: at most ``max_concurrent`` results came in since it
+        was drawn, and none of them was a new best."""
+        return self.results_count - self.spares_seen <= self.budget.max_concurrent and self.best_at <= self.spares_seen
+
     def request(self, loop: Slots) -> None:
         """Ask the optimizer for points for the free slots (or a spare), in a worker thread."""
         if self.busy:
@@ -149,7 +157,7 @@ class Backfill:
         wanted = self.slots(loop)
         if wanted is not None and self.spares:
             n, source = wanted
-            if self.results_count - self.spares_seen <= self.budget.max_concurrent:
+            if self.spare_usable():
                 self._fill(loop, self.spares, n, source)
             self.spares = []
             loop.submit_ready()

@@ -187,11 +187,11 @@ class Campaign:
     def on_result(self, task: TaskRecord) -> None:
         metric = self.spec.objective.metric
         self.in_flight.pop(task.id, None)
-        self.backfill.observe(task)
-        self.optimizer.point_seconds = self.backfill.point_seconds()
         if task.status == "finished":
             self.optimizer.observe(task.params, task.metrics[metric])
             self._rank(task)
+        self.backfill.observe(task, new_best=self._best is task)
+        self.optimizer.point_seconds = self.backfill.point_seconds()
         if self.tolerance_reached() and not self.stop_reason:
             self.stop_reason = "tolerance reached"
         best = self.best()

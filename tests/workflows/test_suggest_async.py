@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from physflow.optimizer import Optimizer
+from physflow.vocabulary.records import TaskRecord
+from physflow.vocabulary.workflow import BudgetSpec
+from physflow.workflows.backfill import Backfill
 from physflow.workflows.campaign import Campaign
 from physflow.workflows.launcher import launched
 from physflow.workflows.store import RunStore
@@ -122,6 +125,25 @@ def test_a_slow_fit_prepares_a_spare_point_while_every_slot_is_busy(tmp_path: Pa
     spares = [n for n, busy in optimizer.calls if busy]
     assert spares and set(spares) == {1}, optimizer.calls  # one point at a time, asked while all slots ran
     assert len({t.params["x"] for t in tasks}) == 16  # a spare is used once, never twice
+
+
+def test_a_spare_is_dropped_after_a_new_best_or_too_many_results():
+    """A spare has not seen the results since it was drawn: it may start after ordinary ones (at
+    most ``max_concurrent``), never after a new best (offline, ``bench/optimizer_offline.py
+    --spare``: used after every result it cost 9 / 8.7 simulations to the tolerance against 8 /
+    8.2 fresh; dropped after a new best, 8 / 7.9)."""
+    backfill = Backfill(BudgetSpec(max_concurrent=2), deliver=None)  # type: ignore[arg-type]
+    task = TaskRecord(id="t0000", params={"x": 0.1}, hypothesis=None, source="optimizer", created=0.0)
+    backfill.observe(task, new_best=True)
+    backfill.spares_seen = backfill.results_count  # drawn now
+    backfill.observe(task)
+    backfill.observe(task)
+    assert backfill.spare_usable()  # two ordinary results since
+    backfill.observe(task)
+    assert not backfill.spare_usable()  # three: more than max_concurrent
+    backfill.spares_seen = backfill.results_count
+    backfill.observe(task, new_best=True)
+    assert not backfill.spare_usable()  # a new best since
 
 
 STEP = """\
