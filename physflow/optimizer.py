@@ -466,14 +466,14 @@ class Optimizer:
 
         Thread-safe: calls are serialised, and each fits on a copy of the results taken at its
         start, so ``observe`` may go on from another thread meanwhile."""
-        made = len(pending or [])
+        running = len(pending or [])  # before the cut to max_pending: the design's next point counts them all
         pending = [p for p in (pending or [])[-self.max_pending:] if set(p) >= set(self.parameters)]
         with self._lock:
             observed = list(self.observed)
             if n <= 0:
                 return []
             if len(observed) < self.startup:
-                start = max(self._sobol_next, len(observed) + made)
+                start = max(self._sobol_next, len(observed) + running)
                 self._sobol_next = start + n
                 return [self._from_unit(u) for u in self._sobol_points(start, n)]
             rng = self._rng(1, len(observed), len(pending))
